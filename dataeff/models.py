@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,10 +153,14 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if real_missing or unexpected:
         raise ModelLoadError(f"converting {gguf_file}: weights do not match (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    # Write beside the target and rename: concurrent first uses never see a half-written folder.
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    tmp.rename(out_dir)
+    try:
+        tmp.rename(out_dir)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

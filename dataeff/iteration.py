@@ -1,0 +1,92 @@
+"""Pure bookkeeping of one loop iteration: which labeled items play which role, which budgets are
+due, which unlabeled items to request next. No I/O; the flows call these.
+
+Roles (set at bootstrap, stored on each Label Studio task as data field ``dataeff_role``):
+
+- ``lowconf``: the low-confidence batch annotated for CoS-Low (also usable for training);
+- ``eval``: the held-out evaluation split (never trained on);
+- ``pool``: everything else (training items, labeled in the order the loop requests them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from dataeff.data import Example
+
+ROLE_LOWCONF = "lowconf"
+ROLE_EVAL = "eval"
+ROLE_POOL = "pool"
+ROLES = (ROLE_LOWCONF, ROLE_EVAL, ROLE_POOL)
+
+
+def stable_key(seed: int, item_id: str) -> str:
+    """Seeded hash of an item id: an order that does not change as items are added."""
+    return hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()
+
+
+def label_set_hash(examples: Iterable[Example]) -> str:
+    """Short sha256 over the sorted ``(id, answer)`` pairs: equal labels give an equal hash, whatever the order."""
+    pairs = sorted((str(e.id), e.answer or "") for e in examples)
+    h = hashlib.sha256()
+    for item_id, answer in pairs:
+        h.update(item_id.encode() + b"\x1f" + answer.encode() + b"\x1e")
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class LabeledSets:
+    """The labeled items of a project split by role.
+
+    Attributes:
+        lowconf: labeled items of the low-confidence batch.
+        eval: labeled held-out items.
+        train: every labeled non-eval item (low-confidence ones included), in a seeded stable order:
+            the first ``b`` items are the training set of budget ``b`` (nested across budgets and
+            stable as more labels arrive).
+    """
+
+    lowconf: list[Example]
+    eval: list[Example]
+    train: list[Example]
+
+    def train_subset(self, budget: int) -> list[Example]:
+        return self.train[:budget]
+
+
+def partition(labeled: Sequence[Example], roles: Mapping[str, str], seed: int = 0) -> LabeledSets:
+    """Split labeled examples by role (``roles`` maps example id -> role; unknown ids are ``pool``)."""
+    lowconf = [e for e in labeled if roles.get(str(e.id)) == ROLE_LOWCONF]
+    evals = [e for e in labeled if roles.get(str(e.id)) == ROLE_EVAL]
+    train = [e for e in labeled if roles.get(str(e.id)) != ROLE_EVAL]
+    train.sort(key=lambda e: stable_key(seed, str(e.id)))
+    evals.sort(key=lambda e: str(e.id))
+    lowconf.sort(key=lambda e: str(e.id))
+    return LabeledSets(lowconf=lowconf, eval=evals, train=train)
+
+
+def budgets_due(n_train: int, grid: Sequence[int], done: Iterable[int], eval_ready: bool) -> list[int]:
+    """Grid budgets that the labeled count has reached and that have no fine-tune yet.
+
+    Budget 0 (zero-shot) needs only the evaluation split. Nothing is due before the evaluation
+    split is complete (``eval_ready``), since every score is measured on it.
+    """
+    if not eval_ready:
+        return []
+    done = set(done)
+    return [b for b in sorted(grid) if b <= n_train and b not in done]
+
+
+def next_batch(unlabeled_ids: Iterable[str], n: int, seed: int = 0) -> list[str]:
+    """The next ``n`` pool items to request: a seeded random order that is stable across calls."""
+    ordered = sorted((str(i) for i in unlabeled_ids), key=lambda i: stable_key(seed, i))
+    return ordered[: max(0, int(n))]
+
+
+def choose_eval_split(ids: Iterable[str], size: int, exclude: Iterable[str] = (), seed: int = 0) -> list[str]:
+    """Held-out evaluation ids: ``size`` items in seeded order, never from ``exclude`` (e.g. the low-confidence batch)."""
+    excluded = set(map(str, exclude))
+    candidates = [i for i in map(str, ids) if i not in excluded]
+    return sorted(candidates, key=lambda i: stable_key(seed + 1_000_003, i))[:size]
