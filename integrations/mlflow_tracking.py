@@ -232,7 +232,7 @@ def _finite(value: Any) -> float | None:
         x = float(value)
     except (TypeError, ValueError):
         return None
-    return x if math.isfinite(x) or math.isinf(x) else None
+    return None if math.isnan(x) else x
 
 
 # ----------------------------------------------------------------------------- tracker
@@ -340,7 +340,7 @@ class Tracker:
                     "(mlflow experiments restore) or remove it for good (mlflow gc) before reusing the name"
                 )
             if exp is None:
-                tags = {TAG_PROJECT if kind_tag == "project" else "dataeff.purpose": name if kind_tag == "project" else kind_tag}
+                tags = {TAG_PROJECT: name} if kind_tag == "project" else {"dataeff.purpose": kind_tag}
                 location = None
                 if self._artifact_root is not None:
                     slug = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)[:60]

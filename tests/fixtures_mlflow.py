@@ -1,1 +1,131 @@
+"""MLflow fixtures: a temporary SQLite store and a real ``mlflow server`` on Postgres.
 
+- ``mlflow_sqlite_uri``: ``sqlite:///<tmp>/mlflow.db`` (session scoped; tests isolate themselves
+  with unique project names).
+- ``mlflow_server_uri``: ``http://127.0.0.1:<port>`` of ``mlflow server`` started from this
+  virtualenv with ``--backend-store-uri postgresql://<user>@127.0.0.1:5432/<fresh database>`` and
+  ``--artifacts-destination <tmp>`` (artifacts proxied by the server). The database is created for
+  the test session and dropped at the end; the server is stopped at the end. Any start-up failure
+  fails the test loudly with the server's log.
+
+Environment: ``DATAEFF_TEST_PG`` overrides the Postgres server DSN
+(default ``postgresql://postgres@127.0.0.1:5432/postgres``, trust auth).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+import requests
+
+PG_ADMIN_DSN = os.environ.get("DATAEFF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+SERVER_START_TIMEOUT_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlparse(dsn)
+    return urlunparse(parts._replace(path=f"/{database}"))
+
+
+def _admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG_ADMIN_DSN)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite_uri(tmp_path_factory) -> str:
+    """``sqlite:///`` URI of a fresh MLflow database in a temporary folder."""
+    folder = tmp_path_factory.mktemp("mlflow-sqlite")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_db():
+    """A fresh Postgres database for the session, dropped at the end; yields its DSN."""
+    name = f"dataeff_mlflow_{uuid.uuid4().hex[:10]}"
+    try:
+        _admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # noqa: BLE001 - fail loudly with the cause
+        pytest.fail(f"cannot create Postgres database at {PG_ADMIN_DSN} ({exc}); is Postgres running? set DATAEFF_TEST_PG")
+    yield _with_database(PG_ADMIN_DSN, name)
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_uri(mlflow_postgres_db, tmp_path_factory):
+    """``http://127.0.0.1:<port>`` of a real ``mlflow server`` on Postgres with proxied artifacts."""
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    if not mlflow_bin.exists():
+        pytest.fail(f"{mlflow_bin} not found: install mlflow into the test virtualenv")
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    artifacts = folder / "artifacts"
+    artifacts.mkdir()
+    port = _free_port()
+    log_path = folder / "server.log"
+    cmd = [
+        str(mlflow_bin), "server",
+        "--backend-store-uri", mlflow_postgres_db,
+        "--artifacts-destination", str(artifacts),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]
+    env = dict(os.environ, MLFLOW_ENABLE_TELEMETRY="false", DO_NOT_TRACK="true")
+    log = log_path.open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with code {proc.returncode}")
+            try:
+                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not answer /health within {SERVER_START_TIMEOUT_S} s")
+            time.sleep(0.5)
+    except RuntimeError as exc:
+        _stop(proc)
+        log.close()
+        tail = log_path.read_text(errors="replace")[-4000:]
+        pytest.fail(f"{exc}\ncommand: {' '.join(cmd)}\n--- server log ---\n{tail}")
+    try:
+        yield uri
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server's process group (the server and its uvicorn workers)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

@@ -1,0 +1,375 @@
+"""Calibration per model family: ``AUC' = coef * CoS-Low + intercept`` (method.md section 3).
+
+A :class:`Calibration` is either fitted from tasks with measured curves (:func:`fit_calibration`,
+ordinary least squares, leave-one-task-out errors) or one of the :data:`BUILTIN_CALIBRATIONS`
+read from the reference repository's figure. Its :meth:`Calibration.predict_auc` gives AUC with a
+prediction interval:
+
+* fitted from data: the OLS prediction interval
+  ``AUC' +- t_{n-2} * s * sqrt(1 + 1/n + (c - mean c)^2 / Sxx)``, ``s`` the residual standard
+  deviation (n - 2 degrees of freedom);
+* built-in (no data): a normal interval with sd :data:`BUILTIN_AUC_SD` = 0.086 * sqrt(pi / 2)
+  ~ 0.108, i.e. the paper's 8.6% error read as a mean absolute error of normally distributed
+  errors (``MAE = sd * sqrt(2 / pi)``). This is an assumption, not a number from the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.dummy import DummyRegressor
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import LeaveOneOut, cross_val_predict
+
+from dataeff.efficiency import MAX_BUDGET, Prediction, clip_auc, predict
+from dataeff.errors import DataError
+
+#: The paper's reported error of predicted data efficiency (8.6%), read as a mean absolute error.
+PAPER_AUC_MAE = 0.086
+#: SD of AUC' used for built-in calibrations: the paper's MAE converted for normal errors.
+BUILTIN_AUC_SD = PAPER_AUC_MAE * math.sqrt(math.pi / 2)
+FORMAT = "dataeff.calibration/1"
+FIT_KINDS = ("full", "lora")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Calibration:
+    """Linear map from CoS-Low to AUC for one model family, with its provenance and errors.
+
+    Attributes:
+        family: model family name (e.g. ``"llama-3.1-8b-instruct"``).
+        coef, intercept: ``AUC' = coef * coslow + intercept``.
+        n_tasks: number of tasks fitted on (``None`` for a built-in read off a figure).
+        residual_std: OLS residual sd ``sqrt(SSR / (n - 2))`` (AUC units), ``None`` for built-ins.
+        loo_mae: leave-one-task-out mean |AUC' - AUC|.
+        loo_relative_error: leave-one-task-out mean |AUC' - AUC| / AUC.
+        baseline_loo_mae: leave-one-out MAE of predicting the mean AUC of the other tasks.
+        source: where the numbers come from (file, figure, command) - free text.
+        fit_kind: ``"full"`` (curves from full fine-tuning) or ``"lora"`` (from LoRA fine-tunes).
+        created_at: ISO-8601 UTC time of the fit.
+        tasks: task names fitted on.
+        aliases: other names that select this calibration in :func:`get_calibration`.
+        coslow_mean, coslow_sxx: mean and sum of squared deviations of the fitted CoS-Low values
+            (needed for the OLS prediction interval).
+        default_sd: sd of AUC' used when there is no fit data (built-ins).
+    """
+
+    family: str
+    coef: float
+    intercept: float
+    n_tasks: int | None = None
+    residual_std: float | None = None
+    loo_mae: float | None = None
+    loo_relative_error: float | None = None
+    baseline_loo_mae: float | None = None
+    source: str = ""
+    fit_kind: str = "full"
+    created_at: str = field(default_factory=_now)
+    tasks: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    coslow_mean: float | None = None
+    coslow_sxx: float | None = None
+    default_sd: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fit_kind not in FIT_KINDS:
+            raise DataError(f"calibration {self.family!r}: fit_kind must be one of {FIT_KINDS}, got {self.fit_kind!r}")
+        for name in ("coef", "intercept"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DataError(f"calibration {self.family!r}: {name} must be a finite number, got {value!r}")
+
+    @property
+    def fitted(self) -> bool:
+        """True when the calibration carries what an OLS prediction interval needs."""
+        return (
+            self.n_tasks is not None
+            and self.n_tasks >= 3
+            and self.residual_std is not None
+            and self.coslow_mean is not None
+            and bool(self.coslow_sxx)
+        )
+
+    def predict_sd(self, coslow: float) -> float:
+        """Standard error of a new task's AUC at ``coslow`` (AUC units).
+
+        Fitted: ``s * sqrt(1 + 1/n + (coslow - mean)^2 / Sxx)``. Built-in: ``default_sd``
+        (or :data:`BUILTIN_AUC_SD`).
+        """
+        if self.fitted:
+            n = self.n_tasks
+            return float(
+                self.residual_std * math.sqrt(1 + 1 / n + (coslow - self.coslow_mean) ** 2 / self.coslow_sxx)
+            )
+        return float(self.default_sd if self.default_sd is not None else BUILTIN_AUC_SD)
+
+    def predict_auc(self, coslow: float, level: float = 0.8) -> tuple[float, float, float]:
+        """Predicted AUC of a task with this CoS-Low and its prediction interval.
+
+        Args:
+            coslow: measured CoS-Low in [-1, 1].
+            level: two-sided coverage of the interval (default 0.8).
+
+        Returns:
+            ``(auc, lo, hi)``, all clipped into :data:`dataeff.efficiency.AUC_CLIP`. The interval
+            is Student-t with n - 2 degrees of freedom when fitted from data, normal otherwise.
+        """
+        if not 0 < level < 1:
+            raise DataError(f"level must be in (0, 1), got {level!r}")
+        if isinstance(coslow, bool) or not isinstance(coslow, (int, float)) or not -1 <= coslow <= 1:
+            raise DataError(f"CoS-Low must be a number in [-1, 1], got {coslow!r}")
+        raw = self.coef * coslow + self.intercept
+        q = 0.5 + level / 2
+        z = stats.t.ppf(q, self.n_tasks - 2) if self.fitted else stats.norm.ppf(q)
+        half = float(z) * self.predict_sd(coslow)
+        return clip_auc(raw), clip_auc(raw - half), clip_auc(raw + half)
+
+    def predict(
+        self,
+        coslow: float,
+        targets: Sequence[float] = (0.5, 0.8, 0.9),
+        max_budget: int = MAX_BUDGET,
+        level: float = 0.8,
+    ) -> Prediction:
+        """:func:`dataeff.efficiency.predict` with this calibration and its AUC interval."""
+        _, lo, hi = self.predict_auc(coslow, level)
+        pred = predict(coslow, self.coef, self.intercept, targets, max_budget, auc_interval=(lo, hi))
+        pred.extra.update(
+            {"calibration": self.family, "calibration_fit_kind": self.fit_kind, "interval_level": level,
+             "auc_sd": self.predict_sd(coslow)}
+        )
+        return pred
+
+    # ----------------------------------------------------------------- persistence
+
+    def to_json(self) -> str:
+        """JSON text with every field plus ``"format": "dataeff.calibration/1"``."""
+        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "calibration JSON") -> "Calibration":
+        """Parse :meth:`to_json` output. Raises :class:`DataError` naming ``where`` on bad input."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise DataError(f"{where}: not a dataeff calibration (expected \"format\": \"{FORMAT}\")")
+        data.pop("format")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(f"{where}: unknown fields {unknown}; known fields: {sorted(known)}")
+        missing = [k for k in ("family", "coef", "intercept") if k not in data]
+        if missing:
+            raise DataError(f"{where}: missing fields {missing}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_json` to ``path`` (parents created). Returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        """Read a calibration saved with :meth:`save`."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read calibration ({exc.strerror or exc})") from None
+        return cls.from_json(text, where=str(path))
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _check_rows(rows: Iterable[Sequence]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    tasks: list[str] = []
+    cs: list[float] = []
+    aucs: list[float] = []
+    for i, row in enumerate(rows):
+        try:
+            task, coslow, auc = row
+        except (TypeError, ValueError):
+            raise DataError(f"row {i}: expected (task, coslow, auc), got {row!r}") from None
+        task = str(task)
+        for name, value in (("coslow", coslow), ("auc", auc)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DataError(f"row {i} (task {task!r}): {name} must be a finite number, got {value!r}")
+        if not -1 <= coslow <= 1:
+            raise DataError(f"row {i} (task {task!r}): coslow must be in [-1, 1], got {coslow}")
+        if not 0 < auc <= 1:
+            raise DataError(f"row {i} (task {task!r}): auc must be in (0, 1], got {auc}")
+        if task in tasks:
+            raise DataError(f"row {i}: task {task!r} appears twice; keep one row per task")
+        tasks.append(task)
+        cs.append(float(coslow))
+        aucs.append(float(auc))
+    return tasks, np.array(cs), np.array(aucs)
+
+
+def fit_calibration(
+    rows: Iterable[Sequence],
+    family: str,
+    *,
+    source: str = "",
+    fit_kind: str = "full",
+    aliases: Sequence[str] = (),
+) -> Calibration:
+    """Fit ``AUC = coef * CoS-Low + intercept`` by least squares, with leave-one-task-out errors.
+
+    Args:
+        rows: ``(task, coslow, auc)`` per task; at least 3 distinct tasks, finite numbers,
+            CoS-Low in [-1, 1] and AUC in (0, 1].
+        family: model family the rows were measured on.
+        source: provenance text stored with the calibration.
+        fit_kind: ``"full"`` or ``"lora"`` (how the AUC curves were fine-tuned).
+        aliases: other names for :func:`get_calibration`.
+
+    Returns:
+        A fitted :class:`Calibration` with ``residual_std``, ``loo_mae``,
+        ``loo_relative_error`` and ``baseline_loo_mae`` (predict-the-mean) set.
+
+    Raises:
+        DataError: fewer than 3 tasks, a duplicate task, a NaN/out-of-range value, or all CoS-Low
+            values equal (the slope is undefined).
+    """
+    tasks, cs, aucs = _check_rows(rows)
+    n = len(tasks)
+    if n < 3:
+        raise DataError(f"calibration {family!r}: need at least 3 tasks with CoS-Low and AUC, got {n}")
+    sxx = float(np.sum((cs - cs.mean()) ** 2))
+    if sxx <= 1e-12:
+        raise DataError(f"calibration {family!r}: all CoS-Low values are equal; the slope cannot be fitted")
+    X = cs.reshape(-1, 1)
+    model = LinearRegression().fit(X, aucs)
+    residuals = aucs - model.predict(X)
+    loo = LeaveOneOut()
+    loo_pred = cross_val_predict(LinearRegression(), X, aucs, cv=loo)
+    base_pred = cross_val_predict(DummyRegressor(strategy="mean"), X, aucs, cv=loo)
+    return Calibration(
+        family=family,
+        coef=float(model.coef_[0]),
+        intercept=float(model.intercept_),
+        n_tasks=n,
+        residual_std=float(math.sqrt(np.sum(residuals**2) / (n - 2))) if n > 2 else None,
+        loo_mae=float(np.mean(np.abs(loo_pred - aucs))),
+        loo_relative_error=float(np.mean(np.abs(loo_pred - aucs) / aucs)),
+        baseline_loo_mae=float(np.mean(np.abs(base_pred - aucs))),
+        source=source,
+        fit_kind=fit_kind,
+        tasks=tasks,
+        aliases=list(aliases),
+        coslow_mean=float(cs.mean()),
+        coslow_sxx=sxx,
+    )
+
+
+def baseline_loo_mae(aucs: Sequence[float]) -> float:
+    """Leave-one-out MAE of always predicting the mean AUC of the other tasks (the trivial baseline)."""
+    y = np.asarray(aucs, dtype=np.float64)
+    if y.ndim != 1 or len(y) < 2 or not np.all(np.isfinite(y)):
+        raise DataError("need at least 2 finite AUC values for a leave-one-out baseline")
+    pred = cross_val_predict(DummyRegressor(strategy="mean"), np.zeros((len(y), 1)), y, cv=LeaveOneOut())
+    return float(np.mean(np.abs(pred - y)))
+
+
+def read_pairs_csv(path: str | Path) -> list[tuple[str, float, float]]:
+    """Read a CSV with a header ``task,coslow,auc`` (extra columns ignored) into rows.
+
+    Raises:
+        DataError: naming ``file:line`` for a missing column, a non-numeric value or an empty file.
+    """
+    path = Path(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc}); give a CSV with columns task,coslow,auc") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in ("task", "coslow", "auc") if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}; the header must include task,coslow,auc")
+        rows: list[tuple[str, float, float]] = []
+        for raw in reader:
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            where = f"{path}:{reader.line_num}"
+            if not row["task"]:
+                raise DataError(f"{where}: empty task name")
+            try:
+                rows.append((row["task"], float(row["coslow"]), float(row["auc"])))
+            except ValueError:
+                raise DataError(f"{where}: coslow and auc must be numbers, got {row['coslow']!r}, {row['auc']!r}") from None
+    if not rows:
+        raise DataError(f"{path}: no data rows")
+    return rows
+
+
+# --------------------------------------------------------------------------- built-ins
+
+_FIGURE = (
+    "read from the reference repository's figure plots/learned_coefficients.png "
+    "(github r-three/dataefficiency); fitted there on 30 tasks with curves from FULL fine-tuning "
+    "(lr 1e-5, 500 steps, effective batch 32). Interval: normal with sd "
+    f"{BUILTIN_AUC_SD:.3f} = the paper's 8.6% error read as a mean absolute error. "
+    "Curves from LoRA fine-tunes need their own calibration."
+)
+
+BUILTIN_CALIBRATIONS: dict[str, Calibration] = {
+    c.family: c
+    for c in (
+        Calibration(
+            "llama-3.1-8b-instruct", 0.545, 0.310, source=_FIGURE, fit_kind="full",
+            created_at="2025-12-31", default_sd=BUILTIN_AUC_SD,
+            aliases=["llama", "meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct"],
+        ),
+        Calibration(
+            "mistral-7b-instruct-v0.3", 0.797, 0.357, source=_FIGURE, fit_kind="full",
+            created_at="2025-12-31", default_sd=BUILTIN_AUC_SD,
+            aliases=["mistral", "mistralai/Mistral-7B-Instruct-v0.3"],
+        ),
+        Calibration(
+            "qwen2.5-14b-instruct", 0.526, 0.305, source=_FIGURE, fit_kind="full",
+            created_at="2025-12-31", default_sd=BUILTIN_AUC_SD,
+            aliases=["qwen", "Qwen/Qwen2.5-14B-Instruct"],
+        ),
+    )
+}
+
+
+def get_calibration(name_or_path: str | Path) -> Calibration:
+    """A built-in calibration by name or alias (case-insensitive), or one saved as a JSON file.
+
+    Raises:
+        DataError: listing the known names when ``name_or_path`` is neither.
+    """
+    key = str(name_or_path).strip()
+    for cal in BUILTIN_CALIBRATIONS.values():
+        if key.lower() in [cal.family.lower()] + [a.lower() for a in cal.aliases]:
+            return cal
+    path = Path(key)
+    if path.suffix.lower() == ".json" or path.exists():
+        if not path.is_file():
+            raise DataError(f"calibration file {path} not found; fit one with fit_calibration() and save() it")
+        return Calibration.load(path)
+    names = sorted(c.family for c in BUILTIN_CALIBRATIONS.values())
+    aliases = sorted(a for c in BUILTIN_CALIBRATIONS.values() for a in c.aliases)
+    raise DataError(
+        f"unknown calibration {key!r}; use one of {names} (aliases: {aliases}) or the path of a calibration JSON file"
+    )

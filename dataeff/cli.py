@@ -1,0 +1,408 @@
+"""The ``dataeff`` command: one tree, grouped by what the user is doing.
+
+Method commands print JSON on stdout (progress bars go to stderr), so they compose with ``jq``.
+Project commands (create, bootstrap, loop, serve, demo) talk to Label Studio, MLflow and Prefect
+through ``flows/``, imported only when such a command runs.
+
+Every deliberate error prints ``error: <what and how to fix>`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dataeff.errors import DataEffError
+
+EPILOG = """\
+typical session (the paper's method, on the offline SmolLM2-135M-Instruct):
+  dataeff data bigbench sports_understanding --out data/sports     # pool.jsonl + eval.jsonl
+  dataeff confidence --model smollm2 --data data/sports/pool.jsonl --out scores.jsonl --select-low 32
+  dataeff coslow --model smollm2 --data lowconf-labeled.jsonl --draws 3
+  dataeff predict --coslow 0.65 --calibration llama-3.1-8b-instruct --target 0.8 0.9
+the annotation loop (Label Studio + MLflow + Prefect):
+  dataeff demo                       # everything local, a simulated annotator, a summary at the end
+  dataeff project create --name tickets --data tickets.jsonl --labels labels.txt
+  dataeff bootstrap tickets && dataeff loop tickets && dataeff serve --interval 900
+"""
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if hasattr(o, "as_dict"):
+        return o.as_dict()
+    if hasattr(o, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _float_list(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+# ----------------------------------------------------------------------------- method commands
+
+
+def cmd_auc(args) -> int:
+    from dataeff.efficiency import data_efficiency_auc, read_results
+
+    results = read_results(args.results, metric=args.metric)
+    auc = data_efficiency_auc(results, human_score=args.human_score, max_budget=args.max_budget)
+    _print_json({"auc": auc, "budgets": sorted(results), "human_score": args.human_score, "max_budget": args.max_budget})
+    return 0
+
+
+def _calibration_from_args(args):
+    from dataeff.calibration import Calibration, get_calibration
+
+    if args.coef is not None:
+        return Calibration(family="custom", coef=args.coef[0], intercept=args.coef[1], source="--coef on the command line")
+    return get_calibration(args.calibration)
+
+
+def cmd_predict(args) -> int:
+    from dataeff.efficiency import predict
+
+    cal = _calibration_from_args(args)
+    auc, lo, hi = cal.predict_auc(args.coslow, level=args.level)
+    pred = predict(args.coslow, cal.coef, cal.intercept, targets=_float_list(args.target),
+                   max_budget=args.max_budget, auc_interval=(lo, hi))
+    out = pred.as_dict()
+    out["calibration"] = {"family": cal.family, "source": cal.source, "interval_level": args.level}
+    _print_json(out)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from dataeff.calibration import fit_calibration, read_pairs_csv
+
+    rows = read_pairs_csv(args.pairs)
+    cal = fit_calibration(rows, family=args.family, fit_kind=args.fit_kind, source=f"fitted from {args.pairs}")
+    if args.out:
+        cal.save(args.out)
+    _print_json(cal.to_dict() if hasattr(cal, "to_dict") else cal)
+    return 0
+
+
+def cmd_calibrations(args) -> int:
+    from dataeff.calibration import BUILTIN_CALIBRATIONS
+
+    _print_json({name: (c.to_dict() if hasattr(c, "to_dict") else c) for name, c in BUILTIN_CALIBRATIONS.items()})
+    return 0
+
+
+def _load(args):
+    from dataeff.models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+def cmd_confidence(args) -> int:
+    from dataeff.confidence import score_confidence, select_low_confidence
+    from dataeff.data import read_examples, write_jsonl
+
+    examples = read_examples(args.data, require_answer=False)
+    loaded = _load(args)
+    scores = score_confidence(loaded, examples=examples, batch_size=args.batch_size,
+                              max_new_tokens=args.max_new_tokens, chat_template=args.chat_template)
+    rows = [s.as_dict() if hasattr(s, "as_dict") else _json_default(s) for s in scores]
+    write_jsonl(args.out, rows)
+    summary = {"scored": len(rows), "out": str(args.out)}
+    if args.select_low:
+        ids = select_low_confidence(scores, k=args.select_low, fraction=args.fraction, seed=args.seed, by=args.by)
+        summary["low_confidence_ids"] = ids
+    _print_json(summary)
+    return 0
+
+
+def cmd_select_low(args) -> int:
+    from dataeff.confidence import ConfidenceScore, select_low_confidence
+
+    rows = [json.loads(l) for l in Path(args.scores).read_text(encoding="utf-8").splitlines() if l.strip()]
+    scores = [ConfidenceScore(**r) for r in rows]
+    ids = select_low_confidence(scores, k=args.k, fraction=args.fraction, seed=args.seed, by=args.by)
+    _print_json({"k": args.k, "fraction": args.fraction, "seed": args.seed, "ids": ids})
+    return 0
+
+
+def cmd_coslow(args) -> int:
+    from dataeff.coslow import compute_coslow
+    from dataeff.data import read_examples
+    from dataeff.models import LoraSettings
+
+    examples = read_examples(args.data)
+    loaded = _load(args)
+    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
+                        target_modules=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()))
+    res = compute_coslow(loaded, examples, lora=lora, seed=args.seed, draws=args.draws,
+                         chat_template=args.chat_template, batch_size=args.batch_size,
+                         projection_dim=args.projection_dim)
+    out = res.as_dict() if hasattr(res, "as_dict") else _json_default(res)
+    out["model"] = loaded.name
+    _print_json(out)
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from dataeff.data import TaskSpec, read_examples
+    from dataeff.finetune import FinetuneSettings, run_finetune
+
+    train = read_examples(args.train)
+    evals = read_examples(args.eval)
+    labels = tuple(l for l in args.labels.split(",") if l) if args.labels else None
+    task = TaskSpec(name=Path(args.train).stem, labels=labels, metric=args.metric)
+    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                                chat_template=args.chat_template)
+    loaded = _load(args)
+    res = run_finetune(loaded, train, evals, task, args.budget, settings, adapter_dir=args.adapter_dir)
+    _print_json(res.as_dict() if hasattr(res, "as_dict") else res)
+    return 0
+
+
+def cmd_data_bigbench(args) -> int:
+    from dataeff.bigbench import export_task
+
+    eval_size = args.eval_size if args.eval_size < 1 else int(args.eval_size)
+    paths = export_task(args.task, args.out, eval_size=eval_size, max_examples=args.max_examples, seed=args.seed)
+    _print_json({k: str(v) for k, v in paths.items()})
+    return 0
+
+
+# ----------------------------------------------------------------------------- project commands
+
+
+def _flows_cli():
+    import flows.commands as commands  # orchestration layer: Prefect, Label Studio, MLflow
+
+    return commands
+
+
+def cmd_project(args) -> int:
+    return _flows_cli().project(args)
+
+
+def cmd_bootstrap(args) -> int:
+    return _flows_cli().bootstrap(args)
+
+
+def cmd_loop(args) -> int:
+    return _flows_cli().loop(args)
+
+
+def cmd_serve(args) -> int:
+    return _flows_cli().serve(args)
+
+
+def cmd_demo(args) -> int:
+    return _flows_cli().demo(args)
+
+
+def cmd_calibrate_family(args) -> int:
+    return _flows_cli().calibrate_family(args)
+
+
+def cmd_bench(args) -> int:
+    from benchmarks.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _model_args(p: argparse.ArgumentParser, chat_default: bool) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="'smollm2' (offline SmolLM2-135M-Instruct), a local model folder, a .gguf file or a hub id (default: smollm2)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--chat-template", dest="chat_template", action="store_true", default=chat_default,
+                   help=f"wrap prompts in the model's chat template{' (default)' if chat_default else ''}")
+    g.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                   help=f"use prompts as they are{' (default)' if not chat_default else ''}")
+
+
+def _project_commands(add) -> None:
+    """The annotation-loop commands (Label Studio + MLflow + Prefect)."""
+    p = add("project", None, "annotation projects: create one (Label Studio project, pool import, MLflow experiment, saved config)")
+    psub = p.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+    cp = psub.add_parser("create", help="create or update a project (idempotent: re-running imports nothing twice)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cp.set_defaults(func=cmd_project)
+    cp.add_argument("--name", required=True, help="project name (Label Studio title, MLflow experiment)")
+    src = cp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="unlabeled pool JSONL/CSV with 'prompt' (and optional 'id')")
+    src.add_argument("--bigbench", metavar="TASK", help="use a BIG-bench task from the offline archive as the pool")
+    cp.add_argument("--labels", default=None, help="file with one label per line (a choice task); omit for free-text answers")
+    cp.add_argument("--eval", default=None, help="labeled held-out JSONL/CSV; without it the team labels --eval-size pool items")
+    cp.add_argument("--metric", choices=["exact_match", "f1"], default="exact_match")
+    cp.add_argument("--model", default="smollm2", help="model source (see `dataeff confidence --help`)")
+    cp.add_argument("--calibration", default="llama-3.1-8b-instruct", help="calibration name or JSON file of the model family")
+    cp.add_argument("--no-chat-template", dest="chat_template", action="store_false", default=True)
+    cp.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets")
+    cp.add_argument("--primary-target", type=float, default=0.9, help="target the stop rule uses")
+    cp.add_argument("--label-cap", type=int, default=1000, help="most labels the team will give")
+    cp.add_argument("--eval-size", type=int, default=100, help="held-out items the team labels once")
+    cp.add_argument("--max-examples", type=int, default=None, help="with --bigbench: use a seeded subset")
+    cp.add_argument("--label-studio-url", default="http://127.0.0.1:8080")
+    cp.add_argument("--token-env", default="LABEL_STUDIO_API_KEY", help="NAME of the env var holding the Label Studio token")
+    cp.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under $DATAEFF_HOME)")
+    cp.add_argument("--seed", type=int, default=0)
+
+    p = add("bootstrap", cmd_bootstrap, "score the pool's confidence and queue the low-confidence batch (+ eval split) in Label Studio")
+    p.add_argument("project", help="project name (from `dataeff project create`)")
+    p.add_argument("--batch-size", type=int, default=16, help="generation batch size")
+
+    p = add("loop", cmd_loop, "run one loop iteration: pull labels, estimate, fine-tune due budgets, log, decide, request labels")
+    p.add_argument("project")
+
+    p = add("serve", cmd_serve, "serve the loop as Prefect deployments on an interval schedule (one run per project at a time)")
+    p.add_argument("projects", nargs="*", help="project names (default: every saved project)")
+    p.add_argument("--interval", type=int, default=900, help="seconds between iterations")
+
+    p = add("demo", cmd_demo, "the whole loop on this machine: local Label Studio + MLflow UI, SmolLM2, a simulated annotator")
+    p.add_argument("--task", default="intent_recognition", help="BIG-bench task")
+    p.add_argument("--quick", action="store_true", help="smaller pool and budgets (a smoke run, not the real demo)")
+    p.add_argument("--label-cap", type=int, default=None, help="stop after this many labels (default: the demo's grid end)")
+    p.add_argument("--noise", type=float, default=0.0, help="share of simulated labels that are wrong")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds the simulated annotator waits per label")
+    p.add_argument("--workdir", default=".demo", help="where servers keep their data")
+    p.add_argument("--label-studio-port", type=int, default=8080)
+    p.add_argument("--mlflow-port", type=int, default=5000)
+    p.add_argument("--keep-running", action="store_true", help="leave Label Studio and the MLflow UI running at the end")
+
+    p = add("calibrate-family", cmd_calibrate_family, "fit a model family's calibration from projects' MLflow runs (measured curves + CoS-Low)")
+    p.add_argument("--family", required=True)
+    p.add_argument("--projects", nargs="+", required=True)
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--out", default=None, help="save the calibration JSON here (default: $DATAEFF_HOME/calibrations/<family>.json)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dataeff import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="dataeff",
+        description="How many labels does this task need before a LoRA fine-tune reaches the target? "
+                    "CoS-Low (Je & Raffel 2025) from 32 low-confidence labels, checked against real fine-tunes as labels arrive.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dataeff {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name, func, help_, **kw):
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("auc", cmd_auc, "data-efficiency AUC of a learning curve in the paper's results format")
+    p.add_argument("results", help='JSON {"<budget>": {"accuracy"|"exact_string_match_accuracy"|"f1": score}}; budget 0 = zero-shot')
+    p.add_argument("--human-score", type=float, default=None, help="ceiling score if known (else the best observed)")
+    p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
+    p.add_argument("--metric", choices=["accuracy", "f1"], default=None, help="which score key to read (default: the one present)")
+
+    p = add("predict", cmd_predict, "predicted AUC, curve and labels needed per target from a CoS-Low value")
+    p.add_argument("--coslow", type=float, required=True, help="measured CoS-Low")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I")
+    g.add_argument("--calibration", default="llama-3.1-8b-instruct", help="built-in calibration name or a calibration JSON file")
+    p.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets (share of the way from zero-shot to ceiling)")
+    p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
+    p.add_argument("--level", type=float, default=0.8, help="prediction interval level")
+
+    p = add("calibrate", cmd_calibrate, "fit a model family's calibration AUC = c * CoS-Low + I from task,coslow,auc rows")
+    p.add_argument("pairs", help="CSV with columns task,coslow,auc (one row per task)")
+    p.add_argument("--family", required=True, help="model family name, e.g. qwen2.5-7b-instruct")
+    p.add_argument("--fit-kind", choices=["full", "lora"], default="lora", help="fine-tuning kind the AUCs were measured with")
+    p.add_argument("--out", default=None, help="save the calibration JSON here")
+
+    add("calibrations", cmd_calibrations, "list the built-in calibrations")
+
+    p = add("confidence", cmd_confidence, "greedy answers and per-answer confidence for an unlabeled pool (batched)")
+    _model_args(p, chat_default=True)
+    p.add_argument("--data", required=True, help="pool JSONL/CSV with a 'prompt' column ('answer' optional)")
+    p.add_argument("--out", required=True, help="scores JSONL: id, answer, confidence, perplexity, n_tokens")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--select-low", type=int, default=0, metavar="K", help="also draw K ids from the bottom decile")
+    p.add_argument("--fraction", type=float, default=0.1, help="low-confidence segment size")
+    p.add_argument("--by", choices=["confidence", "perplexity"], default="confidence")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("select-low", cmd_select_low, "draw K ids from the bottom decile of a scores file")
+    p.add_argument("scores", help="output of `dataeff confidence`")
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--fraction", type=float, default=0.1)
+    p.add_argument("--by", choices=["confidence", "perplexity"], default="confidence")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("coslow", cmd_coslow, "CoS-Low: median pairwise cosine of LoRA gradients of labeled examples")
+    _model_args(p, chat_default=False)
+    p.add_argument("--data", required=True, help="labeled JSONL/CSV: prompt, answer")
+    p.add_argument("--lora-r", type=int, default=64)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    p.add_argument("--seed", type=int, default=0, help="seed of LoRA A's initialisation (draw d uses seed+d)")
+    p.add_argument("--draws", type=int, default=1, help="LoRA initialisations to average over (reports the spread)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--projection-dim", type=int, default=None, help="random-projection size (bounds memory for 7B+ models); exact when omitted")
+
+    p = add("finetune", cmd_finetune, "LoRA fine-tune on a seeded subset of N labels and evaluate on a held-out set")
+    _model_args(p, chat_default=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--eval", required=True)
+    p.add_argument("--budget", type=int, required=True, help="training examples (0 = zero-shot evaluation)")
+    p.add_argument("--labels", default=None, help="comma-separated label set of a choice task")
+    p.add_argument("--metric", choices=["exact_match", "f1"], default="exact_match")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter-dir", default=None, help="save the trained LoRA adapter here")
+
+    p = add("data", None, "task data helpers")
+    dsub = p.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
+    bp = dsub.add_parser("bigbench", help="export a BIG-bench task (offline archive) as pool.jsonl + eval.jsonl",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bp.set_defaults(func=cmd_data_bigbench)
+    bp.add_argument("task", help="task name, e.g. sports_understanding, intent_recognition")
+    bp.add_argument("--out", default=None, help="output folder (default: data/<task>)")
+    bp.add_argument("--eval-size", type=float, default=100, help="held-out examples (or a fraction < 1)")
+    bp.add_argument("--max-examples", type=int, default=None)
+    bp.add_argument("--seed", type=int, default=0)
+
+    _project_commands(add)
+
+    p = add("bench", cmd_bench, "speed/memory benchmarks vs the naive reference algorithm (see docs/benchmarks.md)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to `python -m benchmarks`")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "data" and getattr(args, "task", None) and args.out is None:
+        args.out = f"data/{args.task}"
+    try:
+        return int(args.func(args) or 0)
+    except DataEffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""CoS-Low: median pairwise cosine of the labeled low-confidence examples' LoRA gradients.
+
+See docs/method.md section 2. The LoRA adapter is created with a fixed seed (its random ``A``
+decides what CoS-Low sees), used for the gradients and removed again, so the base model is left as
+it was and repeated calls are independent and reproducible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dataeff.data import Example, require_labeled
+from dataeff.errors import DataError
+from dataeff.gradients import lora_gradient_gram
+from dataeff.models import LoadedModel, LoraSettings, attach_lora
+
+
+def coslow_from_gram(gram: np.ndarray) -> float:
+    """Median over pairs ``i < j`` of ``G[i, j] / sqrt(G[i, i] * G[j, j])``.
+
+    Args:
+        gram: symmetric ``(n, n)`` Gram matrix of gradients, ``n >= 2``.
+
+    Raises:
+        DataError: fewer than 2 rows, or an example whose gradient has zero norm (names its row).
+    """
+    g = np.asarray(gram, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"expected a square Gram matrix, got shape {g.shape}")
+    n = g.shape[0]
+    if n < 2:
+        raise DataError(f"CoS-Low needs at least 2 examples, got {n}")
+    diag = np.diag(g)
+    bad = np.flatnonzero(~(diag > 0))
+    if bad.size:
+        raise DataError(f"the gradient of example row(s) {bad.tolist()} has zero (or invalid) norm: its answer "
+                        "tokens give the model no signal; check those labels or drop the rows")
+    norms = np.sqrt(diag)
+    cos = g / np.outer(norms, norms)
+    iu = np.triu_indices(n, k=1)
+    return float(np.median(cos[iu]))
+
+
+@dataclass
+class CosLowResult:
+    """Outcome of :func:`compute_coslow`.
+
+    Attributes:
+        coslow: CoS-Low of the first draw (seed ``seed``), the reproducible headline value.
+        draws: CoS-Low of each draw ``d`` (LoRA seed ``seed + d``).
+        mean, std: mean and population standard deviation over the draws (std 0 for one draw).
+        n_examples: number of labeled examples used.
+        seconds: wall time of the whole computation.
+        lora: the LoRA settings as a flat dict (``LoraSettings.as_dict``).
+        seed: seed of the first draw.
+        chat_template: whether prompts were wrapped in the chat template.
+        projection_dim: ``None`` (exact) or the sketch size.
+    """
+
+    coslow: float
+    draws: list[float]
+    mean: float
+    std: float
+    n_examples: int
+    seconds: float
+    lora: dict = field(default_factory=dict)
+    seed: int = 0
+    chat_template: bool = False
+    projection_dim: int | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: LoraSettings = LoraSettings(),
+                   seed: int = 0, draws: int = 1, chat_template: bool = False, batch_size: int = 8,
+                   projection_dim: int | None = None, progress: bool = True) -> CosLowResult:
+    """CoS-Low of labeled ``examples`` under fresh LoRA adapters, over ``draws`` seeded initialisations.
+
+    For draw ``d`` the adapter is created by ``attach_lora(model, lora, seed + d)`` (``torch.manual_seed``
+    right before peft), the model is in eval mode (LoRA dropout off), the Gram matrix comes from
+    :func:`dataeff.gradients.lora_gradient_gram` and the adapter is unloaded afterwards.
+
+    Raises:
+        DataError: fewer than 2 labeled examples (or an unlabeled one among them).
+    """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    require_labeled(examples, 2, "CoS-Low")
+    unlabeled = [e.id if e.id is not None else i for i, e in enumerate(examples)
+                 if e.answer is None or not e.answer.strip()]
+    if unlabeled:
+        raise DataError(f"CoS-Low: examples {unlabeled[:5]} have no gold answer; pass labeled examples only")
+    start = time.perf_counter()
+    model = loaded.model
+    was_training = model.training
+    values = []
+    for d in range(draws):
+        peft_model = attach_lora(model, lora, seed + d)
+        try:
+            peft_model.eval()
+            gram = lora_gradient_gram(peft_model, loaded.tokenizer, examples, chat_template=chat_template,
+                                      batch_size=batch_size, projection_dim=projection_dim, seed=seed + d,
+                                      progress=progress)
+        finally:
+            model = peft_model.unload()
+            if hasattr(model, "peft_config"):
+                del model.peft_config
+        values.append(coslow_from_gram(gram))
+    model.train(was_training)
+    loaded.model = model
+    return CosLowResult(
+        coslow=values[0], draws=values, mean=float(np.mean(values)), std=float(np.std(values)),
+        n_examples=len(examples), seconds=time.perf_counter() - start, lora=lora.as_dict(), seed=seed,
+        chat_template=chat_template, projection_dim=projection_dim,
+    )

@@ -1,0 +1,262 @@
+"""Per-example LoRA gradients at the un-trained initialisation, reduced to their Gram matrix.
+
+Why it is cheap. At LoRA's initialisation ``B = 0``, so for a LoRA layer ``y = W x + s * B A x``
+(``s = alpha / r``) the gradient of ``A`` is exactly zero and the gradient of ``B`` for example
+``i`` is ``gB_i = sum_t g_t u_t^T`` (shape ``out x r``), where ``u_t = A x_t`` is the input of
+``lora_B`` at position ``t`` and ``g_t`` the gradient of example ``i``'s loss with respect to
+``lora_B``'s output (which already carries the factor ``s``). So:
+
+- one forward pass over a batch captures every ``u_t`` (forward hook on each ``lora_B``; its
+  output, exactly zero, is replaced by a zero leaf tensor ``z`` that requires grad);
+- one backward pass of ``sum_i L_i`` (``L_i`` = mean cross-entropy over example ``i``'s answer
+  tokens) gives every ``g_t``: positions of different examples never mix, so ``g_t`` of a row is
+  the gradient of that row's own loss. No base weight gets a gradient (all parameters are frozen),
+  only activations do. Each module's gradient is turned into ``gB`` (``batch x out x r``) as soon
+  as it is ready (a post-accumulate hook) and released: never all layers at once;
+- the LM head runs only at the positions that predict answer tokens;
+- examples are padded on the RIGHT (a causal model never attends to later pad positions, whose
+  gradient is therefore exactly zero) and batched by length.
+
+The zero ``A`` gradients add nothing to inner products or norms, so the Gram matrix over ``B``
+gradients equals the reference's Gram matrix over all LoRA matrices.
+
+Exact mode keeps one fp32 row of ``sum_l out_l * r`` numbers per example (SmolLM2-135M, r=64:
+9.95 M numbers, 40 MB per example); Gram matrix ``G = F F^T`` accumulated in fp64, one LoRA module
+at a time. When all examples fit in one batch (``batch_size >= n``), ``G`` is accumulated inside the
+hooks and no rows are kept at all.
+
+Projection mode (``projection_dim=k``) replaces each example's row by a CountSketch of it (a
+sparse Rademacher projection: every gradient coordinate goes, with a seeded random sign, to one of
+``k`` seeded random buckets; independent per module, summed over modules). Inner products are
+unbiased; the relative error of one cosine has standard deviation about ``sqrt((1 + cos^2) / k)``,
+and the median over all pairs (CoS-Low) is much steadier than one pair. Memory: ``n x k`` numbers
+plus the bucket/sign tables (``sum_l out_l * r`` int32 + int8, built once per call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dataeff.data import Example
+from dataeff.errors import DataError
+from dataeff.generation import length_batches, model_device
+from dataeff.models import encode_prompt_answer
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of prompt + gold answer; the answer is ``ids[n_prompt:]`` (at least one token)."""
+
+    ids: list[int]
+    n_prompt: int
+
+
+def encode_examples(tokenizer, examples: Sequence[Example], chat_template: bool) -> list[EncodedExample]:
+    """Encode labeled examples with :func:`dataeff.models.encode_prompt_answer`.
+
+    Raises:
+        DataError: an example has no answer, or its answer encodes to no tokens (names the example).
+    """
+    out = []
+    for i, ex in enumerate(examples):
+        name = ex.id if ex.id is not None else i
+        if ex.answer is None or not ex.answer.strip():
+            raise DataError(f"example {name}: no gold answer; CoS-Low needs labeled examples (label it or drop it)")
+        ids, n_prompt = encode_prompt_answer(tokenizer, ex.prompt, ex.answer, chat_template)
+        if len(ids) <= n_prompt:
+            raise DataError(f"example {name}: the answer {ex.answer!r} encodes to no tokens; fix the label")
+        if n_prompt < 1:
+            raise DataError(f"example {name}: empty prompt; fill it in or drop the row")
+        out.append(EncodedExample(ids=list(ids), n_prompt=n_prompt))
+    return out
+
+
+def lora_b_modules(peft_model, adapter: str = "default") -> list[tuple[str, torch.nn.Module]]:
+    """``(name, lora_B linear)`` of every vanilla LoRA linear layer of ``peft_model``, in module order.
+
+    Raises:
+        ValueError: no LoRA layer; a LoRA variant (DoRA, ...) whose gradient is not ``g u^T``; or a
+            ``B`` that is not zero (the adapter is not at its un-trained initialisation).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    found = []
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_B", {}):
+            continue
+        if adapter in getattr(module, "lora_variant", {}):
+            raise ValueError(f"{name}: LoRA variant {type(module.lora_variant[adapter]).__name__} is not supported; "
+                             "use plain LoRA (no DoRA) for CoS-Low")
+        lora_b = module.lora_B[adapter]
+        if not isinstance(lora_b, torch.nn.Linear):
+            raise ValueError(f"{name}: only LoRA on linear layers is supported, got {type(lora_b).__name__}")
+        if bool(torch.any(lora_b.weight != 0)):
+            raise ValueError(f"{name}: LoRA B is not zero; gradients must be taken at the un-trained initialisation "
+                             "(attach a fresh adapter)")
+        found.append((name, lora_b))
+    if not found:
+        raise ValueError(f"the model has no LoRA layers with adapter {adapter!r}; attach one with dataeff.models.attach_lora")
+    return found
+
+
+class CountSketch:
+    """Seeded sparse sign projection of each module's flattened ``out x r`` gradient to ``k`` numbers.
+
+    Args:
+        sizes: flattened gradient size of every module, in module order.
+        k: sketch dimension.
+        seed: seed of the bucket and sign tables.
+        device: where the tables live.
+    """
+
+    def __init__(self, sizes: Sequence[int], k: int, seed: int, device: torch.device):
+        if k < 1:
+            raise ValueError(f"projection_dim must be >= 1, got {k}")
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        self.k = int(k)
+        self.buckets = [torch.randint(0, k, (n,), generator=gen, dtype=torch.int64).to(device) for n in sizes]
+        self.signs = [(torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8) * 2 - 1).to(device) for n in sizes]
+
+    def add(self, sketch: torch.Tensor, module: int, flat: torch.Tensor) -> None:
+        """``sketch[b] += S_module flat[b]`` for a batch ``flat`` of shape ``(b, size)`` (in place)."""
+        sketch.index_add_(1, self.buckets[module], flat * self.signs[module].to(flat.dtype))
+
+
+def _answer_loss(base_model, input_ids: torch.Tensor, attention: torch.Tensor, batch: Sequence[EncodedExample]) -> torch.Tensor:
+    """Sum over the batch of each example's mean cross-entropy on its answer tokens (LM head on those only)."""
+    decoder = base_model.get_decoder()
+    head = base_model.get_output_embeddings()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+    rows, cols, weights = [], [], []
+    for b, ex in enumerate(batch):
+        n_answer = len(ex.ids) - ex.n_prompt
+        positions = range(ex.n_prompt - 1, len(ex.ids) - 1)  # position t predicts token t + 1
+        rows.extend([b] * n_answer)
+        cols.extend(positions)
+        weights.extend([1.0 / n_answer] * n_answer)
+    dev = hidden.device
+    rows_t = torch.tensor(rows, device=dev)
+    cols_t = torch.tensor(cols, device=dev)
+    logits = head(hidden[rows_t, cols_t]).float()
+    cap = getattr(base_model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    targets = input_ids[rows_t, cols_t + 1]
+    nll = F.cross_entropy(logits, targets, reduction="none")
+    return (nll * torch.tensor(weights, device=dev)).sum()
+
+
+def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, chat_template: bool = False,
+                       batch_size: int = 8, projection_dim: int | None = None, seed: int = 0,
+                       progress: bool = True, adapter: str = "default") -> np.ndarray:
+    """Gram matrix of the examples' LoRA gradients at the un-trained initialisation.
+
+    Args:
+        peft_model: a causal LM wrapped with fresh LoRA adapters (``B = 0``), e.g. from
+            :func:`dataeff.models.attach_lora`. Put it in eval mode to switch LoRA dropout off
+            (as the reference's gradients are deterministic only then).
+        tokenizer: its tokenizer.
+        examples: ``n`` labeled examples.
+        chat_template: encode prompts as a user turn (see :func:`dataeff.models.encode_prompt_answer`).
+        batch_size: examples per forward/backward pass (default 8).
+        projection_dim: ``None`` for the exact Gram matrix; ``k`` for a CountSketch of size ``k``.
+        seed: seed of the sketch (projection mode only).
+        progress: tqdm bar over examples.
+        adapter: peft adapter name.
+
+    Returns:
+        ``G``, float64 array of shape ``(n, n)``: ``G[i, j] = <grad_i, grad_j>`` over all LoRA matrices
+        (``<sketch_i, sketch_j>`` in projection mode).
+    """
+    encoded = encode_examples(tokenizer, examples, chat_template)
+    n = len(encoded)
+    if n == 0:
+        return np.zeros((0, 0))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    base_model = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    device = model_device(peft_model)
+    modules = lora_b_modules(peft_model, adapter)
+    sizes = [m.out_features * m.in_features for _, m in modules]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    one_batch = batch_size >= n
+    gram = torch.zeros((n, n), dtype=torch.float64, device=device)
+    sketcher = CountSketch(sizes, projection_dim, seed, device) if projection_dim else None
+    if sketcher is not None:
+        rows_store = torch.zeros((n, projection_dim), dtype=torch.float64, device=device)
+    elif not one_batch:
+        rows_store = torch.empty((n, int(offsets[-1])), dtype=torch.float32, device=device)
+    else:
+        rows_store = None
+
+    state: dict = {"rows": None, "mask": None}
+    handles = []
+
+    def make_hooks(index: int):
+        def forward_hook(module, inputs, output):
+            u = inputs[0].detach()
+            u = u * state["mask"].to(u.dtype)  # padding positions contribute nothing
+            z = torch.zeros_like(output, requires_grad=True)
+
+            def on_grad(leaf):
+                g = leaf.grad
+                leaf.grad = None
+                # per example: sum over positions of g_t u_t^T -> (b, out, r), in fp32
+                gb = torch.bmm(g.float().transpose(1, 2), u.float()).reshape(g.shape[0], -1)
+                rows = state["rows"]
+                if sketcher is not None:
+                    block = torch.zeros((gb.shape[0], projection_dim), dtype=torch.float64, device=gb.device)
+                    sketcher.add(block, index, gb.double())
+                    rows_store[rows] += block
+                elif rows_store is None:
+                    gram.add_((gb @ gb.T).double())
+                else:
+                    rows_store[rows, int(offsets[index]):int(offsets[index + 1])] = gb
+
+            z.register_post_accumulate_grad_hook(on_grad)
+            return z
+
+        return forward_hook
+
+    saved_flags = [(p, p.requires_grad) for p in peft_model.parameters()]
+    for p, _ in saved_flags:
+        p.requires_grad_(False)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    bar = tqdm(total=n, desc="lora gradients", unit="ex", disable=not progress)
+    try:
+        for index, (_, module) in enumerate(modules):
+            handles.append(module.register_forward_hook(make_hooks(index)))
+        for batch_idx in length_batches([len(e.ids) for e in encoded], batch_size):
+            batch = [encoded[i] for i in batch_idx]
+            width = max(len(e.ids) for e in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ex in enumerate(batch):
+                input_ids[row, :len(ex.ids)] = torch.tensor(ex.ids)
+                attention[row, :len(ex.ids)] = 1
+            input_ids, attention = input_ids.to(device), attention.to(device)
+            state["rows"] = torch.tensor(batch_idx, device=device)
+            state["mask"] = attention.unsqueeze(-1)
+            with torch.enable_grad():
+                loss = _answer_loss(base_model, input_ids, attention, batch)
+                loss.backward()
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
+    if rows_store is not None and sketcher is not None:
+        gram = rows_store @ rows_store.T
+    elif rows_store is not None:
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            block = rows_store[:, int(a):int(b)]
+            gram += (block @ block.T).double()
+    return gram.cpu().numpy()

@@ -1,0 +1,133 @@
+"""Calibration fit (OLS + leave-one-out), intervals, persistence and built-ins."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dataeff.calibration import (
+    BUILTIN_AUC_SD,
+    BUILTIN_CALIBRATIONS,
+    Calibration,
+    baseline_loo_mae,
+    fit_calibration,
+    get_calibration,
+    read_pairs_csv,
+)
+from dataeff.errors import DataError
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-results"
+
+
+def _rows(n=12, seed=0, coef=0.55, intercept=0.3, noise=0.03):
+    rng = np.random.default_rng(seed)
+    cs = rng.uniform(0.1, 0.8, n)
+    aucs = coef * cs + intercept + rng.normal(0, noise, n)
+    return [(f"task{i}", float(c), float(a)) for i, (c, a) in enumerate(zip(cs, aucs))]
+
+
+def test_fit_recovers_line_and_loo_matches_manual():
+    rows = _rows()
+    cal = fit_calibration(rows, "toy", source="synthetic")
+    assert cal.coef == pytest.approx(0.55, abs=0.1) and cal.intercept == pytest.approx(0.3, abs=0.06)
+    cs = np.array([r[1] for r in rows])
+    y = np.array([r[2] for r in rows])
+    slope, icpt = np.polyfit(cs, y, 1)
+    assert cal.coef == pytest.approx(slope) and cal.intercept == pytest.approx(icpt)
+    errs, base = [], []
+    for i in range(len(rows)):
+        keep = np.arange(len(rows)) != i
+        s, b = np.polyfit(cs[keep], y[keep], 1)
+        errs.append(abs(s * cs[i] + b - y[i]))
+        base.append(abs(y[keep].mean() - y[i]))
+    assert cal.loo_mae == pytest.approx(np.mean(errs))
+    assert cal.loo_relative_error == pytest.approx(np.mean(np.array(errs) / y))
+    assert cal.baseline_loo_mae == pytest.approx(np.mean(base))
+    assert cal.loo_mae < cal.baseline_loo_mae  # a real signal beats predicting the mean
+    resid = y - (slope * cs + icpt)
+    assert cal.residual_std == pytest.approx(np.sqrt(np.sum(resid**2) / (len(rows) - 2)))
+    assert cal.n_tasks == 12 and cal.tasks[0] == "task0" and cal.fitted
+
+
+def test_prediction_interval_is_ols_interval_and_covers():
+    rows = _rows(n=30, seed=1, noise=0.05)
+    cal = fit_calibration(rows, "toy")
+    auc, lo, hi = cal.predict_auc(0.45, level=0.8)
+    assert lo < auc < hi
+    # wider further from the mean CoS-Low, wider at a higher level
+    assert (cal.predict_auc(0.95)[2] - cal.predict_auc(0.95)[1]) > (hi - lo)
+    assert (cal.predict_auc(0.45, 0.95)[2] - cal.predict_auc(0.45, 0.95)[1]) > (hi - lo)
+    # empirical coverage of fresh tasks from the same line
+    rng = np.random.default_rng(7)
+    hits = 0
+    for _ in range(400):
+        c = rng.uniform(0.1, 0.8)
+        truth = 0.55 * c + 0.3 + rng.normal(0, 0.05)
+        _, a, b = cal.predict_auc(float(c), 0.8)
+        hits += a <= truth <= b
+    assert 0.7 < hits / 400 < 0.9
+
+
+def test_fit_errors():
+    with pytest.raises(DataError, match="at least 3"):
+        fit_calibration(_rows(2), "toy")
+    rows = _rows(4)
+    with pytest.raises(DataError, match="appears twice"):
+        fit_calibration(rows + [rows[0]], "toy")
+    with pytest.raises(DataError, match="task1.*finite"):
+        fit_calibration([rows[0], ("task1", float("nan"), 0.5), rows[2]], "toy")
+    with pytest.raises(DataError, match="equal"):
+        fit_calibration([("a", 0.3, 0.5), ("b", 0.3, 0.6), ("c", 0.3, 0.7)], "toy")
+    with pytest.raises(DataError, match="auc"):
+        fit_calibration([("a", 0.3, 0.5), ("b", 0.4, 1.6), ("c", 0.5, 0.7)], "toy")
+
+
+def test_save_load_roundtrip_and_csv(tmp_path):
+    cal = fit_calibration(_rows(), "toy", source="unit test", fit_kind="lora")
+    path = cal.save(tmp_path / "cal" / "toy.json")
+    back = Calibration.load(path)
+    assert back == cal
+    assert get_calibration(str(path)) == cal
+    assert json.loads(path.read_text())["format"] == "dataeff.calibration/1"
+    (tmp_path / "bad.json").write_text('{"format": "dataeff.calibration/1", "family": "x", "coef": 1, "intercept": 0, "oops": 1}')
+    with pytest.raises(DataError, match="oops"):
+        Calibration.load(tmp_path / "bad.json")
+
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("task,coslow,auc,note\n" + "".join(f"{t},{c},{a},x\n" for t, c, a in _rows(5)))
+    rows = read_pairs_csv(csv_path)
+    assert len(rows) == 5 and rows[0][0] == "task0"
+    csv_path.write_text("task,coslow,auc\nt1,0.3,0.5\nt2,high,0.6\n")
+    with pytest.raises(DataError, match=r"pairs\.csv:3"):
+        read_pairs_csv(csv_path)
+    csv_path.write_text("task,auc\nt1,0.5\n")
+    with pytest.raises(DataError, match="coslow"):
+        read_pairs_csv(csv_path)
+
+
+def test_builtins_and_lookup():
+    llama = get_calibration("Llama")
+    assert (llama.coef, llama.intercept) == (0.545, 0.310) and llama.fit_kind == "full"
+    assert "FULL fine-tuning" in llama.source
+    assert get_calibration("mistralai/Mistral-7B-Instruct-v0.3").coef == 0.797
+    assert get_calibration("qwen2.5-14b-instruct").intercept == 0.305
+    assert set(BUILTIN_CALIBRATIONS) == {"llama-3.1-8b-instruct", "mistral-7b-instruct-v0.3", "qwen2.5-14b-instruct"}
+    auc, lo, hi = llama.predict_auc(0.65, level=0.8)
+    assert auc == pytest.approx(0.545 * 0.65 + 0.31)
+    assert hi - lo == pytest.approx(2 * 1.2815515655446004 * BUILTIN_AUC_SD)
+    pred = llama.predict(0.65)
+    assert pred.labels_needed_interval[0.9][0] < pred.labels_needed[0.9] < pred.labels_needed_interval[0.9][1]
+    with pytest.raises(DataError, match="llama-3.1-8b-instruct"):
+        get_calibration("gpt-17")
+
+
+def test_trivial_baseline_on_published_llama_aucs():
+    data = json.loads((PAPER / "auc_res" / "llama_auc_logscale_by_task_5000.json").read_text())
+    aucs = [rec["extrapolation_auc"] for rec in data.values()]
+    mae = baseline_loo_mae(aucs)
+    print(f"predict-the-mean LOO MAE over {len(aucs)} published llama AUCs: {mae:.4f}")
+    # method.md: "about 0.125"; 8.6% would be about a third better
+    assert 0.09 < mae < 0.16
