@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from numbers import Real
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,7 +89,7 @@ class Calibration:
             raise DataError(f"calibration {self.family!r}: fit_kind must be one of {FIT_KINDS}, got {self.fit_kind!r}")
         for name in ("coef", "intercept"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
                 raise DataError(f"calibration {self.family!r}: {name} must be a finite number, got {value!r}")
 
     @property
@@ -110,9 +111,7 @@ class Calibration:
         """
         if self.fitted:
             n = self.n_tasks
-            return float(
-                self.residual_std * math.sqrt(1 + 1 / n + (coslow - self.coslow_mean) ** 2 / self.coslow_sxx)
-            )
+            return float(self.residual_std * math.sqrt(1 + 1 / n + (coslow - self.coslow_mean) ** 2 / self.coslow_sxx))
         return float(self.default_sd if self.default_sd is not None else BUILTIN_AUC_SD)
 
     def predict_auc(self, coslow: float, level: float = 0.8) -> tuple[float, float, float]:
@@ -128,7 +127,7 @@ class Calibration:
         """
         if not 0 < level < 1:
             raise DataError(f"level must be in (0, 1), got {level!r}")
-        if isinstance(coslow, bool) or not isinstance(coslow, (int, float)) or not -1 <= coslow <= 1:
+        if isinstance(coslow, bool) or not isinstance(coslow, Real) or not -1 <= coslow <= 1:
             raise DataError(f"CoS-Low must be a number in [-1, 1], got {coslow!r}")
         raw = self.coef * coslow + self.intercept
         q = 0.5 + level / 2
@@ -147,16 +146,24 @@ class Calibration:
         _, lo, hi = self.predict_auc(coslow, level)
         pred = predict(coslow, self.coef, self.intercept, targets, max_budget, auc_interval=(lo, hi))
         pred.extra.update(
-            {"calibration": self.family, "calibration_fit_kind": self.fit_kind, "interval_level": level,
-             "auc_sd": self.predict_sd(coslow)}
+            {
+                "calibration": self.family,
+                "calibration_fit_kind": self.fit_kind,
+                "interval_level": level,
+                "auc_sd": self.predict_sd(coslow),
+            }
         )
         return pred
 
     # ----------------------------------------------------------------- persistence
 
+    def to_dict(self) -> dict:
+        """JSON-ready dict of every field plus ``"format": "dataeff.calibration/1"``."""
+        return {"format": FORMAT, **asdict(self)}
+
     def to_json(self) -> str:
-        """JSON text with every field plus ``"format": "dataeff.calibration/1"``."""
-        return json.dumps({"format": FORMAT, **asdict(self)}, indent=2)
+        """JSON text of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str, where: str = "calibration JSON") -> "Calibration":
@@ -166,7 +173,7 @@ class Calibration:
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise DataError(f"{where}: not a dataeff calibration (expected \"format\": \"{FORMAT}\")")
+            raise DataError(f'{where}: not a dataeff calibration (expected "format": "{FORMAT}")')
         data.pop("format")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
@@ -209,7 +216,7 @@ def _check_rows(rows: Iterable[Sequence]) -> tuple[list[str], np.ndarray, np.nda
             raise DataError(f"row {i}: expected (task, coslow, auc), got {row!r}") from None
         task = str(task)
         for name, value in (("coslow", coslow), ("auc", auc)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
                 raise DataError(f"row {i} (task {task!r}): {name} must be a finite number, got {value!r}")
         if not -1 <= coslow <= 1:
             raise DataError(f"row {i} (task {task!r}): coslow must be in [-1, 1], got {coslow}")
@@ -299,7 +306,9 @@ def read_pairs_csv(path: str | Path) -> list[tuple[str, float, float]]:
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
-        raise DataError(f"{path}: cannot open ({exc.strerror or exc}); give a CSV with columns task,coslow,auc") from None
+        raise DataError(
+            f"{path}: cannot open ({exc.strerror or exc}); give a CSV with columns task,coslow,auc"
+        ) from None
     with handle:
         reader = csv.DictReader(handle)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -315,7 +324,9 @@ def read_pairs_csv(path: str | Path) -> list[tuple[str, float, float]]:
             try:
                 rows.append((row["task"], float(row["coslow"]), float(row["auc"])))
             except ValueError:
-                raise DataError(f"{where}: coslow and auc must be numbers, got {row['coslow']!r}, {row['auc']!r}") from None
+                raise DataError(
+                    f"{where}: coslow and auc must be numbers, got {row['coslow']!r}, {row['auc']!r}"
+                ) from None
     if not rows:
         raise DataError(f"{path}: no data rows")
     return rows
@@ -335,18 +346,33 @@ BUILTIN_CALIBRATIONS: dict[str, Calibration] = {
     c.family: c
     for c in (
         Calibration(
-            "llama-3.1-8b-instruct", 0.545, 0.310, source=_FIGURE, fit_kind="full",
-            created_at="2025-12-31", default_sd=BUILTIN_AUC_SD,
+            "llama-3.1-8b-instruct",
+            0.545,
+            0.310,
+            source=_FIGURE,
+            fit_kind="full",
+            created_at="2025-12-31",
+            default_sd=BUILTIN_AUC_SD,
             aliases=["llama", "meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct"],
         ),
         Calibration(
-            "mistral-7b-instruct-v0.3", 0.797, 0.357, source=_FIGURE, fit_kind="full",
-            created_at="2025-12-31", default_sd=BUILTIN_AUC_SD,
+            "mistral-7b-instruct-v0.3",
+            0.797,
+            0.357,
+            source=_FIGURE,
+            fit_kind="full",
+            created_at="2025-12-31",
+            default_sd=BUILTIN_AUC_SD,
             aliases=["mistral", "mistralai/Mistral-7B-Instruct-v0.3"],
         ),
         Calibration(
-            "qwen2.5-14b-instruct", 0.526, 0.305, source=_FIGURE, fit_kind="full",
-            created_at="2025-12-31", default_sd=BUILTIN_AUC_SD,
+            "qwen2.5-14b-instruct",
+            0.526,
+            0.305,
+            source=_FIGURE,
+            fit_kind="full",
+            created_at="2025-12-31",
+            default_sd=BUILTIN_AUC_SD,
             aliases=["qwen", "Qwen/Qwen2.5-14B-Instruct"],
         ),
     )

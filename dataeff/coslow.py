@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from dataeff.data import Example, require_labeled
 from dataeff.errors import DataError

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from numbers import Real
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -81,7 +82,7 @@ def _load_json(source: str | Path | Mapping, what: str) -> tuple[Mapping, str]:
 
 
 def _as_score(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise DataError(f"{where}: score must be a number, got {value!r}; fix or remove this entry")
     score = float(value)
     if not math.isfinite(score):
@@ -149,19 +150,17 @@ def read_results(
             raise DataError(f"{where}: budget must be >= 0")
         if budget > max_budget:
             if strict:
-                raise DataError(
-                    f"{where}: budget above the cut-off {max_budget}; drop it or raise max_budget"
-                )
+                raise DataError(f"{where}: budget above the cut-off {max_budget}; drop it or raise max_budget")
             continue
         if 0 < budget < MIN_FINETUNE_BUDGET:
             continue
         if not isinstance(row, Mapping):
-            raise DataError(f"{where}: expected an object like {{\"accuracy\": 0.7}}, got {row!r}")
+            raise DataError(f'{where}: expected an object like {{"accuracy": 0.7}}, got {row!r}')
         if budget in out:
             raise DataError(f"{where}: budget {budget} appears twice; keep one entry")
         out[budget] = _as_score(_pick_metric(row, metric, where), where)
     if require_zero_shot and 0 not in out:
-        raise DataError(f"{name}: no zero-shot result (budget 0); evaluate the base model and add it as \"0\"")
+        raise DataError(f'{name}: no zero-shot result (budget 0); evaluate the base model and add it as "0"')
     if not out:
         raise DataError(f"{name}: no result with budget 0 or {MIN_FINETUNE_BUDGET}..{max_budget}")
     return dict(sorted(out.items()))
@@ -178,7 +177,7 @@ def read_human_scores(source: str | Path | Mapping) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for task, row in data.items():
         value = row.get("score") if isinstance(row, Mapping) else row
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
         out[task] = float(value) if ok else None
     return out
 
@@ -193,17 +192,13 @@ def _check_curve_input(results: Mapping[int, float]) -> dict[int, float]:
     for budget, score in results.items():
         ok = isinstance(budget, (int, np.integer)) and not isinstance(budget, bool) and budget >= 0
         if not ok:
-            raise DataError(
-                f"budget {budget!r}: must be a non-negative integer (read JSON files with read_results())"
-            )
+            raise DataError(f"budget {budget!r}: must be a non-negative integer (read JSON files with read_results())")
         clean[int(budget)] = _as_score(score, f"budget {budget}")
     return clean
 
 
 def _kept(results: Mapping[int, float], max_budget: int) -> dict[int, float]:
-    return {
-        n: s for n, s in _check_curve_input(results).items() if n == 0 or MIN_FINETUNE_BUDGET <= n <= max_budget
-    }
+    return {n: s for n, s in _check_curve_input(results).items() if n == 0 or MIN_FINETUNE_BUDGET <= n <= max_budget}
 
 
 def clean_curve(results: Mapping[int, float], max_budget: int = MAX_BUDGET) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +246,7 @@ def normalized_log_size(n: float | np.ndarray, max_budget: float = MAX_BUDGET) -
 
 
 def _ceiling(best: float, human_score: float | None) -> float:
-    if human_score is None or isinstance(human_score, bool) or not isinstance(human_score, (int, float)):
+    if human_score is None or isinstance(human_score, bool) or not isinstance(human_score, Real):
         return best
     if not math.isfinite(human_score):
         return best
@@ -293,9 +288,7 @@ def summarize_curve(
     budgets, scores = clean_curve(results, max_budget)
     low = float(scores.min())
     if not h > low:
-        raise DataError(
-            f"flat curve: ceiling {h} is not above the lowest cleaned score {low}; the AUC is undefined"
-        )
+        raise DataError(f"flat curve: ceiling {h} is not above the lowest cleaned score {low}; the AUC is undefined")
     y = (scores - low) / (h - low)
     x = normalized_log_size(budgets, float(budgets.max()))
     auc = float(np.trapezoid(y, x))
@@ -306,7 +299,7 @@ def summarize_curve(
 
 
 def _check_auc(auc: float) -> float:
-    if isinstance(auc, bool) or not isinstance(auc, (int, float, np.floating)) or not 0.0 < auc < 1.0:
+    if isinstance(auc, bool) or not isinstance(auc, Real) or not 0.0 < auc < 1.0:
         raise DataError(f"AUC must be a number strictly between 0 and 1, got {auc!r}; clip it first")
     return float(auc)
 
@@ -334,7 +327,7 @@ def predicted_curve(auc: float, x: float | np.ndarray) -> float | np.ndarray:
 
 
 def _check_target(target: float) -> float:
-    if isinstance(target, bool) or not isinstance(target, (int, float, np.floating)) or not 0.0 < target <= 1.0:
+    if isinstance(target, bool) or not isinstance(target, Real) or not 0.0 < target <= 1.0:
         raise DataError(
             f"normalised target must be in (0, 1] (a share of the way from zero-shot to ceiling), got {target!r}; "
             "convert an absolute score with normalized_target()"
@@ -487,9 +480,7 @@ class Prediction:
         if self.auc_interval is not None:
             out["auc_interval"] = list(self.auc_interval)
         if self.labels_needed_interval is not None:
-            out["labels_needed_interval"] = {
-                target_key(t): list(iv) for t, iv in self.labels_needed_interval.items()
-            }
+            out["labels_needed_interval"] = {target_key(t): list(iv) for t, iv in self.labels_needed_interval.items()}
         out.update(self.extra)
         return out
 

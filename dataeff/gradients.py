@@ -35,6 +35,7 @@ plus the bucket/sign tables (``sum_l out_l * r`` int32 + int8, built once per ca
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -77,8 +78,8 @@ def encode_examples(tokenizer, examples: Sequence[Example], chat_template: bool)
     return out
 
 
-def lora_b_modules(peft_model, adapter: str = "default") -> list[tuple[str, torch.nn.Module]]:
-    """``(name, lora_B linear)`` of every vanilla LoRA linear layer of ``peft_model``, in module order.
+def lora_layers(peft_model, adapter: str = "default") -> list[tuple[str, torch.nn.Module]]:
+    """``(name, peft LoRA layer)`` of every vanilla LoRA linear layer of ``peft_model``, in module order.
 
     Raises:
         ValueError: no LoRA layer; a LoRA variant (DoRA, ...) whose gradient is not ``g u^T``; or a
@@ -93,13 +94,13 @@ def lora_b_modules(peft_model, adapter: str = "default") -> list[tuple[str, torc
         if adapter in getattr(module, "lora_variant", {}):
             raise ValueError(f"{name}: LoRA variant {type(module.lora_variant[adapter]).__name__} is not supported; "
                              "use plain LoRA (no DoRA) for CoS-Low")
-        lora_b = module.lora_B[adapter]
-        if not isinstance(lora_b, torch.nn.Linear):
+        lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
+        if not (isinstance(lora_a, torch.nn.Linear) and isinstance(lora_b, torch.nn.Linear)):
             raise ValueError(f"{name}: only LoRA on linear layers is supported, got {type(lora_b).__name__}")
-        if bool(torch.any(lora_b.weight != 0)):
+        if torch.count_nonzero(lora_b.weight).item():
             raise ValueError(f"{name}: LoRA B is not zero; gradients must be taken at the un-trained initialisation "
                              "(attach a fresh adapter)")
-        found.append((name, lora_b))
+        found.append((name, module))
     if not found:
         raise ValueError(f"the model has no LoRA layers with adapter {adapter!r}; attach one with dataeff.models.attach_lora")
     return found
@@ -129,16 +130,20 @@ class CountSketch:
 
 
 def _answer_loss(base_model, input_ids: torch.Tensor, attention: torch.Tensor, batch: Sequence[EncodedExample]) -> torch.Tensor:
-    """Sum over the batch of each example's mean cross-entropy on its answer tokens (LM head on those only)."""
+    """Sum over the batch of each example's mean cross-entropy on its answer tokens.
+
+    The input embeddings are a leaf that requires grad (so every activation gets a gradient while
+    no parameter does); the LM head runs only at the positions that predict answer tokens.
+    """
     decoder = base_model.get_decoder()
     head = base_model.get_output_embeddings()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention, use_cache=False).last_hidden_state
+    embeds = base_model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
+    hidden = decoder(inputs_embeds=embeds, attention_mask=attention, use_cache=False).last_hidden_state
     rows, cols, weights = [], [], []
     for b, ex in enumerate(batch):
         n_answer = len(ex.ids) - ex.n_prompt
-        positions = range(ex.n_prompt - 1, len(ex.ids) - 1)  # position t predicts token t + 1
         rows.extend([b] * n_answer)
-        cols.extend(positions)
+        cols.extend(range(ex.n_prompt - 1, len(ex.ids) - 1))  # position t predicts token t + 1
         weights.extend([1.0 / n_answer] * n_answer)
     dev = hidden.device
     rows_t = torch.tensor(rows, device=dev)
@@ -152,6 +157,48 @@ def _answer_loss(base_model, input_ids: torch.Tensor, attention: torch.Tensor, b
     return (nll * torch.tensor(weights, device=dev)).sum()
 
 
+class _GramAccumulator:
+    """Receives per-module blocks of per-example gradients and turns them into a Gram matrix.
+
+    Rows are filled in processing order (``start:stop`` slices); :meth:`gram` undoes the order.
+    """
+
+    def __init__(self, n: int, sizes: Sequence[int], device: torch.device, one_batch: bool,
+                 sketch: CountSketch | None):
+        self.n, self.sizes, self.one_batch, self.sketch = n, list(sizes), one_batch, sketch
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.gram = torch.zeros((n, n), dtype=torch.float64, device=device)
+        self.store = None
+        if sketch is not None:
+            self.store = torch.zeros((n, sketch.k), dtype=torch.float64, device=device)
+        elif not one_batch:
+            self.store = torch.empty((n, int(self.offsets[-1])), dtype=torch.float32, device=device)
+        self.start = self.stop = 0
+
+    def add(self, module: int, block: torch.Tensor) -> None:
+        """``block``: fp32 ``(batch, size_module)`` gradients of the current batch's examples."""
+        if self.sketch is not None:
+            self.sketch.add(self.store[self.start:self.stop], module, block.double())
+        elif self.store is None:
+            self.gram.add_((block @ block.T).double())
+        else:
+            self.store[self.start:self.stop, int(self.offsets[module]):int(self.offsets[module + 1])] = block
+
+    def result(self, order: Sequence[int]) -> np.ndarray:
+        """The ``(n, n)`` float64 Gram matrix in input order; ``order[p]`` = input index of processed row ``p``."""
+        if self.sketch is not None:
+            gram = self.store @ self.store.T
+        elif self.store is not None:
+            gram = self.gram
+            for a, b in zip(self.offsets[:-1], self.offsets[1:]):
+                block = self.store[:, int(a):int(b)]
+                gram += (block @ block.T).double()
+        else:
+            gram = self.gram
+        inverse = np.argsort(np.asarray(order))
+        return gram.cpu().numpy()[np.ix_(inverse, inverse)]
+
+
 def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, chat_template: bool = False,
                        batch_size: int = 8, projection_dim: int | None = None, seed: int = 0,
                        progress: bool = True, adapter: str = "default") -> np.ndarray:
@@ -159,12 +206,11 @@ def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, ch
 
     Args:
         peft_model: a causal LM wrapped with fresh LoRA adapters (``B = 0``), e.g. from
-            :func:`dataeff.models.attach_lora`. Put it in eval mode to switch LoRA dropout off
-            (as the reference's gradients are deterministic only then).
+            :func:`dataeff.models.attach_lora`. LoRA dropout is ignored (as in eval mode).
         tokenizer: its tokenizer.
         examples: ``n`` labeled examples.
         chat_template: encode prompts as a user turn (see :func:`dataeff.models.encode_prompt_answer`).
-        batch_size: examples per forward/backward pass (default 8).
+        batch_size: examples per forward/backward pass (default 8); ``>= n`` keeps no per-example rows.
         projection_dim: ``None`` for the exact Gram matrix; ``k`` for a CountSketch of size ``k``.
         seed: seed of the sketch (projection mode only).
         progress: tqdm bar over examples.
@@ -182,81 +228,61 @@ def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, ch
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     base_model = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
     device = model_device(peft_model)
-    modules = lora_b_modules(peft_model, adapter)
-    sizes = [m.out_features * m.in_features for _, m in modules]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    one_batch = batch_size >= n
-    gram = torch.zeros((n, n), dtype=torch.float64, device=device)
-    sketcher = CountSketch(sizes, projection_dim, seed, device) if projection_dim else None
-    if sketcher is not None:
-        rows_store = torch.zeros((n, projection_dim), dtype=torch.float64, device=device)
-    elif not one_batch:
-        rows_store = torch.empty((n, int(offsets[-1])), dtype=torch.float32, device=device)
-    else:
-        rows_store = None
+    layers = lora_layers(peft_model, adapter)
+    sizes = [m.lora_B[adapter].out_features * m.lora_B[adapter].in_features for _, m in layers]
+    sketch = CountSketch(sizes, projection_dim, seed, device) if projection_dim else None
+    acc = _GramAccumulator(n, sizes, device, one_batch=batch_size >= n, sketch=sketch)
+    mask: dict = {}
 
-    state: dict = {"rows": None, "mask": None}
-    handles = []
+    def make_hook(index: int, layer):
+        lora_a = layer.lora_A[adapter]
+        scale = float(layer.scaling[adapter])
 
-    def make_hooks(index: int):
         def forward_hook(module, inputs, output):
-            u = inputs[0].detach()
-            u = u * state["mask"].to(u.dtype)  # padding positions contribute nothing
-            z = torch.zeros_like(output, requires_grad=True)
+            # u_t = A x_t (no grad needed: A's gradient is zero at B = 0), padding rows zeroed
+            with torch.no_grad():
+                u = lora_a(inputs[0].to(lora_a.weight.dtype)) * mask["rows"].to(lora_a.weight.dtype)
 
-            def on_grad(leaf):
-                g = leaf.grad
-                leaf.grad = None
-                # per example: sum over positions of g_t u_t^T -> (b, out, r), in fp32
-                gb = torch.bmm(g.float().transpose(1, 2), u.float()).reshape(g.shape[0], -1)
-                rows = state["rows"]
-                if sketcher is not None:
-                    block = torch.zeros((gb.shape[0], projection_dim), dtype=torch.float64, device=gb.device)
-                    sketcher.add(block, index, gb.double())
-                    rows_store[rows] += block
-                elif rows_store is None:
-                    gram.add_((gb @ gb.T).double())
-                else:
-                    rows_store[rows, int(offsets[index]):int(offsets[index + 1])] = gb
+            def on_grad(g):  # g = dL/dy (batch, T, out); the gradient of lora_B's output is scale * g
+                gb = torch.bmm(g.float().transpose(1, 2), u.float()).mul_(scale)
+                acc.add(index, gb.reshape(g.shape[0], -1))
 
-            z.register_post_accumulate_grad_hook(on_grad)
-            return z
+            if output.requires_grad:
+                output.register_hook(on_grad)
 
         return forward_hook
 
     saved_flags = [(p, p.requires_grad) for p in peft_model.parameters()]
-    for p, _ in saved_flags:
-        p.requires_grad_(False)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    order: list[int] = []
+    handles = []
     bar = tqdm(total=n, desc="lora gradients", unit="ex", disable=not progress)
     try:
-        for index, (_, module) in enumerate(modules):
-            handles.append(module.register_forward_hook(make_hooks(index)))
-        for batch_idx in length_batches([len(e.ids) for e in encoded], batch_size):
-            batch = [encoded[i] for i in batch_idx]
-            width = max(len(e.ids) for e in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ex in enumerate(batch):
-                input_ids[row, :len(ex.ids)] = torch.tensor(ex.ids)
-                attention[row, :len(ex.ids)] = 1
-            input_ids, attention = input_ids.to(device), attention.to(device)
-            state["rows"] = torch.tensor(batch_idx, device=device)
-            state["mask"] = attention.unsqueeze(-1)
-            with torch.enable_grad():
-                loss = _answer_loss(base_model, input_ids, attention, batch)
-                loss.backward()
-            bar.update(len(batch))
+        for p, _ in saved_flags:
+            p.requires_grad_(False)
+        for index, (_, layer) in enumerate(layers):
+            handles.append(layer.base_layer.register_forward_hook(make_hook(index, layer)))
+        with peft_model.disable_adapter() if hasattr(peft_model, "disable_adapter") else contextlib.nullcontext():
+            for batch_idx in length_batches([len(e.ids) for e in encoded], batch_size):
+                batch = [encoded[i] for i in batch_idx]
+                width = max(len(e.ids) for e in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                attention = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, ex in enumerate(batch):  # right padding: pads come after every real token
+                    input_ids[row, :len(ex.ids)] = torch.tensor(ex.ids)
+                    attention[row, :len(ex.ids)] = 1
+                input_ids, attention = input_ids.to(device), attention.to(device)
+                mask["rows"] = attention.unsqueeze(-1)
+                acc.start, acc.stop = len(order), len(order) + len(batch)
+                with torch.enable_grad():
+                    _answer_loss(base_model, input_ids, attention, batch).backward()
+                order.extend(batch_idx)
+                bar.update(len(batch))
     finally:
         bar.close()
         for h in handles:
             h.remove()
         for p, flag in saved_flags:
             p.requires_grad_(flag)
-    if rows_store is not None and sketcher is not None:
-        gram = rows_store @ rows_store.T
-    elif rows_store is not None:
-        for a, b in zip(offsets[:-1], offsets[1:]):
-            block = rows_store[:, int(a):int(b)]
-            gram += (block @ block.T).double()
-    return gram.cpu().numpy()
+    return acc.result(order)
+

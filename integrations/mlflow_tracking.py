@@ -559,12 +559,12 @@ class Tracker:
         def artifacts(run_id: str) -> None:
             self._log_json(run_id, {"coslow_result": coslow, "prediction": pred}, ESTIMATE_JSON)
             if rows:
-                self._client.log_table(run_id, redact(_table_columns(rows)), "labels_needed.json")
+                self._client.log_table(run_id, redact(_table_columns(rows, "labels_needed")), "labels_needed.json")
             if figure is not None:
                 self._client.log_figure(run_id, figure, "predicted_curve.png")
             for name, table in (tables or {}).items():
                 safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", str(name))
-                self._client.log_table(run_id, redact(_table_columns(table)), f"tables/{safe}.json")
+                self._client.log_table(run_id, redact(_table_columns(table, name)), f"tables/{safe}.json")
 
         key = run_key(kind="estimate", project=project, model=model, label_hash=label_hash, budget=None)
         tags = self._key_tags("estimate", project, model, label_hash, None)
@@ -831,11 +831,20 @@ class Tracker:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _table_columns(table: Sequence[Mapping] | Mapping[str, Sequence]) -> dict[str, list]:
-    """Rows (list of dicts) or columns (dict of lists) -> columns, JSON-friendly."""
-    if isinstance(table, Mapping):
-        return {str(k): _jsonable(list(v)) for k, v in table.items()}
-    rows = [dict(r) for r in table]
+def _table_columns(table: Sequence[Mapping] | Mapping[str, Sequence], name: str = "table") -> dict[str, list]:
+    """Rows (list of dicts) or columns (dict of lists) -> columns, JSON-friendly.
+
+    Raises:
+        DataError: naming ``name`` when ``table`` is neither.
+    """
+    try:
+        if isinstance(table, Mapping):
+            return {str(k): _jsonable(list(v)) for k, v in table.items()}
+        rows = [dict(r) for r in table]
+    except (TypeError, ValueError):
+        raise DataError(
+            f"table {name!r}: expected a list of row dicts or a dict of columns, got {type(table).__name__}"
+        ) from None
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)

@@ -91,8 +91,10 @@ def test_save_load_roundtrip_and_csv(tmp_path):
     back = Calibration.load(path)
     assert back == cal
     assert get_calibration(str(path)) == cal
-    assert json.loads(path.read_text())["format"] == "dataeff.calibration/1"
-    (tmp_path / "bad.json").write_text('{"format": "dataeff.calibration/1", "family": "x", "coef": 1, "intercept": 0, "oops": 1}')
+    assert json.loads(path.read_text()) == cal.to_dict() and cal.to_dict()["format"] == "dataeff.calibration/1"
+    (tmp_path / "bad.json").write_text(
+        '{"format": "dataeff.calibration/1", "family": "x", "coef": 1, "intercept": 0, "oops": 1}'
+    )
     with pytest.raises(DataError, match="oops"):
         Calibration.load(tmp_path / "bad.json")
 

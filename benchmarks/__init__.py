@@ -1,0 +1,1 @@
+"""Speed/memory benchmarks of dataeff against naive reference algorithms (``python -m benchmarks``)."""

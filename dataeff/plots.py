@@ -1,0 +1,128 @@
+"""Figures of the predicted data-efficiency curve against measured fine-tune points.
+
+Figures are built with :class:`matplotlib.figure.Figure` on the Agg canvas: no pyplot, no GUI
+backend and no global state, so they are safe in servers and flows. Save with
+``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
+
+from dataeff.efficiency import BUDGET_GRID, Prediction, absolute_score, normalized_log_size, predicted_curve
+from dataeff.errors import DataError
+from dataeff.posterior import CurvePosterior
+
+
+def _plot_x(n: np.ndarray) -> np.ndarray:
+    """Label counts on the log axis: n = 0 is drawn at 1 (the method's x(0) = x(1) = 0)."""
+    return np.maximum(np.asarray(n, dtype=float), 1.0)
+
+
+def plot_curve(
+    source: Prediction | CurvePosterior | None,
+    measured: Mapping[int, float] | None = None,
+    targets: Sequence[float] = (0.5, 0.8, 0.9),
+    title: str = "",
+    *,
+    s0: float | None = None,
+    h: float | None = None,
+    max_budget: int | None = None,
+    level: float | None = None,
+    figsize: tuple[float, float] = (7.0, 4.5),
+) -> Figure:
+    """Predicted curve with its band, measured points and target lines.
+
+    Args:
+        source: a :class:`~dataeff.efficiency.Prediction` (band from its AUC interval), a
+            :class:`~dataeff.posterior.CurvePosterior` (posterior median and central band), or
+            ``None`` (measured points only).
+        measured: ``{labels: score}`` of measured fine-tunes (absolute scores; budget 0 = zero-shot).
+        targets: normalised targets in (0, 1] drawn as horizontal lines, with a vertical line at
+            the predicted labels needed.
+        title: figure title.
+        s0, h: zero-shot score and ceiling. With both (or a posterior, which knows them) the y axis
+            is the absolute score; otherwise it is the normalised share of the gain, and measured
+            points cannot be drawn.
+        max_budget: N (default: the source's, else 5000).
+        level: band coverage for a posterior (default: its settings).
+        figsize: inches.
+
+    Returns:
+        The :class:`~matplotlib.figure.Figure` (x: labels on a log scale with 0 at the left,
+        ticks at the budget grid).
+    """
+    if isinstance(source, CurvePosterior):
+        post = source
+        s0 = post.s0 if s0 is None else s0
+        h = post.h_summary()["median"] if h is None else h
+        max_budget = max_budget or post.max_budget
+    else:
+        post = None
+        max_budget = max_budget or (source.max_budget if isinstance(source, Prediction) else 5000)
+    absolute = s0 is not None and h is not None
+    if absolute and not h > s0:
+        raise DataError(f"ceiling h={h} must be above the zero-shot score s0={s0}")
+    if measured and not absolute:
+        raise DataError("measured scores are absolute: give s0 (zero-shot) and h (ceiling) to plot them")
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    n = np.unique(np.concatenate([[0.0], np.geomspace(1, max_budget, 300)]))
+    to_y = (lambda y: absolute_score(y, s0, h)) if absolute else (lambda y: np.asarray(y))
+
+    needs: dict[float, float] = {}
+    if post is not None:
+        med, lo, hi = post.curve_band(n, level=level)  # absolute scores (a posterior knows s0, h)
+        ax.fill_between(_plot_x(n), lo, hi, alpha=0.25, color="C0", lw=0, label="posterior band")
+        ax.plot(_plot_x(n), med, color="C0", label="posterior median")
+        needs = {t: post.labels_needed(t, level=level).median for t in targets}
+    elif isinstance(source, Prediction):
+        x = normalized_log_size(n, max_budget)
+        if source.auc_interval is not None:
+            lo_auc, hi_auc = source.auc_interval
+            ax.fill_between(
+                _plot_x(n),
+                to_y(predicted_curve(lo_auc, x)),
+                to_y(predicted_curve(hi_auc, x)),
+                alpha=0.25,
+                color="C0",
+                lw=0,
+                label=f"AUC {lo_auc:.2f}-{hi_auc:.2f}",
+            )
+        ax.plot(_plot_x(n), to_y(predicted_curve(source.auc, x)), color="C0", label=f"predicted (AUC {source.auc:.2f})")
+        needs = {t: source.need(t).median for t in targets}
+    elif source is not None:
+        raise DataError(f"source must be a Prediction, a CurvePosterior or None, got {type(source).__name__}")
+
+    for i, t in enumerate(targets):
+        color = f"C{i + 2}"
+        ax.axhline(float(to_y(t)), color=color, ls="--", lw=0.8, label=f"target {t:g}")
+        need = needs.get(t)
+        if need is not None and math.isfinite(need) and need <= max_budget:
+            ax.axvline(max(need, 1.0), color=color, ls=":", lw=0.8)
+
+    if measured:
+        ns = np.array(sorted(measured), dtype=float)
+        ax.plot(_plot_x(ns), [measured[int(k)] for k in ns], "o", color="k", ms=5, label="measured", zorder=5)
+
+    ax.set_xscale("log")
+    ticks = [b for b in BUDGET_GRID if b <= max_budget]
+    ax.xaxis.set_major_locator(FixedLocator(_plot_x(np.array(ticks))))
+    ax.set_xticklabels([f"{b:,}" for b in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(0.9, max_budget * 1.1)
+    ax.set_xlabel("labels (log scale; 0 = zero-shot)")
+    ax.set_ylabel("score" if absolute else "share of the achievable gain")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

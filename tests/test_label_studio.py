@@ -1,0 +1,334 @@
+"""Label Studio adapter and server lifecycle, against a REAL Label Studio server (session fixture)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+import httpx
+import pytest
+
+from dataeff.data import Example, TaskSpec
+from fixtures_label_studio import LS_TEST_TASK
+from integrations.label_studio import (
+    STATUS_MARKER,
+    Cursor,
+    InvalidLabel,
+    InvalidTask,
+    LabelStudioAuthError,
+    LabelStudioClient,
+    LabelStudioError,
+    LabelStudioUnavailable,
+    ProjectNotFound,
+    label_config,
+)
+from integrations.ls_server import ROOT, LabelStudioServer, LabelStudioServerError
+
+pytestmark = pytest.mark.slow
+
+
+def _pool(n: int, prefix: str = "item") -> list[Example]:
+    return [Example(prompt=f"text number {i}", id=f"{prefix}-{i}") for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- pure logic
+
+
+def test_label_config_choices_and_free_text():
+    xml = label_config(TaskSpec(name="t", labels=("yes", 'say "no" & <stop>'), instructions="Answer it."))
+    root = ET.fromstring(xml)
+    assert [c.attrib["value"] for c in root.iter("Choice")] == ["yes", 'say "no" & <stop>']
+    assert root.find("Text").attrib == {"name": "prompt", "value": "$prompt"}
+    assert root.find("Choices").attrib["name"] == "answer"
+    assert root.find("Header").attrib["value"] == "Answer it."
+    free = ET.fromstring(label_config(TaskSpec(name="t", metric="f1")))
+    assert free.find("TextArea").attrib["name"] == "answer" and free.find("Choices") is None
+
+
+def test_cursor_json_roundtrip_and_bad_cursor():
+    cur = Cursor(updated_at="2026-01-01T00:00:00Z", seen={"a": (3, "2026-01-01T00:00:00Z")})
+    assert Cursor.from_json(cur.to_json()) == cur
+    with pytest.raises(Exception, match="since=None"):
+        Cursor.from_json("{not json")
+
+
+def test_server_token_must_be_hex_and_match_data_dir(tmp_path):
+    with pytest.raises(LabelStudioServerError, match="40 lowercase hex"):
+        LabelStudioServer(port=1, data_dir=tmp_path / "a", token="secret")
+    first = LabelStudioServer(port=1, data_dir=tmp_path / "b")
+    assert stat.S_IMODE(os.stat(first.credentials_file).st_mode) == 0o600
+    assert LabelStudioServer(port=1, data_dir=tmp_path / "b").token == first.token  # stored, reused
+    with pytest.raises(LabelStudioServerError, match="another token"):
+        LabelStudioServer(port=1, data_dir=tmp_path / "b", token="a" * 40)
+
+
+# ----------------------------------------------------------------------------- server lifecycle
+
+
+def test_server_is_up_reused_and_keeps_its_secret(label_studio):
+    assert httpx.get(f"{label_studio.url}/health", timeout=5).status_code == 200
+    assert label_studio.token not in repr(label_studio) and "***" in repr(label_studio)
+    assert label_studio.password not in repr(label_studio)
+    pid = label_studio.pid()
+    # A second object on the same data dir + port reuses the running server, and leaving its
+    # context does not stop a server it did not start.
+    with LabelStudioServer(port=label_studio.port, data_dir=label_studio.data_dir) as again:
+        assert again.pid() == pid and again.token == label_studio.token
+    assert label_studio.healthy() and label_studio.pid() == pid
+    # The server's own log never shows the token.
+    assert label_studio.token not in label_studio.log_file.read_text(errors="replace")
+
+
+def test_cli_install_is_a_noop_and_status_hides_the_token(label_studio):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "integrations.ls_server", "install"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and "already installed" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "integrations.ls_server", "status", "--port", str(label_studio.port), "--data-dir", str(label_studio.data_dir)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["healthy"] is True and status["pid"] == label_studio.pid()
+    assert label_studio.token not in out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------- projects and import
+
+
+def test_ensure_project_is_idempotent_and_checks_labels(ls_project):
+    client = ls_project.client
+    assert client.ensure_project(ls_project.title, LS_TEST_TASK) == ls_project.project_id
+    other = TaskSpec(name="x", labels=("a", "b"))
+    with pytest.raises(LabelStudioError, match="labels"):
+        client.ensure_project(ls_project.title, other)
+    # "contains" search on the server must not make a prefix title match.
+    assert client.find_project(ls_project.title[:-2]) is None
+
+
+def test_import_pool_is_idempotent_and_reports_bad_items(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    pool = _pool(6) + [Example(prompt="   ", id="empty-one")]
+    report = client.import_pool(pid, pool, batch_size=4)  # two batches
+    assert (report.created, report.skipped) == (6, 0)
+    assert len(report.invalid) == 1 and "empty-one" in str(report.invalid[0]) and isinstance(report.invalid[0], InvalidTask)
+    again = client.import_pool(pid, pool + _pool(2, prefix="new"))
+    assert (again.created, again.skipped) == (2, 6)
+    tasks = client.tasks(pid)
+    assert sorted(t.dataeff_id for t in tasks) == sorted([f"item-{i}" for i in range(6)] + ["new-0", "new-1"])
+    assert all(t.data["dataeff_priority"] == 0 for t in tasks)
+
+
+# ----------------------------------------------------------------------------- pulling labels
+
+
+def test_pull_new_edited_deleted_cancelled_and_two_annotators(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    client.import_pool(pid, _pool(8))
+    second = client.ensure_user("second.annotator@example.com")
+    a0 = client.create_annotation(pid, "item-0", "positive")
+    a1 = client.create_annotation(pid, "item-1", "negative")
+    client.create_annotation(pid, "item-2", "neutral")
+    client.create_annotation(pid, "item-3", "positive", cancelled=True)  # skipped: ignored
+
+    first = client.pull_labeled(pid, since=None)
+    assert {e.id: e.answer for e in first.examples} == {"item-0": "positive", "item-1": "negative", "item-2": "neutral"}
+    assert set(first.changed_ids) == {"item-0", "item-1", "item-2"} and first.deleted_ids == () and first.errors == ()
+    ex0 = next(e for e in first.examples if e.id == "item-0")
+    assert ex0.prompt == "text number 0"
+    assert ex0.meta["annotation_id"] == a0 and ex0.meta["dataeff_id"] == "item-0"
+    assert ex0.meta["annotator"] and ex0.meta["task_id"] and ex0.meta["updated_at"]
+    cursor1 = Cursor.from_json(first.cursor.to_json())  # what the loop would persist
+    frozen = first.cursor.to_json()
+
+    nothing = client.pull_labeled(pid, since=cursor1)
+    assert not nothing.has_changes and len(nothing.examples) == 3
+
+    # Edit, delete, and several annotators.
+    time.sleep(0.01)
+    client.update_annotation(pid, a1, "positive")
+    client.delete_annotation(a0)
+    client.create_annotation(pid, "item-4", "negative")
+    client.create_annotation(pid, "item-4", "neutral", annotator_id=second)  # later one wins
+    client.create_annotation(pid, "item-5", "positive", annotator_id=second, ground_truth=True)
+    client.create_annotation(pid, "item-5", "negative")  # later, but ground truth wins
+    client.create_annotation(pid, "item-6", "negative", cancelled=True)
+    client.create_annotation(pid, "item-6", "neutral", annotator_id=second)  # cancelled one ignored
+
+    second_pull = client.pull_labeled(pid, since=cursor1)
+    answers = {e.id: e.answer for e in second_pull.examples}
+    assert answers == {"item-1": "positive", "item-2": "neutral", "item-4": "neutral", "item-5": "positive", "item-6": "neutral"}
+    assert set(second_pull.changed_ids) == {"item-1", "item-4", "item-5", "item-6"}
+    assert second_pull.deleted_ids == ("item-0",)
+    by_id = {e.id: e for e in second_pull.examples}
+    assert by_id["item-4"].meta["annotator"] == "second.annotator@example.com"
+    assert by_id["item-5"].meta["ground_truth"] is True
+    assert second_pull.cursor.updated_at >= cursor1.updated_at
+    assert first.cursor.to_json() == frozen  # pure: the old cursor was not mutated
+
+
+def test_pull_reports_malformed_annotations_and_goes_on(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    client.import_pool(pid, _pool(3))
+    client.create_annotation(pid, "item-0", "positive")
+    task_id = {t.dataeff_id: t.task_id for t in client.tasks(pid)}["item-1"]
+    # Written behind the adapter's back (another tool, an old label set): a label not in the config.
+    client._sdk.annotations.create(
+        id=task_id, result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["maybe"]}}]
+    )
+    result = client.pull_labeled(pid)
+    assert [e.id for e in result.examples] == ["item-0"]
+    assert len(result.errors) == 1 and result.errors[0].dataeff_id == "item-1" and "maybe" in result.errors[0].reason
+
+
+def test_pull_1000_labeled_tasks_timing(ls_project, record_property):
+    client, pid = ls_project.client, ls_project.project_id
+    # Bulk set-up through the import endpoint (tasks with their annotations): ~1 s instead of ~160 s.
+    rows = [
+        {
+            "data": {"prompt": f"text {i}", "dataeff_id": f"bulk-{i}", "dataeff_priority": 0},
+            "annotations": [{"result": [{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": [("positive", "negative")[i % 2]]}}]}],
+        }
+        for i in range(1000)
+    ]
+    client._sdk.projects.import_tasks(id=pid, request=rows)
+    t0 = time.perf_counter()
+    result = client.pull_labeled(pid)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = client.pull_labeled(pid, since=result.cursor)
+    second_s = time.perf_counter() - t0
+    assert len(result.examples) == 1000 and not again.has_changes
+    assert {e.answer for e in result.examples} == {"positive", "negative"}
+    record_property("pull_1000_s", round(first_s, 2))
+    print(f"\npull of 1,000 labeled tasks: {first_s:.2f} s (first), {second_s:.2f} s (with cursor, no changes)")
+    assert first_s < 60
+
+
+# ----------------------------------------------------------------------------- priorities, predictions, status
+
+
+def test_priorities_and_sorted_view(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    client.import_pool(pid, _pool(6))
+    view = client.ensure_priority_view(pid)
+    assert client.ensure_priority_view(pid) == view  # once
+    assert client.request_labels(pid, ["item-4", "item-1", "item-5"], priority_base=100) == 3
+    ordered = client.tasks(pid, view=view)
+    assert [t.dataeff_id for t in ordered[:3]] == ["item-4", "item-1", "item-5"]
+    assert [t.data["dataeff_priority"] for t in ordered[:3]] == [103, 102, 101]
+    assert ordered[0].data["prompt"] == "text number 4"  # other data fields kept
+    # A later batch with a higher base goes above; re-pushing the same values touches nothing.
+    client.request_labels(pid, ["item-0"], priority_base=200)
+    assert client.tasks(pid, view=view)[0].dataeff_id == "item-0"
+    assert client.push_priorities(pid, {"item-0": 201}) == 0
+    with pytest.raises(InvalidTask, match="nope"):
+        client.push_priorities(pid, {"nope": 1})
+
+
+def test_predictions_with_model_version_are_idempotent(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    client.import_pool(pid, _pool(3))
+    preds = {"item-0": ("positive", 0.91), "item-2": ("neutral", 0.35)}
+    assert client.push_predictions(pid, preds, model_version="smollm2-r1") == 2
+    assert client.push_predictions(pid, preds, model_version="smollm2-r1") == 0  # no duplicates
+    assert client.project_info(pid)["model_version"] == "smollm2-r1"
+    seen = client.predictions(pid)
+    assert len(seen) == 2 and {p["model_version"] for p in seen} == {"smollm2-r1"}
+    assert sorted(round(p["score"], 2) for p in seen) == [0.35, 0.91]
+    with pytest.raises(InvalidLabel, match="maybe"):
+        client.push_predictions(pid, {"item-1": ("maybe", 0.5)}, model_version="smollm2-r2")
+    assert len(client.predictions(pid)) == 2  # nothing pushed
+    assert client.push_predictions(pid, {"item-1": ("negative", 0.5)}, model_version="smollm2-r2") == 1
+    assert client.project_info(pid)["model_version"] == "smollm2-r2"
+
+
+def test_status_keeps_the_user_written_description(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    client.set_status(pid, "about 420 more labels to reach 90%")
+    client.set_status(pid, "about 300 more labels to reach 90%")
+    description = client.project_info(pid)["description"]
+    assert description.startswith("Label carefully.")
+    assert description.count(STATUS_MARKER) == 1 and "420" not in description
+    assert client.get_status(pid) == "about 300 more labels to reach 90%"
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_token_missing_project_invalid_label(label_studio, ls_project):
+    bad = LabelStudioClient(label_studio.url, "0" * 40, retries=0)
+    with pytest.raises(LabelStudioAuthError, match="LABEL_STUDIO_API_KEY"):
+        bad.pull_labeled(ls_project.project_id)
+    client = ls_project.client
+    with pytest.raises(ProjectNotFound, match="987654"):
+        client.pull_labeled(987654)
+    with pytest.raises(ProjectNotFound):
+        client.import_pool(987654, _pool(1))
+    client.import_pool(ls_project.project_id, _pool(1))
+    with pytest.raises(InvalidLabel, match="'maybe' is not in"):
+        client.create_annotation(ls_project.project_id, "item-0", "maybe")
+    with pytest.raises(InvalidTask, match="item-77"):
+        client.create_annotation(ls_project.project_id, "item-77", "positive")
+
+
+def test_no_token_in_logs_errors_or_reprs(label_studio, ls_project, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = LabelStudioClient(label_studio.url, label_studio.token, retries=1, backoff=0.05)
+    client.import_pool(ls_project.project_id, _pool(2))
+    client.create_annotation(ls_project.project_id, "item-0", "positive")
+    client.pull_labeled(ls_project.project_id)
+    down = LabelStudioClient("http://127.0.0.1:9", label_studio.token, retries=1, backoff=0.05)
+    with pytest.raises(LabelStudioUnavailable) as info:
+        down.pull_labeled(1)
+    with pytest.raises(LabelStudioAuthError) as auth:
+        LabelStudioClient(label_studio.url, "f" * 40, retries=0).pull_labeled(ls_project.project_id)
+    assert "retry" in caplog.text  # the retry warnings were logged...
+    for text in (caplog.text, repr(client), repr(down), repr(label_studio), str(info.value), str(auth.value)):
+        assert label_studio.token not in text  # ...without the token
+        assert label_studio.password not in text
+
+
+# ----------------------------------------------------------------------------- outage
+
+
+def test_server_stopped_mid_pull_loses_nothing(label_studio, ls_project):
+    """Stop the shared server between two pages of a pull, then restart it."""
+    pid = ls_project.project_id
+    setup = ls_project.client
+    setup.import_pool(pid, _pool(6))
+    for i in range(3):
+        setup.create_annotation(pid, f"item-{i}", "positive")
+    cursor = setup.pull_labeled(pid).cursor
+    for i in range(3, 6):
+        setup.create_annotation(pid, f"item-{i}", "negative")
+    before = cursor.to_json()
+
+    stopped = []
+
+    def stop_before_page_two(request: httpx.Request) -> None:
+        if request.url.path.startswith("/api/tasks") and request.url.params.get("page") == "2" and not stopped:
+            label_studio.stop()
+            stopped.append(time.monotonic())
+
+    hooked = httpx.Client(event_hooks={"request": [stop_before_page_two]}, timeout=10)
+    client = LabelStudioClient(label_studio.url, label_studio.token, retries=2, backoff=0.2, page_size=2, httpx_client=hooked)
+    try:
+        with pytest.raises(LabelStudioUnavailable) as info:
+            client.pull_labeled(pid, since=cursor)
+        assert stopped, "the server was not stopped between pages"
+        assert info.value.retryable is True
+        assert cursor.to_json() == before  # the caller's cursor is untouched
+    finally:
+        t0 = time.monotonic()
+        label_studio.start(timeout=120)
+        print(f"\nrestart of the session server took {time.monotonic() - t0:.1f} s")
+    after = LabelStudioClient(label_studio.url, label_studio.token, page_size=2).pull_labeled(pid, since=cursor)
+    assert {e.id: e.answer for e in after.examples} == {f"item-{i}": ("positive" if i < 3 else "negative") for i in range(6)}
+    assert set(after.changed_ids) == {"item-3", "item-4", "item-5"} and after.deleted_ids == ()

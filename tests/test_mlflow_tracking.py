@@ -1,0 +1,360 @@
+"""integrations.mlflow_tracking against a real SQLite store and a real `mlflow server` on Postgres."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+from dataeff.data import Example  # noqa: E402
+from dataeff.errors import DataError  # noqa: E402
+from dataeff.models import LoraSettings  # noqa: E402
+from integrations import secrets  # noqa: E402
+from integrations.mlflow_tracking import (  # noqa: E402
+    COMPARISON_FIGURE,
+    CURSOR_ARTIFACT,
+    TAG_ABANDONED_BY,
+    TAG_RUN_KEY,
+    Tracker,
+    TrackingError,
+    label_set_hash,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store_uri(request) -> str:
+    """The tracking URI of each real store in turn."""
+    name = "mlflow_sqlite_uri" if request.param == "sqlite" else "mlflow_server_uri"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def tracker(store_uri) -> Tracker:
+    return Tracker(store_uri)
+
+
+@pytest.fixture
+def project() -> str:
+    return f"proj-{uuid.uuid4().hex[:8]}"
+
+
+def _labels(n: int = 32, flip: int | None = None) -> list[Example]:
+    return [Example(prompt=f"q{i}", answer=("yes" if (i % 2) ^ (i == flip) else "no"), id=f"t{i}") for i in range(n)]
+
+
+def _coslow(**extra) -> dict:
+    return {"coslow": 0.65, "coslow_std": 0.02, "draws": 3, "seed": 0, "n_examples": 32,
+            "lora": LoraSettings(r=8, alpha=16), "chat_template": True, "projection_dim": None,
+            "per_draw": [0.63, 0.66, 0.66], **extra}
+
+
+def _prediction() -> dict:
+    return {"auc": 0.661, "auc_lo": 0.58, "auc_hi": 0.74,
+            "calibration": {"family": "llama", "coef": 0.545, "intercept": 0.310},
+            "targets": {0.8: {"n": 310, "lo": 180, "hi": 600}, 0.9: {"n": 1030, "lo": 450, "hi": 2100}}}
+
+
+def _figure(points: dict[int, float] | None = None):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 50, 100, 200], [0.1, 0.3, 0.5, 0.6], label="predicted")
+    if points:
+        ax.scatter(list(points), list(points.values()), label="actual")
+    ax.set_xlabel("labels")
+    return fig
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A real peft adapter folder (save_pretrained of a LoRA on the tiny Llama), loaded privately."""
+    from dataeff.models import attach_lora, load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
+    peft_model = attach_lora(loaded.model, LoraSettings(r=4, alpha=8), seed=0)
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_label_set_hash_is_order_free_and_sensitive_to_answers():
+    a = _labels()
+    assert label_set_hash(a) == label_set_hash(list(reversed(a)))
+    assert label_set_hash(a) == label_set_hash([(e.id, e.answer) for e in a])
+    assert label_set_hash(a) != label_set_hash(_labels(flip=3))
+    assert label_set_hash(a) != label_set_hash(a[:-1])
+    with pytest.raises(DataError, match="id 't1'.*no answer"):
+        label_set_hash([Example("q", "a", id="t0"), Example("q", None, id="t1")])
+
+
+def test_file_store_uri_is_refused(tmp_path):
+    with pytest.raises(DataError, match="file store is not supported"):
+        Tracker(str(tmp_path / "mlruns"))
+
+
+def test_redact_covers_keys_uris_and_registered_values():
+    secrets.register_secret("registered-value-42")
+    out = secrets.redact({
+        "LS_API_TOKEN": "abc", "max_new_tokens": 30, "dbPassword": "pw",
+        "dsn": "postgresql://me:pgpass@db:5432/x", "url": "postgresql://me:pgpass@db:5432/x?sslmode=require",
+        "note": ["say registered-value-42 twice"],
+    })
+    assert out == {
+        "LS_API_TOKEN": "***", "max_new_tokens": 30, "dbPassword": "***", "dsn": "***",
+        "url": "postgresql://me:***@db:5432/x?sslmode=require", "note": ["say *** twice"],
+    }
+    assert secrets.redact_text("http://h/x?access_token=zz&page=2") == "http://h/x?access_token=***&page=2"
+    with pytest.raises(ValueError, match="too short"):
+        secrets.register_secret("ab")
+
+
+def test_unreachable_server_error_names_no_secret(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tracker = Tracker(f"http://dataeff:unreachable-secret-9@127.0.0.1:{port}")
+    assert "unreachable-secret-9" not in repr(tracker)
+    with pytest.raises(TrackingError) as info:
+        tracker.experiment_for("p")
+    assert "unreachable-secret-9" not in str(info.value)
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+# --------------------------------------------------------------------------- both stores
+
+
+def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
+    labels = label_set_hash(_labels())
+    fig = _figure()
+    first = tracker.log_estimate(project, "smollm2", labels, _coslow(), _prediction(), figure=fig,
+                                 tables={"per draw": [{"draw": i, "coslow": c} for i, c in enumerate([0.63, 0.66, 0.66])]})
+    again = tracker.log_estimate(project, "smollm2", labels, _coslow(), _prediction(), figure=fig)
+    plt.close(fig)
+    assert first.created and not again.created
+    assert again.run_id == first.run_id
+    assert len(tracker.list_runs(project, "estimate", include_unfinished=True)) == 1
+
+    est = tracker.latest_estimate(project, "smollm2")
+    assert est["run_id"] == first.run_id and est["label_hash"] == labels
+    m, p = est["metrics"], est["params"]
+    assert m["coslow"] == pytest.approx(0.65) and m["predicted_auc"] == pytest.approx(0.661)
+    assert (m["auc_lo"], m["auc_hi"]) == pytest.approx((0.58, 0.74))
+    assert (m["labels_needed_0.9"], m["labels_needed_0.9_lo"], m["labels_needed_0.9_hi"]) == (1030, 450, 2100)
+    assert p["lora_r"] == "8" and p["lora_alpha"] == "16" and p["draws"] == "3" and p["chat_template"] == "True"
+    assert p["calibration_family"] == "llama" and float(p["calibration_coef"]) == 0.545
+    assert "q_proj" in p["lora_targets"]
+    assert est["prediction"]["targets"]["0.9"]["hi"] == 2100
+    assert est["coslow_result"]["per_draw"] == [0.63, 0.66, 0.66]
+    assert tracker.latest_estimate(project, "other-model") is None
+
+    table = json.loads(tracker.download_artifact(first.run_id, "labels_needed.json", tmp_path).read_text())
+    assert table["columns"] == ["target", "labels_needed", "lo", "hi"]
+    assert table["data"] == [["0.8", 310, 180, 600], ["0.9", 1030, 450, 2100]]
+    png = tracker.download_artifact(first.run_id, "predicted_curve.png", tmp_path).read_bytes()
+    assert png.startswith(PNG_MAGIC)
+    assert tracker.download_artifact(first.run_id, "tables/per_draw.json", tmp_path).exists()
+
+    # new labels -> a new estimate, and it becomes the latest
+    second = tracker.log_estimate(project, "smollm2", label_set_hash(_labels(flip=5)), _coslow(coslow=0.5), _prediction())
+    assert second.created and second.run_id != first.run_id
+    assert tracker.latest_estimate(project, "smollm2")["metrics"]["coslow"] == pytest.approx(0.5)
+
+
+def test_finetune_points_and_adapter(tracker, project, adapter_dir, tmp_path):
+    h50, h100 = label_set_hash(_labels(50)), label_set_hash(_labels(100))
+    res = {"seed": 0, "n_train": 50, "n_eval": 200, "lora": LoraSettings(r=4, alpha=8), "lr": 2e-4, "epochs": 3, "seconds": 12.5}
+    r50 = tracker.log_finetune(project, "smollm2", h50, 50, {**res, "score": 0.31}, adapter_dir=adapter_dir)
+    assert tracker.log_finetune(project, "smollm2", h50, 50, {**res, "score": 0.31}).run_id == r50.run_id
+    tracker.log_finetune(project, "smollm2", h100, 100, {**res, "n_train": 100, "score": 0.42})
+    tracker.log_finetune(project, "other", h100, 100, {**res, "score": 0.99})
+    assert tracker.finetuned_budgets(project, "smollm2") == {50: pytest.approx(0.31), 100: pytest.approx(0.42)}
+    # a later fine-tune at the same budget on other labels replaces the point (latest wins)
+    tracker.log_finetune(project, "smollm2", label_set_hash(_labels(100, flip=1)), 100, {**res, "score": 0.45})
+    assert tracker.finetuned_budgets(project, "smollm2") == {50: pytest.approx(0.31), 100: pytest.approx(0.45)}
+    assert len(tracker.list_runs(project, "finetune")) == 4
+
+    run = MlflowClient(tracker.tracking_uri).get_run(r50.run_id)
+    assert run.data.params["budget"] == "50" and run.data.params["lr"] == "0.0002" and run.data.params["lora_r"] == "4"
+    assert run.data.metrics["score"] == pytest.approx(0.31) and run.data.metrics["seconds"] == 12.5
+    cfg = tracker.download_artifact(r50.run_id, "adapter/adapter_config.json", tmp_path)
+    assert json.loads(cfg.read_text())["r"] == 4
+    names = {Path(f.path).name for f in MlflowClient(tracker.tracking_uri).list_artifacts(r50.run_id, "adapter")}
+    assert "adapter_model.safetensors" in names
+
+    with pytest.raises(DataError, match="budget must be"):
+        tracker.log_finetune(project, "smollm2", h50, -1, {"score": 0.1})
+    with pytest.raises(DataError, match="no numeric 'score'"):
+        tracker.log_finetune(project, "smollm2", h50, 200, {"accuracy": 0.1})
+
+
+def test_decision_and_calibration(tracker, project, tmp_path):
+    dec = {"action": "request", "n_labels": 100, "reason": "predicted 900 labels for target 0.9",
+           "status_text": "about 420 more labels to reach 90% of the achievable gain"}
+    d1 = tracker.log_decision(project, "iter-abc", dec)
+    d2 = tracker.log_decision(project, "iter-abc", dec)
+    assert d1.created and not d2.created and d1.run_id == d2.run_id
+    tracker.log_decision(project, "iter-def", {**dec, "action": "stop", "n_labels": 0})
+    runs = tracker.list_runs(project, "decision")
+    assert [r["tags"]["dataeff.action"] for r in runs] == ["stop", "request"]
+    first = runs[1]
+    assert first["params"]["n_labels"] == "100" and first["metrics"]["n_labels"] == 100
+    assert first["tags"]["dataeff.reason"] == dec["reason"]
+    text = tracker.download_artifact(d1.run_id, "decision.txt", tmp_path).read_text()
+    assert dec["status_text"] in text and dec["reason"] in text
+
+    family = f"fam-{uuid.uuid4().hex[:6]}"
+    assert tracker.latest_calibration(family) is None
+    cal = {"coef": 0.545, "intercept": 0.31, "loo_mae": 0.086, "baseline_mae": 0.125, "n_tasks": 30, "tasks": ["a", "b"]}
+    c1 = tracker.log_calibration(family, cal)
+    assert not tracker.log_calibration(family, cal).created
+    got = tracker.latest_calibration(family)
+    assert got["run_id"] == c1.run_id and got["coef"] == 0.545 and got["tasks"] == ["a", "b"]
+    c2 = tracker.log_calibration(family, {**cal, "coef": 0.6})
+    assert c2.created and tracker.latest_calibration(family)["coef"] == 0.6
+
+
+def test_failed_and_crashed_runs_are_not_taken_as_done(tracker, project, store_uri):
+    h = label_set_hash(_labels())
+
+    bad_tables = {"t": object()}  # not a table: fails while writing artifacts
+    with pytest.raises(DataError):
+        tracker.log_estimate(project, "m", h, _coslow(), _prediction(), tables=bad_tables)
+    failed = tracker.list_runs(project, "estimate", include_unfinished=True)
+    assert [r["status"] for r in failed] == ["FAILED"]
+
+    # a process that dies mid-run (hard exit while writing artifacts) leaves a RUNNING run
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from mlflow import MlflowClient
+        from integrations.mlflow_tracking import Tracker
+        MlflowClient.log_dict = lambda *a, **k: os._exit(3)
+        Tracker({store_uri!r}).log_finetune({project!r}, "m", {h!r}, 50, {{"score": 0.3}})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    crashed = tracker.list_runs(project, "finetune", include_unfinished=True)
+    assert [r["status"] for r in crashed] == ["RUNNING"]
+    assert tracker.finetuned_budgets(project, "m") == {}
+
+    done = tracker.log_finetune(project, "m", h, 50, {"score": 0.3})
+    assert done.created
+    runs = {r["run_id"]: r for r in tracker.list_runs(project, "finetune", include_unfinished=True)}
+    assert runs[crashed[0]["run_id"]]["status"] == "FAILED"
+    assert runs[crashed[0]["run_id"]]["tags"][TAG_ABANDONED_BY] == done.run_id
+    assert runs[done.run_id]["status"] == "FINISHED"
+    assert runs[done.run_id]["tags"][TAG_RUN_KEY] == crashed[0]["tags"][TAG_RUN_KEY]
+    assert tracker.finetuned_budgets(project, "m") == {50: pytest.approx(0.3)}
+
+    est = tracker.log_estimate(project, "m", h, _coslow(), _prediction())
+    assert est.created and est.run_id != failed[0]["run_id"]
+
+
+def test_cursor_round_trip(tracker, project):
+    assert tracker.read_cursor(project) is None
+    c1 = {"updated_at": "2026-11-02T10:00:00Z", "seen": {"t1": 11, "t2": 12}}
+    run_id = tracker.log_cursor(project, c1)
+    assert tracker.read_cursor(project) == c1
+    c2 = {"updated_at": "2026-11-02T10:15:00Z", "seen": {"t1": 11}}
+    assert tracker.log_cursor(project, c2) == run_id
+    assert Tracker(tracker.tracking_uri).read_cursor(project) == c2  # a fresh process sees it
+    assert len(tracker.list_runs(project, "summary")) == 1
+    with pytest.raises(DataError, match="cursor must be a dict"):
+        tracker.log_cursor(project, ["not", "a", "dict"])
+
+
+def test_comparison_figure_is_a_png_artifact_updated_in_place(tracker, project, tmp_path):
+    fig = _figure({50: 0.3})
+    run_id = tracker.update_comparison(project, fig, [{"budget": 50, "predicted": 0.33, "actual": 0.3}])
+    plt.close(fig)
+    fig = _figure({50: 0.3, 100: 0.45})
+    rows = [{"budget": 50, "predicted": 0.33, "actual": 0.3}, {"budget": 100, "predicted": 0.5, "lo": 0.4, "hi": 0.6, "actual": 0.45}]
+    assert tracker.update_comparison(project, fig, rows) == run_id
+    plt.close(fig)
+    assert tracker.log_cursor(project, {"x": 1}) == run_id  # cursor and comparison share the summary run
+    png = tracker.download_artifact(run_id, COMPARISON_FIGURE, tmp_path / "a").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+    csv_text = tracker.download_artifact(run_id, "comparison/table.csv", tmp_path / "b").read_text()
+    assert csv_text.splitlines() == ["budget,predicted,actual,lo,hi", "50,0.33,0.3,,", "100,0.5,0.45,0.4,0.6"]
+    artifacts = {f.path for f in MlflowClient(tracker.tracking_uri).list_artifacts(run_id, "comparison")}
+    assert artifacts == {"comparison/curve.png", "comparison/table.csv", "comparison/table.json"}
+
+
+def _all_artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    files = []
+    for f in client.list_artifacts(run_id, path):
+        files.extend(_all_artifact_files(client, run_id, f.path) if f.is_dir else [f.path])
+    return files
+
+
+def test_no_secret_reaches_mlflow_or_logs(store_uri, project, adapter_dir, tmp_path, caplog, capsys):
+    s_track, s_key, s_uri, s_reg = (f"{name}-{uuid.uuid4().hex[:10]}" for name in ("TRACKPW", "KEYSECRET", "URISECRET", "REGSECRET"))
+    uri = store_uri.replace("http://", f"http://dataeff:{s_track}@") if store_uri.startswith("http") else store_uri
+    secrets.register_secret(s_reg)
+    caplog.set_level(logging.DEBUG)
+    tracker = Tracker(uri)
+    assert s_track not in repr(tracker) and s_track not in tracker.display_uri
+
+    leaky = {"api_token": s_key, "label_studio_url": f"http://annot:{s_uri}@ls:8080", "notes": f"token is {s_reg}"}
+    h = label_set_hash(_labels())
+    tracker.log_estimate(project, "smollm2", h, _coslow(**leaky), {**_prediction(), "db": f"postgresql://u:{s_uri}@db/x"},
+                         figure=_figure(), tables={"config": [{"key": "dsn", "value": f"postgresql://u:{s_uri}@db/x"}]})
+    plt.close("all")
+    adapter_copy = tmp_path / "adapter"
+    import shutil
+
+    shutil.copytree(adapter_dir, adapter_copy)
+    cfg = json.loads((adapter_copy / "adapter_config.json").read_text())
+    cfg.update({"hub_token": s_key, "base_model_name_or_path": f"https://u:{s_uri}@hub/model"})
+    (adapter_copy / "adapter_config.json").write_text(json.dumps(cfg))
+    tracker.log_finetune(project, "smollm2", h, 50, {"score": 0.3, "password": s_key, "metric": f"acc {s_reg}"}, adapter_dir=adapter_copy)
+    tracker.log_decision(project, "it-1", {"action": "request", "n_labels": 10, "reason": f"asked with {s_reg}",
+                                           "status_text": f"see http://x:{s_uri}@ls/"})
+    tracker.log_calibration(f"fam-{project}", {"coef": 0.5, "intercept": 0.3, "source_dsn": f"postgresql://a:{s_uri}@b/c"})
+    tracker.log_cursor(project, {"since": "2026", "token": s_key, "url": f"http://x:{s_uri}@ls/"})
+    tracker.update_comparison(project, _figure(), [{"budget": 50, "note": s_reg}])
+    plt.close("all")
+
+    client = MlflowClient(store_uri)
+    seen: list[str] = []
+    n_files = 0
+    for exp_name in (project, tracker.calibration_experiment):
+        exp = client.get_experiment_by_name(exp_name)
+        seen.extend(f"{k}={v}" for k, v in exp.tags.items())
+        for run in client.search_runs([exp.experiment_id]):
+            seen.extend(f"{k}={v}" for k, v in run.data.params.items())
+            seen.extend(f"{k}={v}" for k, v in run.data.tags.items())
+            seen.extend(run.data.metrics)
+            seen.append(run.info.run_name)
+            for path in _all_artifact_files(client, run.info.run_id):
+                local = Path(client.download_artifacts(run.info.run_id, path, str(tmp_path / "dl" / run.info.run_id)))
+                seen.append(local.read_bytes().decode("utf-8", errors="replace"))
+                n_files += 1
+    assert n_files >= 12
+    captured = capsys.readouterr()
+    seen.extend([caplog.text, captured.out, captured.err])
+    blob = "\n".join(seen)
+    assert "***" in blob  # redaction happened (the values were there to leak)
+    for secret in (s_track, s_key, s_uri, s_reg):
+        assert secret not in blob, f"{secret.split('-')[0]} leaked"
