@@ -7,6 +7,7 @@ A row is ``{"prompt": str, "answer": str}`` plus optional ``id`` and any extra f
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,17 +108,21 @@ def read_csv(path: str | Path, *, require_answer: bool = True) -> list[Example]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from None
-    reader = csv.DictReader(text.splitlines())
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from None
+    # newline="" keeps line breaks inside quoted fields; line_num counts physical lines of multi-line rows.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     if not reader.fieldnames or "prompt" not in reader.fieldnames:
         raise DataError(f"{path}: the header must name a 'prompt' column (found {reader.fieldnames})")
-    examples = [
-        _row_to_example(dict(row), f"{path}:{lineno}", i, require_answer)
-        for i, (lineno, row) in enumerate(((n + 2, r) for n, r in enumerate(reader)))
-    ]
+    examples = []
+    start = reader.line_num + 1
+    for row in reader:
+        examples.append(_row_to_example(dict(row), f"{path}:{start}", len(examples), require_answer))
+        start = reader.line_num + 1
     if not examples:
         raise DataError(f"{path}: no rows under the header")
     return examples

@@ -126,3 +126,39 @@ def plot_curve(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     return fig
+
+
+def plot_confidence(
+    confidences: Sequence[float],
+    highlight: Sequence[float] = (),
+    title: str = "",
+    *,
+    bins: int = 30,
+    figsize: tuple[float, float] = (7.0, 3.5),
+) -> Figure:
+    """Histogram of the model's answer confidence over the pool, the chosen low-confidence batch on top.
+
+    Args:
+        confidences: one confidence in [0, 1] per pool item.
+        highlight: confidences of the low-confidence batch (drawn in a second colour).
+        title: figure title.
+        bins: histogram bins over [0, 1].
+        figsize: inches.
+    """
+    if len(confidences) == 0:
+        raise DataError("plot_confidence: no confidences to plot")
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ax.hist(np.asarray(confidences, dtype=float), bins=edges, color="#9aa7b8", label=f"pool ({len(confidences)})")
+    if len(highlight):
+        ax.hist(np.asarray(highlight, dtype=float), bins=edges, color="#d1495b",
+                label=f"low-confidence batch ({len(highlight)})")
+    decile = float(np.quantile(np.asarray(confidences, dtype=float), 0.1))
+    ax.axvline(decile, color="#333333", linestyle="--", linewidth=1, label=f"bottom decile ({decile:.2f})")
+    ax.set_xlabel("confidence (mean probability of the answer tokens)")
+    ax.set_ylabel("items")
+    ax.set_title(title or "answer confidence over the pool")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig

@@ -39,6 +39,8 @@ class ProjectConfig:
         budgets: fine-tune budget grid (0 = zero-shot).
         max_budget: the learning curve's cut-off N (the calibration's axis; paper: 5000).
         low_confidence_k: size of the low-confidence batch annotated for CoS-Low (paper: 32).
+        coslow_draws: LoRA initialisations CoS-Low is averaged over (the spread is reported).
+        max_new_tokens: longest greedy answer when scoring confidence.
         eval_size: held-out evaluation items the team labels once (never trained on).
         batch_min, batch_max: bounds on one labeling request.
         seed: seed of every random choice (LoRA init, subsets, sampling).
@@ -59,6 +61,8 @@ class ProjectConfig:
     budgets: tuple[int, ...] = (0, 50, 100, 200, 500, 1000, 2500, 5000)
     max_budget: int = 5000
     low_confidence_k: int = 32
+    coslow_draws: int = 3
+    max_new_tokens: int = 16
     eval_size: int = 100
     batch_min: int = 25
     batch_max: int = 200

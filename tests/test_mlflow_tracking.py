@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,7 +25,6 @@ from dataeff.models import LoraSettings  # noqa: E402
 from integrations import secrets  # noqa: E402
 from integrations.mlflow_tracking import (  # noqa: E402
     COMPARISON_FIGURE,
-    CURSOR_ARTIFACT,
     TAG_ABANDONED_BY,
     TAG_RUN_KEY,
     Tracker,
@@ -127,8 +127,6 @@ def test_redact_covers_keys_uris_and_registered_values():
 def test_unreachable_server_error_names_no_secret(monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -322,8 +320,6 @@ def test_no_secret_reaches_mlflow_or_logs(store_uri, project, adapter_dir, tmp_p
                          figure=_figure(), tables={"config": [{"key": "dsn", "value": f"postgresql://u:{s_uri}@db/x"}]})
     plt.close("all")
     adapter_copy = tmp_path / "adapter"
-    import shutil
-
     shutil.copytree(adapter_dir, adapter_copy)
     cfg = json.loads((adapter_copy / "adapter_config.json").read_text())
     cfg.update({"hub_token": s_key, "base_model_name_or_path": f"https://u:{s_uri}@hub/model"})

@@ -1,0 +1,244 @@
+"""One iteration of the annotation loop — the scheduled unit.
+
+pull labels -> (CoS-Low when the low-confidence batch is complete or its labels changed) ->
+fine-tune every grid budget the labels now cover -> assess (prediction + curve posterior) ->
+log to MLflow -> decide -> request the next batch in Label Studio and update the status text.
+
+Idempotent: every MLflow run is keyed by its inputs, so re-running an iteration with the same
+labels finds the existing runs and writes nothing new. At most one iteration of a project runs
+at a time (:func:`flows.locks.project_slot`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from prefect import flow, get_run_logger, task
+
+from dataeff.assess import Assessment, assess
+from dataeff.calibration import get_calibration
+from dataeff.coslow import compute_coslow
+from dataeff.finetune import FinetuneSettings, run_finetune
+from dataeff.iteration import (
+    ROLE_EVAL,
+    ROLE_LOWCONF,
+    LabeledSets,
+    budgets_due,
+    label_set_hash,
+    next_batch,
+    partition,
+)
+from dataeff.models import LoraSettings
+from dataeff.plots import plot_curve
+from dataeff.policy import Decision, LoopState, PolicySettings, decide
+from dataeff.project import ProjectConfig
+from flows.locks import project_slot
+from flows.services import Services, get_model, open_services, retry_on_unavailable
+from integrations.label_studio import Cursor, PullResult
+
+log = logging.getLogger(__name__)
+RETRY = dict(retries=3, retry_delay_seconds=[1, 2, 4], retry_condition_fn=retry_on_unavailable)
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow run
+        return log
+
+
+@task(name="pull-labels", persist_result=False, **RETRY)
+def pull_labels(svc: Services) -> PullResult:
+    """Every labeled item now, reconciled with the cursor stored in MLflow (edits replace, deletions drop out)."""
+    stored = svc.tracker.read_cursor(svc.config.name)
+    cursor = Cursor.from_dict(stored) if stored else None
+    result = svc.ls.pull_labeled(svc.project_id, since=cursor)
+    for err in result.errors:
+        _logger().warning("skipped item %s (task %s): %s", err.dataeff_id, err.task_id, err.reason)
+    return result
+
+
+@task(name="estimate", persist_result=False)
+def estimate(svc: Services, sets: LabeledSets) -> dict:
+    """CoS-Low of the labeled low-confidence batch: reused from MLflow when its labels are unchanged."""
+    cfg = svc.config
+    lhash = label_set_hash(sets.lowconf)
+    latest = svc.tracker.latest_estimate(cfg.name, cfg.model)
+    if latest and latest.get("label_hash") == lhash and latest.get("coslow_result"):
+        return latest["coslow_result"]
+    loaded = get_model(cfg.model)
+    res = compute_coslow(loaded, sets.lowconf, lora=LoraSettings(), seed=cfg.seed, draws=cfg.coslow_draws,
+                         chat_template=cfg.chat_template)
+    return res.as_dict()
+
+
+@task(name="finetune", persist_result=False)
+def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> dict:
+    """LoRA fine-tune on the first ``budget`` training labels (budget 0: zero-shot), scored on the eval split."""
+    cfg = svc.config
+    loaded = get_model(cfg.model)
+    settings = FinetuneSettings(seed=cfg.seed, chat_template=cfg.chat_template, **cfg.finetune)
+    result = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings)
+    out = result.as_dict()
+    train_hash = label_set_hash(sets.train_subset(budget) + sets.eval)
+    svc.tracker.log_finetune(cfg.name, cfg.model, train_hash, budget, out)
+    return out
+
+
+@task(name="log-estimate", persist_result=False, **RETRY)
+def log_estimate(svc: Services, sets: LabeledSets, coslow: dict, assessment: Assessment, figure) -> bool:
+    cfg = svc.config
+    pred = assessment.prediction
+    prediction = {
+        "auc": pred.auc,
+        "auc_lo": pred.auc_interval[0] if pred.auc_interval else None,
+        "auc_hi": pred.auc_interval[1] if pred.auc_interval else None,
+        "calibration": {"family": pred.extra.get("calibration"), "coef": pred.coef, "intercept": pred.intercept},
+        "targets": {t: {"n": n.median, "lo": n.lo, "hi": n.hi} for t, n in
+                    ((t, pred.need(t)) for t in cfg.targets)},
+    }
+    run = svc.tracker.log_estimate(cfg.name, cfg.model, label_set_hash(sets.lowconf), coslow, prediction, figure=figure)
+    return bool(getattr(run, "created", False))
+
+
+def _state(cfg: ProjectConfig, sets: LabeledSets, roles: dict, coslow: float | None,
+           assessment: Assessment | None) -> LoopState:
+    n_lowconf = len(roles.get(ROLE_LOWCONF, []))
+    measured = assessment.measured if assessment else {}
+    return LoopState(
+        labeled_count=len(sets.train),
+        low_conf_batch_complete=n_lowconf > 0 and len(sets.lowconf) >= n_lowconf,
+        low_conf_labeled=len(sets.lowconf),
+        need=assessment.need(cfg.primary_target) if assessment else None,
+        coslow=coslow,
+        finetuned={b: s for b, s in measured.items() if b > 0},
+        zero_shot=assessment.zero_shot if assessment else None,
+        ceiling=assessment.ceiling if assessment else None,
+    )
+
+
+def policy_settings(cfg: ProjectConfig, n_lowconf: int) -> PolicySettings:
+    return PolicySettings(targets=cfg.targets, primary_target=cfg.primary_target, label_cap=cfg.label_cap,
+                          batch_size_min=cfg.batch_min, batch_size_max=cfg.batch_max,
+                          low_conf_batch_size=max(n_lowconf, 1), budget_grid=cfg.budgets)
+
+
+@task(name="request-labels", persist_result=False, **RETRY)
+def request_next(svc: Services, decision: Decision, sets: LabeledSets, roles: dict, labeled_ids: set[str]) -> list[str]:
+    """Put the next items at the top of the annotators' queue; returns the ids requested.
+
+    Order: missing low-confidence items, then missing eval items, then a seeded random draw of
+    pool items (the learning curve is measured on random subsets).
+    """
+    cfg = svc.config
+    n = decision.n_labels
+    if decision.action != "request_labels" or n <= 0:
+        return []
+    missing_low = [i for i in roles.get(ROLE_LOWCONF, []) if i not in labeled_ids]
+    missing_eval = [i for i in roles.get(ROLE_EVAL, []) if i not in labeled_ids]
+    reserved = set(roles.get(ROLE_LOWCONF, [])) | set(roles.get(ROLE_EVAL, []))
+    records = svc.ls.tasks(svc.project_id)
+    pool = [r.dataeff_id for r in records if r.dataeff_id not in labeled_ids and r.dataeff_id not in reserved]
+    wanted = missing_low + missing_eval
+    wanted += next_batch(pool, max(n - len(wanted), 0) if not missing_low else 0, seed=cfg.seed)
+    # Priorities above everything requested before: base grows with the labeled count.
+    svc.ls.request_labels(svc.project_id, wanted, priority_base=1000 + 10 * len(labeled_ids) + len(wanted))
+    return wanted
+
+
+def run_iteration(svc: Services) -> dict:
+    """One iteration for an opened project (no lock; :func:`loop_iteration` adds it). Returns a summary dict."""
+    cfg = svc.config
+    logger = _logger()
+    roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
+    if not roles:
+        from dataeff.errors import DataError
+
+        raise DataError(f"project {cfg.name}: not bootstrapped yet; run `dataeff bootstrap {cfg.name}` first")
+    pulled = pull_labels(svc)
+    role_of = {i: r for r, ids in roles.items() for i in ids}
+    sets = partition(list(pulled.examples), role_of, seed=cfg.seed)
+    labeled_ids = {str(e.id) for e in pulled.examples}
+    n_lowconf, n_eval = len(roles.get(ROLE_LOWCONF, [])), len(roles.get(ROLE_EVAL, []))
+    logger.info("%s: %d labeled (%d/%d low-confidence, %d/%d eval, %d train); %d changed, %d deleted",
+                cfg.name, len(labeled_ids), len(sets.lowconf), n_lowconf, len(sets.eval), n_eval,
+                len(sets.train), len(pulled.changed_ids), len(pulled.deleted_ids))
+
+    # Fine-tunes the labels now cover (zero-shot first), each logged as soon as it is measured.
+    done = svc.tracker.finetuned_budgets(cfg.name, cfg.model)
+    eval_ready = n_eval > 0 and len(sets.eval) >= n_eval
+    finetuned_now = []
+    for budget in budgets_due(len(sets.train), cfg.budgets, done, eval_ready):
+        logger.info("%s: fine-tune at %d labels", cfg.name, budget)
+        res = finetune_budget(svc, sets, budget)
+        done[budget] = res["score"]
+        finetuned_now.append(budget)
+
+    coslow_res, assessment, estimate_logged = None, None, False
+    if n_lowconf and len(sets.lowconf) >= n_lowconf:
+        coslow_res = estimate(svc, sets)
+        calibration = get_calibration(cfg.calibration)
+        assessment = assess(coslow_res["coslow"], calibration, done, n_eval=n_eval or None, targets=cfg.targets,
+                            max_budget=cfg.max_budget, human_score=cfg.human_score)
+        figure = plot_curve(assessment.posterior or assessment.prediction, measured=done, targets=cfg.targets,
+                            title=f"{cfg.name}: predicted vs measured ({assessment.source})",
+                            s0=assessment.zero_shot, h=assessment.ceiling)
+        estimate_logged = log_estimate(svc, sets, coslow_res, assessment, figure)
+        if estimate_logged or finetuned_now:
+            svc.tracker.update_comparison(cfg.name, figure, _comparison_rows(assessment, cfg))
+
+    coslow = coslow_res["coslow"] if coslow_res else None
+    decision = decide(_state(cfg, sets, roles, coslow, assessment), policy_settings(cfg, n_lowconf))
+    iteration_key = label_set_hash(pulled.examples) + "-" + "-".join(map(str, sorted(done)))
+    summary = {
+        "project": cfg.name,
+        "labeled": len(labeled_ids),
+        "train": len(sets.train),
+        "eval": len(sets.eval),
+        "lowconf": len(sets.lowconf),
+        "changed": len(pulled.changed_ids),
+        "deleted": len(pulled.deleted_ids),
+        "errors": [asdict(e) for e in pulled.errors],
+        "coslow": coslow_res,
+        "assessment": assessment.as_dict() if assessment else None,
+        "measured": {str(b): s for b, s in sorted(done.items())},
+        "finetuned_now": finetuned_now,
+        "decision": decision.as_dict(),
+    }
+    decision_run = svc.tracker.log_decision(cfg.name, iteration_key, {**decision.as_dict(), "summary": summary},
+                                            model=cfg.model)
+    requested = request_next(svc, decision, sets, roles, labeled_ids)
+    if svc.ls.get_status(svc.project_id) != decision.status_text:
+        svc.ls.set_status(svc.project_id, decision.status_text)
+    if pulled.has_changes or pulled.errors or stored_cursor_missing(svc):
+        svc.tracker.log_cursor(cfg.name, pulled.cursor.to_dict())
+    summary["requested"] = len(requested)
+    summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(getattr(decision_run, "created", False))
+    logger.info("%s: %s — %s", cfg.name, decision.action, decision.reason)
+    return summary
+
+
+def stored_cursor_missing(svc: Services) -> bool:
+    return svc.tracker.read_cursor(svc.config.name) is None
+
+
+def _comparison_rows(assessment: Assessment, cfg: ProjectConfig) -> list[dict]:
+    rows = []
+    for b in cfg.budgets:
+        rows.append({"labels": b, "measured": assessment.measured.get(b)})
+    for t in cfg.targets:
+        n = assessment.need(t)
+        rows.append({"target": t, "labels_needed": n.as_dict()["median"], "lo": n.as_dict()["lo"],
+                     "hi": n.as_dict()["hi"], "source": assessment.source})
+    return rows
+
+
+@flow(name="dataeff-loop", log_prints=True)
+def loop_iteration(project: str, home: str | None = None, lock_timeout_seconds: float = 3600) -> dict:
+    """One loop iteration of ``project`` (at most one per project at a time)."""
+    from pathlib import Path
+
+    config = ProjectConfig.load(project, Path(home) if home else None)
+    with project_slot(config.name, timeout_seconds=lock_timeout_seconds):
+        return run_iteration(open_services(config))

@@ -1,0 +1,58 @@
+"""Open the services a project talks to, and keep one loaded model per process."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+from dataeff.models import LoadedModel, load_model
+from dataeff.project import ProjectConfig
+from integrations.label_studio import LabelStudioClient, LabelStudioUnavailable
+from integrations.mlflow_tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """A project's config with its Label Studio client and MLflow tracker."""
+
+    config: ProjectConfig
+    ls: LabelStudioClient
+    tracker: Tracker
+
+    @property
+    def project_id(self) -> int:
+        if self.config.label_studio_project_id is None:
+            from dataeff.errors import DataError
+
+            raise DataError(f"project {self.config.name}: no Label Studio project yet; run `dataeff project create`")
+        return int(self.config.label_studio_project_id)
+
+
+def open_services(config: ProjectConfig) -> Services:
+    """Clients for ``config`` (the Label Studio token comes from the env var the config names)."""
+    ls = LabelStudioClient(config.label_studio_url, config.label_studio_token())
+    return Services(config=config, ls=ls, tracker=Tracker(config.tracking_uri))
+
+
+@functools.lru_cache(maxsize=2)
+def get_model(source: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """Load a model once per process (the loop runs many iterations on one model)."""
+    return load_model(source, device=device, dtype=dtype)
+
+
+def retry_on_unavailable(task, old_state, new_state) -> bool:
+    """Prefect ``retry_condition_fn``: retry service blips (Label Studio down/slow, MLflow errors), not bad input."""
+    from dataeff.errors import DataError
+
+    try:
+        new_state.result()
+    except LabelStudioUnavailable:
+        return True
+    except DataError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else from a service (HTTP, DB) is worth another try
+        return True
+    return False
