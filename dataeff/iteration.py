@@ -43,28 +43,24 @@ class LabeledSets:
     Attributes:
         lowconf: labeled items of the low-confidence batch.
         eval: labeled held-out items.
-        train: every labeled non-eval item (low-confidence ones included), in a seeded stable order:
-            the first ``b`` items are the training set of budget ``b`` (nested across budgets and
-            stable as more labels arrive).
+        train: every labeled non-eval item (low-confidence ones included), sorted by id. The
+            training set of budget ``b`` is :func:`dataeff.finetune.nested_subset` of it (nested
+            across budgets and stable as more labels arrive).
     """
 
     lowconf: list[Example]
     eval: list[Example]
     train: list[Example]
 
-    def train_subset(self, budget: int) -> list[Example]:
-        return self.train[:budget]
 
-
-def partition(labeled: Sequence[Example], roles: Mapping[str, str], seed: int = 0) -> LabeledSets:
+def partition(labeled: Sequence[Example], roles: Mapping[str, str]) -> LabeledSets:
     """Split labeled examples by role (``roles`` maps example id -> role; unknown ids are ``pool``)."""
-    lowconf = [e for e in labeled if roles.get(str(e.id)) == ROLE_LOWCONF]
-    evals = [e for e in labeled if roles.get(str(e.id)) == ROLE_EVAL]
-    train = [e for e in labeled if roles.get(str(e.id)) != ROLE_EVAL]
-    train.sort(key=lambda e: stable_key(seed, str(e.id)))
-    evals.sort(key=lambda e: str(e.id))
-    lowconf.sort(key=lambda e: str(e.id))
-    return LabeledSets(lowconf=lowconf, eval=evals, train=train)
+    by_id = sorted(labeled, key=lambda e: str(e.id))
+    return LabeledSets(
+        lowconf=[e for e in by_id if roles.get(str(e.id)) == ROLE_LOWCONF],
+        eval=[e for e in by_id if roles.get(str(e.id)) == ROLE_EVAL],
+        train=[e for e in by_id if roles.get(str(e.id)) != ROLE_EVAL],
+    )
 
 
 def budgets_due(n_train: int, grid: Sequence[int], done: Iterable[int], eval_ready: bool) -> list[int]:

@@ -48,6 +48,8 @@ class ProjectConfig:
         label_studio_url, label_studio_token_env: the server and the NAME of the env var holding its token.
         tracking_uri: MLflow tracking URI.
         label_studio_project_id: filled in by ``project create``.
+        finetune: overrides of :class:`dataeff.finetune.FinetuneSettings` for the loop's fine-tunes.
+        fixed_eval_ids: ids of a held-out split given already labeled (else the team labels ``eval_size`` items).
     """
 
     name: str
@@ -73,6 +75,7 @@ class ProjectConfig:
     tracking_uri: str = "sqlite:///.dataeff/mlflow.db"
     label_studio_project_id: int | None = None
     finetune: dict = field(default_factory=dict)
+    fixed_eval_ids: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

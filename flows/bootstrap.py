@@ -79,9 +79,12 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
     else:
         pool = read_pool(svc)
         logger.info("%s: scoring the confidence of %d pool items with %s", cfg.name, len(pool), cfg.model)
+        fixed = set(cfg.fixed_eval_ids)
+        pool = [e for e in pool if e.id not in fixed]  # a labeled eval split is never a low-confidence candidate
         scores = score_pool(svc, pool, batch_size)
         lowconf = select_low_confidence(scores, k=cfg.low_confidence_k, fraction=0.1, seed=cfg.seed)
-        evals = choose_eval_split([e.id for e in pool], cfg.eval_size, exclude=lowconf, seed=cfg.seed)
+        evals = list(cfg.fixed_eval_ids) or choose_eval_split([e.id for e in pool], cfg.eval_size, exclude=lowconf,
+                                                              seed=cfg.seed)
         roles = {ROLE_LOWCONF: list(lowconf), ROLE_EVAL: evals}
         confs = [s.confidence for s in scores]
         stats = {"pool": len(pool), "mean_confidence": sum(confs) / len(confs),

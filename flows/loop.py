@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from dataeff.assess import Assessment, assess
 from dataeff.calibration import get_calibration
 from dataeff.coslow import compute_coslow
-from dataeff.finetune import FinetuneSettings, run_finetune
+from dataeff.finetune import FinetuneSettings, nested_subset, run_finetune
 from dataeff.iteration import (
     ROLE_EVAL,
     ROLE_LOWCONF,
@@ -81,7 +81,7 @@ def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> dict:
     settings = FinetuneSettings(seed=cfg.seed, chat_template=cfg.chat_template, **cfg.finetune)
     result = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings)
     out = result.as_dict()
-    train_hash = label_set_hash(sets.train_subset(budget) + sets.eval)
+    train_hash = label_set_hash(nested_subset(sets.train, budget, cfg.seed) + sets.eval)
     svc.tracker.log_finetune(cfg.name, cfg.model, train_hash, budget, out)
     return out
 
@@ -158,7 +158,7 @@ def run_iteration(svc: Services) -> dict:
         raise DataError(f"project {cfg.name}: not bootstrapped yet; run `dataeff bootstrap {cfg.name}` first")
     pulled = pull_labels(svc)
     role_of = {i: r for r, ids in roles.items() for i in ids}
-    sets = partition(list(pulled.examples), role_of, seed=cfg.seed)
+    sets = partition(list(pulled.examples), role_of)
     labeled_ids = {str(e.id) for e in pulled.examples}
     n_lowconf, n_eval = len(roles.get(ROLE_LOWCONF, [])), len(roles.get(ROLE_EVAL, []))
     logger.info("%s: %d labeled (%d/%d low-confidence, %d/%d eval, %d train); %d changed, %d deleted",

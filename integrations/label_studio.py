@@ -43,7 +43,7 @@ ID_FIELD = "dataeff_id"
 PRIORITY_FIELD = "dataeff_priority"
 ANSWER_NAME = "answer"
 PRIORITY_VIEW_TITLE = "dataeff priority"
-MAX_TITLE = 50
+MIN_TITLE, MAX_TITLE = 3, 50
 STATUS_MARKER = "--- dataeff status (updated automatically; write above this line) ---"
 _ANNOTATED_QUERY = json.dumps(
     {
@@ -429,10 +429,10 @@ class LabelStudioClient:
             for t in self._list_tasks(project_id, view=view)
         ]
 
-    def _task_index(self, project_id: int, dataeff_ids: Iterable[str]) -> dict[str, TaskRecord]:
+    def _task_index(self, project_id: int, dataeff_ids: Iterable[str], records: Sequence[TaskRecord] | None = None) -> dict[str, TaskRecord]:
         """``dataeff_id -> TaskRecord`` for the wanted ids; :class:`InvalidTask` naming missing ones."""
         wanted = list(dict.fromkeys(str(i) for i in dataeff_ids))
-        index = {t.dataeff_id: t for t in self.tasks(project_id)}
+        index = {t.dataeff_id: t for t in (records if records is not None else self.tasks(project_id))}
         missing = [i for i in wanted if i not in index]
         if missing:
             raise InvalidTask(
@@ -454,10 +454,10 @@ class LabelStudioClient:
         Raises:
             LabelStudioError: a project with this title exists but its labels differ from
                 ``task.labels`` (use another title or fix the label set).
-            DataError: the title is empty or longer than 50 characters.
+            DataError: the title is shorter than 3 or longer than 50 characters.
         """
-        if not title.strip() or len(title) > MAX_TITLE:
-            raise DataError(f"project title {title!r}: must be 1 to {MAX_TITLE} characters (Label Studio's limit)")
+        if not MIN_TITLE <= len(title.strip()) <= MAX_TITLE:
+            raise DataError(f"project title {title!r}: must be {MIN_TITLE} to {MAX_TITLE} characters (Label Studio's limits)")
         existing = self.find_project(title)
         if existing is not None:
             schema = self._schema(existing)
@@ -676,13 +676,16 @@ class LabelStudioClient:
         return int(user.id)
 
     # -- priorities and the sorted view
-    def push_priorities(self, project_id: int, priorities: Mapping[str, float]) -> int:
+    def push_priorities(self, project_id: int, priorities: Mapping[str, float], *, _records: Sequence[TaskRecord] | None = None) -> int:
         """Set the numeric task field ``dataeff_priority`` (higher = labeled first).
 
-        Other data fields are kept. Tasks whose priority already has that value are not touched.
-        Returns the number of tasks updated. Raises :class:`InvalidTask` naming unknown ids.
+        Other data fields are kept. Tasks whose priority already has that value are not touched
+        (one PATCH per changed task). Returns the number of tasks updated.
+
+        Raises:
+            InvalidTask: naming ids that are not in the project (nothing is changed).
         """
-        index = self._task_index(project_id, priorities)
+        index = self._task_index(project_id, priorities, _records)
         updated = 0
         for item_id, value in priorities.items():
             value = float(value)
@@ -694,15 +697,19 @@ class LabelStudioClient:
             updated += 1
         return updated
 
-    def request_labels(self, project_id: int, dataeff_ids: Sequence[str], priority_base: float) -> int:
+    def request_labels(self, project_id: int, dataeff_ids: Sequence[str], priority_base: float | None = None) -> int:
         """Put ``dataeff_ids`` at the top of the queue, in the given order.
 
-        Item ``k`` (0-based) gets priority ``priority_base + len(dataeff_ids) - k``: the first id is
-        labeled first; use a larger ``priority_base`` for each later batch so it goes above what
-        is left of earlier ones. Returns the number of tasks updated.
+        Item ``k`` (0-based) of ``n`` gets priority ``priority_base + n - k``: the first id is
+        labeled first. ``priority_base=None`` (default) uses the highest priority now in the
+        project, so the batch goes above everything already queued. Returns the number of
+        tasks updated.
         """
+        records = self.tasks(project_id)
+        if priority_base is None:
+            priority_base = max((float(t.data.get(PRIORITY_FIELD) or 0) for t in records), default=0.0)
         n = len(dataeff_ids)
-        return self.push_priorities(project_id, {str(i): priority_base + n - k for k, i in enumerate(dataeff_ids)})
+        return self.push_priorities(project_id, {str(i): priority_base + n - k for k, i in enumerate(dataeff_ids)}, _records=records)
 
     def ensure_priority_view(self, project_id: int) -> int:
         """Create (once) a Data Manager tab titled ``dataeff priority`` sorted by

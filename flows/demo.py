@@ -1,0 +1,211 @@
+"""The one-command demo: the whole loop on this machine, on the embedded default.
+
+Label Studio (SQLite) and the MLflow UI start locally; a project is made from a BIG-bench task
+with the offline SmolLM2-135M-Instruct; a simulated annotator labels exactly what the loop
+requests, through the Label Studio API, from the task's gold answers; loop iterations run until
+the policy stops. A summary table and the URLs to open come at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from dataeff.bigbench import load_bigbench_task
+from dataeff.project import ProjectConfig
+from flows.bootstrap import bootstrap
+from flows.loop import loop_iteration
+from flows.project import create_project
+from integrations.label_studio import LabelStudioClient
+from integrations.ls_server import LabelStudioServer
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What the demo runs. The default is the real demo; ``quick()`` is a smoke-sized one.
+
+    Attributes:
+        task: BIG-bench task (intent_recognition: 7 intents, its curve rises visibly on SmolLM2).
+        max_examples: pool size taken from the task (seeded subset).
+        budgets: fine-tune grid (0 = zero-shot); the curve's axis stays the paper's N = 5000.
+        label_cap: the demo team's label budget (the policy stops there at the latest).
+        eval_size: held-out items the simulated team labels once.
+        low_confidence_k: the paper's 32.
+        coslow_draws: LoRA initialisations for CoS-Low's spread.
+        finetune: overrides of FinetuneSettings sized for 2 CPU cores.
+        max_iterations: safety bound on loop iterations.
+    """
+
+    task: str = "intent_recognition"
+    max_examples: int | None = None
+    budgets: tuple[int, ...] = (0, 50, 100, 200)
+    label_cap: int = 200
+    eval_size: int = 60
+    low_confidence_k: int = 32
+    coslow_draws: int = 2
+    batch_min: int = 25
+    batch_max: int = 100
+    finetune: dict = field(default_factory=lambda: {"epochs": 2, "batch_size": 16, "max_length": 128})
+    max_iterations: int = 12
+
+    @classmethod
+    def quick(cls, task: str = "intent_recognition") -> "DemoSettings":
+        return cls(task=task, max_examples=200, budgets=(0, 50), label_cap=50, eval_size=30, coslow_draws=1,
+                   finetune={"epochs": 1, "batch_size": 16, "max_length": 96}, max_iterations=6)
+
+
+@dataclass
+class SimulatedAnnotator:
+    """Labels what the loop requests, in the queue's order, through the Label Studio API.
+
+    The requested items are the unlabeled tasks with a positive ``dataeff_priority``; the
+    annotator takes them highest first (what a person does with "Label Tasks As Displayed").
+    """
+
+    ls: LabelStudioClient
+    project_id: int
+    gold: dict[str, str]
+    labels: tuple[str, ...] | None
+    noise: float = 0.0
+    delay: float = 0.0
+    seed: int = 0
+    done: set[str] = field(default_factory=set)
+
+    def label_requested(self, limit: int | None = None) -> int:
+        rng = random.Random(self.seed + len(self.done))
+        tasks = [t for t in self.ls.tasks(self.project_id)
+                 if float(t.data.get("dataeff_priority", 0) or 0) > 0 and t.dataeff_id not in self.done]
+        tasks.sort(key=lambda t: -float(t.data["dataeff_priority"]))
+        if limit is not None:
+            tasks = tasks[:limit]
+        answers = {}
+        for t in tasks:
+            answer = self.gold[t.dataeff_id]
+            if self.labels and self.noise and rng.random() < self.noise:
+                answer = rng.choice([l for l in self.labels if l != answer] or [answer])
+            answers[t.dataeff_id] = answer
+            if self.delay:
+                time.sleep(self.delay)
+        if answers:
+            self.ls.create_annotations(self.project_id, answers)
+        self.done.update(answers)
+        return len(answers)
+
+
+def start_mlflow_ui(tracking_dir: Path, port: int) -> subprocess.Popen:
+    """``mlflow ui`` on the demo's SQLite store (background; log in ``tracking_dir/mlflow-ui.log``)."""
+    log = open(tracking_dir / "mlflow-ui.log", "ab")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tracking_dir / 'mlflow.db'}",
+           "--host", "127.0.0.1", "--port", str(port)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
+    last = history[-1]
+    table = Table(title=f"dataeff demo — {cfg.name} ({cfg.model}, task {cfg.task.name})", show_lines=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    co = last.get("coslow") or {}
+    if co:
+        std = co.get("std")
+        table.add_row("CoS-Low", f"{co['coslow']:.4f}" + (f" (sd {std:.4f} over {len(co.get('draws', []))} draws)" if std else ""))
+    a = last.get("assessment") or {}
+    if a:
+        p = a["prediction"]
+        iv = p.get("auc_interval")
+        table.add_row("predicted AUC (paper)", f"{p['auc']:.3f}" + (f" ({iv[0]:.3f}-{iv[1]:.3f})" if iv else ""))
+        first = next((h["assessment"] for h in history if h.get("assessment")), a)
+        for t, n in a["labels_needed"].items():
+            prior = first["prediction"]["labels_needed"].get(t)
+            def fmt(v):
+                return "never" if v is None else f"{v:,}"
+            table.add_row(f"labels for {float(t):.0%} of the gain",
+                          f"{fmt(n['median'])} ({fmt(n['lo'])}-{fmt(n['hi'])}) [{a['source']}]; CoS-Low alone: {fmt(prior)}")
+        if a.get("ceiling") is not None:
+            table.add_row("ceiling assumed", f"{a['ceiling']:.3f}")
+    for b, s in last["measured"].items():
+        table.add_row(f"measured score @ {b} labels", f"{s:.3f}")
+    d = last["decision"]
+    table.add_row("decision", f"{d['action']}: {d['reason']}")
+    table.add_row("labels given", f"{last['labeled']} ({last['lowconf']} low-confidence, {last['eval']} eval, {last['train']} train)")
+    return table
+
+
+def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlflow_port: int = 5000,
+             noise: float = 0.0, delay: float = 0.0, keep_running: bool = False, label_cap: int | None = None) -> dict:
+    t_start = time.perf_counter()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["DATAEFF_HOME"] = str(workdir)
+    server = LabelStudioServer(port=ls_port, data_dir=workdir / "label-studio")
+    console.rule("[bold]dataeff demo")
+    console.print(f"starting Label Studio on {server.url} (first boot ~1 minute of migrations)…")
+    server.start()
+    os.environ["LABEL_STUDIO_API_KEY"] = server.token  # this process and its children only; never printed
+    ui = start_mlflow_ui(workdir, mlflow_port)
+    try:
+        spec, examples = load_bigbench_task(settings.task, max_examples=settings.max_examples, seed=0)
+        gold = {str(e.id): e.answer for e in examples}
+        cfg = ProjectConfig(
+            name=f"demo-{settings.task}".replace("_", "-"), task=spec, model="smollm2",
+            calibration="llama-3.1-8b-instruct", budgets=settings.budgets, label_cap=label_cap or settings.label_cap,
+            eval_size=settings.eval_size, low_confidence_k=settings.low_confidence_k,
+            coslow_draws=settings.coslow_draws, batch_min=settings.batch_min, batch_max=settings.batch_max,
+            label_studio_url=server.url, tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+            finetune=dict(settings.finetune),
+        )
+        try:
+            saved = ProjectConfig.load(cfg.name)
+            cfg.label_studio_project_id = saved.label_studio_project_id
+        except Exception:  # noqa: BLE001 - first run: no saved config
+            pass
+        console.print(f"project {cfg.name}: {len(examples)} items of BIG-bench {settings.task} -> Label Studio, "
+                      f"MLflow experiment {cfg.name}")
+        created = create_project(cfg, [e.__class__(prompt=e.prompt, id=e.id) for e in examples])
+        console.print(f"  imported {created['imported']} new items ({created['already_there']} already there)")
+        console.print("bootstrap: SmolLM2 answers every item once; the 32 least confident go first")
+        bootstrap(cfg.name)
+        cfg = ProjectConfig.load(cfg.name)
+        annotator = SimulatedAnnotator(LabelStudioClient(server.url, server.token), cfg.label_studio_project_id,
+                                       gold, spec.labels, noise=noise, delay=delay)
+        history = []
+        for it in range(1, settings.max_iterations + 1):
+            n = annotator.label_requested()
+            console.print(f"[bold]iteration {it}[/]: the simulated annotator labeled {n} requested items")
+            summary = loop_iteration(cfg.name)
+            history.append(summary)
+            d = summary["decision"]
+            measured = ", ".join(f"{b}: {s:.2f}" for b, s in summary["measured"].items()) or "none yet"
+            console.print(f"  labeled {summary['labeled']} | measured {measured} | {d['action']}: {d['reason']}")
+            if d["action"] == "stop" or (d["action"] == "request_labels" and summary.get("requested", 0) == 0
+                                         and summary["lowconf"] >= cfg.low_confidence_k):
+                break
+        wall = time.perf_counter() - t_start
+        console.print(_summary_table(cfg, history))
+        urls = Table(title="open these")
+        urls.add_column("what")
+        urls.add_column("where")
+        urls.add_row("Label Studio project", f"{server.url}/projects/{cfg.label_studio_project_id}/data "
+                                             f"(login {server.username}, password in {server.credentials_file})")
+        urls.add_row("MLflow experiment", f"http://127.0.0.1:{mlflow_port}/#/experiments (experiment {cfg.name})")
+        urls.add_row("wall time", f"{wall / 60:.1f} minutes")
+        console.print(urls)
+        return {"project": cfg.name, "iterations": len(history), "final": history[-1] if history else None,
+                "wall_seconds": wall}
+    finally:
+        if keep_running:
+            console.print("Label Studio and the MLflow UI keep running (--keep-running); "
+                          f"stop them with: dataeff-ls stop / kill {ui.pid}")
+        else:
+            ui.terminate()
+            server.stop()
