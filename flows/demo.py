@@ -107,7 +107,8 @@ def start_mlflow_ui(tracking_dir: Path, port: int) -> subprocess.Popen:
     log = open(tracking_dir / "mlflow-ui.log", "ab")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tracking_dir / 'mlflow.db'}",
            "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # ~10x faster requests on 2 cores
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:

@@ -734,7 +734,9 @@ class LabelStudioClient:
         return int(view.id)
 
     # -- predictions
-    def push_predictions(self, project_id: int, predictions: Mapping[str, tuple[str, float]], model_version: str) -> int:
+    def push_predictions(
+        self, project_id: int, predictions: Mapping[str, tuple[str, float]], model_version: str, batch_size: int = 500
+    ) -> int:
         """Attach model guesses as pre-annotations and make ``model_version`` the project's.
 
         Args:
@@ -743,7 +745,7 @@ class LabelStudioClient:
                 when it equals the project's ``model_version`` (set here).
 
         Idempotent: a task that already has a prediction of this ``model_version`` is skipped.
-        Returns the number of predictions created.
+        Predictions go in bulk (``batch_size`` per request). Returns the number created.
 
         Raises:
             InvalidLabel: a predicted label is not in the label set (nothing is pushed).
@@ -758,17 +760,19 @@ class LabelStudioClient:
             f"list the predictions of project {project_id}", lambda: list(self._sdk.predictions.list(project=project_id))
         )
         done = {p.task for p in existing if p.model_version == model_version}
-        created = 0
-        for item_id, (result, score) in results.items():
-            task_id = index[item_id].task_id
-            if task_id in done:
-                continue
+        rows = [
+            {"task": index[i].task_id, "result": result, "score": score, "model_version": model_version}
+            for i, (result, score) in results.items()
+            if index[i].task_id not in done
+        ]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
             self._call(
-                f"add a prediction to item {item_id!r}",
-                lambda: self._sdk.predictions.create(task=task_id, result=result, score=score, model_version=model_version),
+                f"import {len(chunk)} predictions into project {project_id}",
+                lambda: self._sdk.projects.import_predictions(id=project_id, request=chunk),
                 idempotent=False,
             )
-            created += 1
+        created = len(rows)
         self._call(
             f"set model_version of project {project_id}",
             lambda: self._sdk.projects.update(id=project_id, model_version=model_version),

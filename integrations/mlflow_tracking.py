@@ -2,7 +2,7 @@
 
 One MLflow experiment per annotation project (named after the project); one experiment
 ``dataeff-calibrations`` for calibrations of model families. Every run carries the tag
-``dataeff.kind`` in ``{estimate, finetune, decision, calibration, summary}`` and the key tags
+``dataeff.kind`` in ``{bootstrap, estimate, finetune, decision, calibration, summary}`` and the key tags
 ``dataeff.project``, ``dataeff.model``, ``dataeff.label_hash``, ``dataeff.budget``; the tag
 ``dataeff.run_key`` is the sha256 of those key fields. The full schema is in docs/mlflow-schema.md.
 
@@ -60,7 +60,7 @@ from integrations.secrets import RedactingFilter, redact, redact_text, register_
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactingFilter())
 
-KINDS = ("estimate", "finetune", "decision", "calibration", "summary")
+KINDS = ("bootstrap", "estimate", "finetune", "decision", "calibration", "summary")
 CALIBRATION_EXPERIMENT = "dataeff-calibrations"
 
 TAG_KIND = "dataeff.kind"
@@ -76,6 +76,8 @@ TAG_REASON = "dataeff.reason"
 TAG_ABANDONED_BY = "dataeff.abandoned_by"
 TAG_NOTE = "mlflow.note.content"  # shown as the run's description in the MLflow UI
 
+BOOTSTRAP_ROLES = "roles.json"
+BOOTSTRAP_SCORES = "confidence.csv"
 ESTIMATE_JSON = "estimate.json"
 FINETUNE_JSON = "finetune.json"
 DECISION_JSON = "decision.json"
@@ -487,6 +489,59 @@ class Tracker:
     def _key_tags(kind: str, project: str, model: str | None, label_hash: str | None, budget: int | None) -> dict:
         return {TAG_KIND: kind, TAG_PROJECT: project, TAG_MODEL: model, TAG_LABEL_HASH: label_hash, TAG_BUDGET: budget}
 
+    # ------------------------------------------------------------------ bootstrap
+
+    @_guarded
+    def log_bootstrap(
+        self,
+        project: str,
+        model: str,
+        roles: Mapping[str, Sequence[str]],
+        stats: Mapping[str, Any] | None = None,
+        scores: Sequence[Mapping] = (),
+        figure=None,
+    ) -> LoggedRun:
+        """Log the bootstrap of a project: which items play which role (idempotent on project/model).
+
+        Args:
+            roles: ``{role: [item id, ...]}``, e.g. the low-confidence batch and the eval split.
+            stats: numbers about the pool (``pool``, ``mean_confidence``, ...) -> metrics; ``pool`` is
+                also the param ``n_pool``.
+            scores: one row per pool item (``id``, ``answer``, ``confidence``, ...) -> ``confidence.csv``.
+            figure: optional matplotlib Figure (confidence histogram) -> ``confidence_histogram.png``.
+
+        A second call for the same project and model returns the first run unchanged: the roles
+        are fixed once drawn. Params ``n_<role>``; artifact ``roles.json``.
+        """
+        if not isinstance(roles, Mapping) or not roles:
+            raise DataError(f"project {project!r}: roles must be a non-empty dict {{role: [item ids]}}")
+        roles_json = {str(role): [str(i) for i in ids] for role, ids in roles.items()}
+        stats = dict(stats or {})
+        exp_id = self._experiment(project, model=model)
+        params = {f"n_{role}": len(ids) for role, ids in roles_json.items()}
+        params["n_pool"] = stats.get("pool")
+        metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows = [dict(r) for r in scores]
+
+        def artifacts(run_id: str) -> None:
+            self._log_json(run_id, roles_json, BOOTSTRAP_ROLES)
+            if rows:
+                self._client.log_text(run_id, redact_text(_csv_text(rows)), BOOTSTRAP_SCORES)
+            if figure is not None:
+                self._client.log_figure(run_id, figure, "confidence_histogram.png")
+
+        key = run_key(kind="bootstrap", project=project, model=model)
+        tags = self._key_tags("bootstrap", project, model, None, None)
+        tags[TAG_NOTE] = "; ".join(f"{role}: {len(ids)} items" for role, ids in roles_json.items())
+        return self._log_run(exp_id, key=key, run_name="bootstrap", tags=tags,
+                             params=params, metrics=metrics, artifacts=artifacts)
+
+    @_guarded
+    def read_bootstrap(self, project: str, model: str) -> dict[str, list[str]] | None:
+        """The roles logged by :meth:`log_bootstrap` (``{role: [item ids]}``), or ``None`` if not bootstrapped."""
+        runs = self._kind_runs(project, "bootstrap", model=model)
+        return None if not runs else self._read_json(runs[0].info.run_id, BOOTSTRAP_ROLES)
+
     # ------------------------------------------------------------------ estimate
 
     @_guarded
@@ -506,8 +561,9 @@ class Tracker:
             project: annotation project (= experiment name).
             model: model id or alias (e.g. ``"smollm2"``).
             label_hash: :func:`label_set_hash` of the annotated low-confidence batch.
-            coslow_result: dict or dataclass with ``coslow`` (required), optional ``coslow_std``,
-                ``draws``, ``seed``, ``n_examples``, ``lora`` (``LoraSettings`` or dict with r/alpha/
+            coslow_result: dict or dataclass with ``coslow`` (required), optional ``coslow_std`` (or
+                ``std``), ``mean``, ``draws`` (a count, or the per-draw values as in
+                ``dataeff.coslow.CosLowResult``), ``seed``, ``n_examples``, ``lora`` (``LoraSettings`` or dict with r/alpha/
                 dropout/target_modules), ``chat_template``, ``projection_dim``, ``seconds``, ``per_draw``.
             prediction: dict or dataclass with ``auc`` (or ``predicted_auc``), ``auc_lo``, ``auc_hi``,
                 ``calibration`` (dict with ``family``, ``coef``, ``intercept``; or these keys at top
@@ -526,13 +582,17 @@ class Tracker:
         exp_id = self._experiment(project, model=model)
         calib = _as_dict(_first(pred, "calibration", default={}))
         lora = _as_dict(_first(coslow, "lora", "lora_settings", default={}))
+        draws = coslow.get("draws")
+        per_draw = coslow.get("per_draw")
+        if isinstance(draws, (list, tuple)):  # dataeff.coslow.CosLowResult: draws = the per-draw values
+            per_draw, draws = list(draws), len(draws)
         params = {
             "lora_r": lora.get("r"),
             "lora_alpha": lora.get("alpha"),
             "lora_dropout": lora.get("dropout"),
             "lora_targets": lora.get("target_modules"),
             "seed": coslow.get("seed"),
-            "draws": coslow.get("draws"),
+            "draws": draws,
             "n_examples": coslow.get("n_examples"),
             "chat_template": coslow.get("chat_template"),
             "projection_dim": coslow.get("projection_dim"),
@@ -544,12 +604,15 @@ class Tracker:
         }
         metrics = {
             "coslow": _first(coslow, "coslow", "cos_low"),
-            "coslow_std": coslow.get("coslow_std"),
+            "coslow_std": _first(coslow, "coslow_std", "std"),
+            "coslow_mean": coslow.get("mean"),
             "predicted_auc": _first(pred, "auc", "predicted_auc"),
             "auc_lo": pred.get("auc_lo"),
             "auc_hi": pred.get("auc_hi"),
             "seconds": coslow.get("seconds"),
         }
+        for i, value in enumerate(per_draw or []):
+            metrics[f"coslow_draw_{i}"] = value
         rows = _targets_rows(pred)
         for row in rows:
             metrics[f"labels_needed_{row['target']}"] = row["labels_needed"]
@@ -610,37 +673,55 @@ class Tracker:
 
         Args:
             budget: number of training labels (a point of the budget grid, 0 = zero-shot).
-            result: dict or dataclass with ``score`` (required, in [0, 1]), optional ``seconds``,
-                ``seed``, ``n_train``, ``n_eval``, ``lora``, ``lr``, ``epochs``, ``batch_size``,
-                ``metric``, ``train_loss``.
+            result: dict or dataclass with ``score`` (required, in [0, 1]), optional ``seconds`` (or
+                ``seconds_train`` + ``seconds_eval``), ``seed``, ``n_train``, ``n_eval``, ``lora``, ``lr``,
+                ``epochs``, ``batch_size``, ``max_steps``, ``metric``, ``train_loss`` (or ``final_loss``),
+                ``steps``; settings may sit under ``settings`` (``FinetuneResult.as_dict()``).
             adapter_dir: optional folder from peft ``save_pretrained``; logged under ``adapter/``
-                (text files redacted on the way).
+                (text files redacted on the way). Defaults to ``result["adapter_dir"]`` when that
+                folder exists.
         """
         res = _as_dict(result)
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
             raise DataError(f"project {project!r}: budget must be a non-negative int, got {budget!r}")
         if _finite(res.get("score")) is None:
             raise DataError(f"project {project!r}, budget {budget}: result has no numeric 'score'")
+        if adapter_dir is None and res.get("adapter_dir") and Path(res["adapter_dir"]).is_dir():
+            adapter_dir = res["adapter_dir"]
         if adapter_dir is not None and not Path(adapter_dir).is_dir():
             raise DataError(f"adapter_dir {adapter_dir}: not a folder; pass the save_pretrained output folder or None")
         exp_id = self._experiment(project, model=model)
-        lora = _as_dict(_first(res, "lora", "lora_settings", default={}))
+        # dataeff.finetune.FinetuneResult nests its FinetuneSettings under "settings"; top level wins.
+        src = {**_as_dict(res.get("settings")), **res}
+        lora = _as_dict(_first(src, "lora", "lora_settings", default=src))
+        seconds = src.get("seconds")
+        if seconds is None and src.get("seconds_train") is not None:
+            seconds = float(src["seconds_train"]) + float(src.get("seconds_eval") or 0.0)
         params = {
             "budget": budget,
-            "seed": res.get("seed"),
-            "n_train": res.get("n_train"),
-            "n_eval": res.get("n_eval"),
+            "seed": src.get("seed"),
+            "n_train": src.get("n_train"),
+            "n_eval": src.get("n_eval"),
             "lora_r": lora.get("r"),
             "lora_alpha": lora.get("alpha"),
             "lora_dropout": lora.get("dropout"),
             "lora_targets": lora.get("target_modules"),
-            "lr": res.get("lr"),
-            "epochs": res.get("epochs"),
-            "batch_size": res.get("batch_size"),
-            "metric": res.get("metric"),
+            "lr": src.get("lr"),
+            "epochs": src.get("epochs"),
+            "batch_size": src.get("batch_size"),
+            "max_steps": src.get("max_steps"),
+            "chat_template": src.get("chat_template"),
+            "metric": src.get("metric"),
             "label_hash": label_hash,
         }
-        metrics = {"score": res.get("score"), "seconds": res.get("seconds"), "train_loss": res.get("train_loss")}
+        metrics = {
+            "score": res["score"],
+            "seconds": seconds,
+            "seconds_train": src.get("seconds_train"),
+            "seconds_eval": src.get("seconds_eval"),
+            "train_loss": _first(src, "train_loss", "final_loss"),
+            "steps": src.get("steps"),
+        }
 
         def artifacts(run_id: str) -> None:
             self._log_json(run_id, res, FINETUNE_JSON)

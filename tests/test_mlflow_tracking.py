@@ -139,6 +139,34 @@ def test_unreachable_server_error_names_no_secret(monkeypatch):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
+def test_dataeff_result_objects_map_to_the_schema(mlflow_sqlite_uri, project, adapter_dir):
+    """The dataclasses of dataeff.coslow and dataeff.finetune log under the documented names."""
+    from dataeff.coslow import CosLowResult
+    from dataeff.finetune import FinetuneResult, FinetuneSettings
+
+    tracker = Tracker(mlflow_sqlite_uri)
+    h = label_set_hash(_labels())
+    cos = CosLowResult(coslow=0.41, draws=[0.40, 0.42], mean=0.41, std=0.01, n_examples=32, seconds=3.5,
+                       lora=LoraSettings().as_dict(), seed=7, chat_template=True)
+    est = tracker.log_estimate(project, "smollm2", h, cos, _prediction())
+    run = MlflowClient(mlflow_sqlite_uri).get_run(est.run_id)
+    assert run.data.params["draws"] == "2" and run.data.params["seed"] == "7" and run.data.params["lora_r"] == "64"
+    assert run.data.metrics["coslow_std"] == pytest.approx(0.01)
+    assert run.data.metrics["coslow_draw_1"] == pytest.approx(0.42)
+
+    settings = FinetuneSettings(lr=1e-4, epochs=2, seed=3)
+    ft = FinetuneResult(budget=50, score=0.375, zero_shot=False, n_train=50, n_eval=40, seconds_train=20.0,
+                        seconds_eval=5.0, adapter_dir=str(adapter_dir), settings=settings.as_dict(), steps=7,
+                        final_loss=0.9)
+    logged = tracker.log_finetune(project, "smollm2", h, 50, ft)
+    run = MlflowClient(mlflow_sqlite_uri).get_run(logged.run_id)
+    assert run.data.params["lr"] == "0.0001" and run.data.params["epochs"] == "2" and run.data.params["seed"] == "3"
+    assert run.data.params["lora_r"] == "8" and run.data.params["n_eval"] == "40"
+    assert run.data.metrics["seconds"] == 25.0 and run.data.metrics["train_loss"] == pytest.approx(0.9)
+    names = {f.path for f in MlflowClient(mlflow_sqlite_uri).list_artifacts(logged.run_id, "adapter")}
+    assert "adapter/adapter_config.json" in names  # taken from result.adapter_dir
+
+
 # --------------------------------------------------------------------------- both stores
 
 
@@ -177,6 +205,25 @@ def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
     second = tracker.log_estimate(project, "smollm2", label_set_hash(_labels(flip=5)), _coslow(coslow=0.5), _prediction())
     assert second.created and second.run_id != first.run_id
     assert tracker.latest_estimate(project, "smollm2")["metrics"]["coslow"] == pytest.approx(0.5)
+
+
+def test_bootstrap_roles_are_fixed_once(tracker, project, tmp_path):
+    assert tracker.read_bootstrap(project, "smollm2") is None
+    roles = {"lowconf": [f"t{i}" for i in range(32)], "eval": ["e1", "e2"]}
+    scores = [{"id": "t0", "answer": "No.", "confidence": 0.12, "perplexity": float("inf"), "n_tokens": 3}]
+    first = tracker.log_bootstrap(project, "smollm2", roles, {"pool": 320, "mean_confidence": 0.41}, scores, figure=_figure())
+    plt.close("all")
+    redrawn = tracker.log_bootstrap(project, "smollm2", {"lowconf": ["x"], "eval": ["y"]}, {"pool": 320})
+    assert first.created and not redrawn.created and redrawn.run_id == first.run_id
+    assert tracker.read_bootstrap(project, "smollm2") == roles
+    assert tracker.read_bootstrap(project, "other-model") is None
+    run = tracker.list_runs(project, "bootstrap")[0]
+    assert run["params"] == {"n_lowconf": "32", "n_eval": "2", "n_pool": "320"}
+    assert run["metrics"]["mean_confidence"] == pytest.approx(0.41)
+    table = tracker.download_artifact(first.run_id, "confidence.csv", tmp_path).read_text().splitlines()
+    assert table == ["id,answer,confidence,perplexity,n_tokens", "t0,No.,0.12,inf,3"]
+    with pytest.raises(DataError, match="roles must be"):
+        tracker.log_bootstrap(project, "m2", {}, {})
 
 
 def test_finetune_points_and_adapter(tracker, project, adapter_dir, tmp_path):
