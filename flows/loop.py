@@ -224,14 +224,14 @@ def stored_cursor_missing(svc: Services) -> bool:
 
 
 def _comparison_rows(assessment: Assessment, cfg: ProjectConfig) -> list[dict]:
-    rows = []
-    for b in cfg.budgets:
-        rows.append({"labels": b, "measured": assessment.measured.get(b)})
-    for t in cfg.targets:
-        n = assessment.need(t)
-        rows.append({"target": t, "labels_needed": n.as_dict()["median"], "lo": n.as_dict()["lo"],
-                     "hi": n.as_dict()["hi"], "source": assessment.source})
-    return rows
+    """Per budget: the posterior's predicted score (band) beside the measured one."""
+    budgets = sorted(set(cfg.budgets) | set(assessment.measured))
+    if assessment.posterior is not None:
+        med, lo, hi = (list(map(float, a)) for a in assessment.posterior.curve_band(budgets))
+    else:  # no zero-shot yet: scores cannot be predicted on the absolute scale
+        med = lo = hi = [None] * len(budgets)
+    return [{"budget": b, "predicted": med[i], "lo": lo[i], "hi": hi[i], "actual": assessment.measured.get(b)}
+            for i, b in enumerate(budgets)]
 
 
 @flow(name="dataeff-loop", log_prints=True)

@@ -636,16 +636,42 @@ class LabelStudioClient:
             InvalidLabel: ``answer`` is not one of the project's labels (or is empty).
             InvalidTask: no task carries that ``dataeff_id``.
         """
+        ids = self.create_annotations(project_id, {dataeff_id: answer}, annotator_id=annotator_id,
+                                      ground_truth=ground_truth, cancelled=cancelled)
+        return ids[str(dataeff_id)]
+
+    def create_annotations(
+        self,
+        project_id: int,
+        answers: Mapping[str, str],
+        *,
+        annotator_id: int | None = None,
+        ground_truth: bool = False,
+        cancelled: bool = False,
+        skip_labeled: bool = False,
+    ) -> dict[str, int]:
+        """Annotate many items (one task listing for all of them); returns ``{dataeff_id: annotation_id}``.
+
+        Every answer is checked against the label config before anything is written, so a bad
+        label (:class:`InvalidLabel`, naming the item) writes nothing. With ``skip_labeled``, items
+        that already carry a counted annotation are left as they are (re-running adds nothing).
+        """
         schema = self._schema(project_id)
-        result = schema.result(answer, f"item {dataeff_id!r} of project {project_id}")
-        task = self._task_index(project_id, [dataeff_id])[str(dataeff_id)]
-        kwargs: dict[str, Any] = {"result": result, "ground_truth": ground_truth, "was_cancelled": cancelled}
-        if annotator_id is not None:
-            kwargs["completed_by"] = annotator_id
-        ann = self._call(
-            f"annotate item {dataeff_id!r}", lambda: self._sdk.annotations.create(id=task.task_id, **kwargs), idempotent=False
-        )
-        return int(ann.id)
+        results = {str(i): schema.result(a, f"item {i!r} of project {project_id}") for i, a in answers.items()}
+        index = self._task_index(project_id, results)
+        if skip_labeled:
+            labeled = {str(e.id) for e in self.pull_labeled(project_id).examples}
+            results = {i: r for i, r in results.items() if i not in labeled}
+        created: dict[str, int] = {}
+        for item_id, result in results.items():
+            kwargs: dict[str, Any] = {"result": result, "ground_truth": ground_truth, "was_cancelled": cancelled}
+            if annotator_id is not None:
+                kwargs["completed_by"] = annotator_id
+            task_id = index[item_id].task_id
+            ann = self._call(f"annotate item {item_id!r}",
+                             lambda: self._sdk.annotations.create(id=task_id, **kwargs), idempotent=False)
+            created[item_id] = int(ann.id)
+        return created
 
     def update_annotation(self, project_id: int, annotation_id: int, answer: str) -> None:
         """Replace the answer of an annotation (its ``updated_at`` moves)."""
