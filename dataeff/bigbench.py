@@ -217,35 +217,35 @@ FORMATS: dict[str, TaskFormat] = {
     for f in [
         TaskFormat(
             "sports_understanding",
-            "Is this sentence plausible? {input}\nAnswer yes or no.",
+            "Is this sentence plausible? {input}\nAnswer yes or no.\nAnswer:",
             answer_map={"plausible": "yes", "implausible": "no"},
             instructions="Is the sports sentence plausible? Answer yes or no.",
         ),
         TaskFormat(
             "intent_recognition",
-            "Intents: {options}.\nUtterance: {input}\nWhich intent is it?",
+            "Utterance: {input}\nChoose one intent: {options}.\nIntent:",
             strip_prefix="Utterance: ",
             instructions="Pick the intent of the utterance.",
         ),
         TaskFormat(
             "object_counting",
-            "{input} Answer with a number.",
+            "{input} Answer with a number.\nAnswer:",
             pick_target=_first_number,
             instructions="Count the objects asked about; answer with digits.",
         ),
         TaskFormat(
             "hyperbaton",
-            "{input}\nAnswer a or b.",
+            "{input}\nAnswer a or b.\nAnswer:",
             instructions="Which sentence has the correct adjective order? Answer a or b.",
         ),
         TaskFormat(
             "formal_fallacies_syllogisms_negation",
-            "{input}\nAnswer valid or invalid.",
+            "{input}\nAnswer valid or invalid.\nAnswer:",
             instructions="Is the argument deductively valid? Answer valid or invalid.",
         ),
         TaskFormat(
             "strategyqa",
-            "{input}\nAnswer yes or no.",
+            "{input}\nAnswer yes or no.\nAnswer:",
             answer_map={"Yes": "yes", "No": "no"},
             instructions="Answer the question yes or no.",
         ),

@@ -41,7 +41,10 @@ class FinetuneSettings:
         max_steps: exact number of optimizer steps when set (the data is cycled as needed).
         seed: seeds LoRA A's initialisation, dropout, and the batch order.
         chat_template: wrap each prompt as a user turn of the tokenizer's chat template (the answer
-            is the assistant's reply); without it the answer follows the prompt after one space.
+            is the assistant's reply); without it (the default) the answer follows the prompt after
+            one space. Default False: SmolLM2-135M-Instruct followed the answer format of prompts
+            ending in a cue ("Intent:", "Answer:") far more often without its template (intent
+            recognition zero-shot: 96% vs 29% of answers were a label).
         max_length: tokens of prompt + answer kept per training example; longer prompts lose their
             beginning (the answer is always kept).
         device: None = wherever the loaded model is; otherwise the model is moved there for the
@@ -61,7 +64,7 @@ class FinetuneSettings:
     batch_size: int = 16
     max_steps: int | None = None
     seed: int = 0
-    chat_template: bool = True
+    chat_template: bool = False
     max_length: int = 256
     device: str | None = None
     dtype: str | None = None

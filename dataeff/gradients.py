@@ -107,26 +107,39 @@ def lora_layers(peft_model, adapter: str = "default") -> list[tuple[str, torch.n
 
 
 class CountSketch:
-    """Seeded sparse sign projection of each module's flattened ``out x r`` gradient to ``k`` numbers.
+    """Seeded CountSketch of the output dimension of each module's ``out x r`` gradient.
+
+    Every output row ``o`` of module ``l`` goes, with a random sign ``s_l(o)``, to one of ``k1``
+    random buckets ``h_l(o)``: the sketch of ``gB`` is ``S_l gB`` (``k1 x r``), with
+    ``E[S_l^T S_l] = I`` so inner products are unbiased. The sketches of all modules (independent
+    tables) are summed into one ``k1 x r`` block per example: a sketch of the concatenated gradient
+    of size ``k = k1 * r``. It is applied to ``g`` before the per-example product, so it costs less
+    than the exact gradient.
 
     Args:
-        sizes: flattened gradient size of every module, in module order.
-        k: sketch dimension.
+        out_sizes: output size of every module, in module order.
+        rank: LoRA rank ``r`` (size of the unsketched dimension).
+        k: requested sketch size; ``k1 = max(1, k // rank)`` buckets, the real size is ``k1 * rank``.
         seed: seed of the bucket and sign tables.
         device: where the tables live.
     """
 
-    def __init__(self, sizes: Sequence[int], k: int, seed: int, device: torch.device):
+    def __init__(self, out_sizes: Sequence[int], rank: int, k: int, seed: int, device: torch.device):
         if k < 1:
             raise ValueError(f"projection_dim must be >= 1, got {k}")
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        self.k = int(k)
-        self.buckets = [torch.randint(0, k, (n,), generator=gen, dtype=torch.int64).to(device) for n in sizes]
-        self.signs = [(torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8) * 2 - 1).to(device) for n in sizes]
+        self.buckets_per_row = max(1, int(k) // int(rank))
+        self.rank = int(rank)
+        self.k = self.buckets_per_row * self.rank
+        self.buckets = [torch.randint(0, self.buckets_per_row, (n,), generator=gen).to(device) for n in out_sizes]
+        self.signs = [(torch.randint(0, 2, (n,), generator=gen) * 2 - 1).float().to(device) for n in out_sizes]
 
-    def add(self, sketch: torch.Tensor, module: int, flat: torch.Tensor) -> None:
-        """``sketch[b] += S_module flat[b]`` for a batch ``flat`` of shape ``(b, size)`` (in place)."""
-        sketch.index_add_(1, self.buckets[module], flat * self.signs[module].to(flat.dtype))
+    def sketch(self, module: int, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``(b, k)`` sketches of ``sum_t g_t u_t^T`` for ``g`` ``(b, T, out)`` and ``u`` ``(b, T, r)`` (fp32)."""
+        b, t, _ = g.shape
+        gs = torch.zeros((b, t, self.buckets_per_row), dtype=torch.float32, device=g.device)
+        gs.index_add_(2, self.buckets[module], g * self.signs[module])
+        return torch.bmm(gs.transpose(1, 2), u).reshape(b, -1)
 
 
 def _answer_loss(base_model, input_ids: torch.Tensor, attention: torch.Tensor, batch: Sequence[EncodedExample]) -> torch.Tensor:
@@ -175,11 +188,16 @@ class _GramAccumulator:
             self.store = torch.empty((n, int(self.offsets[-1])), dtype=torch.float32, device=device)
         self.start = self.stop = 0
 
-    def add(self, module: int, block: torch.Tensor) -> None:
-        """``block``: fp32 ``(batch, size_module)`` gradients of the current batch's examples."""
+    def add(self, module: int, g: torch.Tensor, u: torch.Tensor, scale: float) -> None:
+        """Add module ``module``'s gradients ``scale * sum_t g_t u_t^T`` of the current batch.
+
+        ``g``: fp32 ``(batch, T, out)`` output gradients; ``u``: fp32 ``(batch, T, r)`` inputs of lora_B.
+        """
         if self.sketch is not None:
-            self.sketch.add(self.store[self.start:self.stop], module, block.double())
-        elif self.store is None:
+            self.store[self.start:self.stop] += self.sketch.sketch(module, g, u).mul_(scale).double()
+            return
+        block = torch.bmm(g.transpose(1, 2), u).mul_(scale).reshape(g.shape[0], -1)
+        if self.store is None:
             self.gram.add_((block @ block.T).double())
         else:
             self.store[self.start:self.stop, int(self.offsets[module]):int(self.offsets[module + 1])] = block
@@ -230,7 +248,13 @@ def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, ch
     device = model_device(peft_model)
     layers = lora_layers(peft_model, adapter)
     sizes = [m.lora_B[adapter].out_features * m.lora_B[adapter].in_features for _, m in layers]
-    sketch = CountSketch(sizes, projection_dim, seed, device) if projection_dim else None
+    sketch = None
+    if projection_dim:
+        ranks = {m.lora_B[adapter].in_features for _, m in layers}
+        if len(ranks) != 1:
+            raise ValueError(f"projection mode needs one LoRA rank for every layer, got {sorted(ranks)}")
+        sketch = CountSketch([m.lora_B[adapter].out_features for _, m in layers], ranks.pop(), projection_dim,
+                             seed, device)
     acc = _GramAccumulator(n, sizes, device, one_batch=batch_size >= n, sketch=sketch)
     mask: dict = {}
 
@@ -244,8 +268,7 @@ def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, ch
                 u = lora_a(inputs[0].to(lora_a.weight.dtype)) * mask["rows"].to(lora_a.weight.dtype)
 
             def on_grad(g):  # g = dL/dy (batch, T, out); the gradient of lora_B's output is scale * g
-                gb = torch.bmm(g.float().transpose(1, 2), u.float()).mul_(scale)
-                acc.add(index, gb.reshape(g.shape[0], -1))
+                acc.add(index, g.float(), u.float(), scale)
 
             if output.requires_grad:
                 output.register_hook(on_grad)

@@ -18,4 +18,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["fixtures_models", "fixtures_label_studio", "fixtures_mlflow"]
+pytest_plugins = ["fixtures_models", "fixtures_label_studio", "fixtures_mlflow", "fixtures_prefect"]

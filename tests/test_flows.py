@@ -1,0 +1,201 @@
+"""Prefect flows end to end: real Label Studio server, real MLflow (SQLite), Prefect test harness, tiny model."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+
+import pytest
+
+from dataeff.data import Example, TaskSpec
+from dataeff.project import ProjectConfig
+
+LABELS = ("yes", "no")
+SENTENCES = ["the quick brown fox jumps", "play some jazz music please", "what is the weather like tomorrow",
+             "wake me up at seven", "the lazy dog sleeps", "book a flight to paris"]
+
+
+def _pool(n: int) -> tuple[list[Example], dict[str, str]]:
+    pool, gold = [], {}
+    for i in range(n):
+        item = f"q{i:03d}"
+        pool.append(Example(prompt=f"Question: Is the following sentence plausible? {SENTENCES[i % 6]} {i}. Answer:", id=item))
+        gold[item] = LABELS[(i * 7 + i // 6) % 2]
+    return pool, gold
+
+
+@pytest.fixture
+def flow_project(label_studio, prefect_harness, tiny_model_dir, tmp_path, monkeypatch):
+    """A bootstrapped-ready project on the session's Label Studio with a tiny model and a SQLite MLflow store."""
+    from flows.project import create_project
+    from integrations.label_studio import LabelStudioClient
+
+    monkeypatch.setenv("DATAEFF_TEST_LS_TOKEN", label_studio.token)
+    home = tmp_path / "home"
+    monkeypatch.setenv("DATAEFF_HOME", str(home))
+    cfg = ProjectConfig(
+        name=f"flow-{uuid.uuid4().hex[:8]}", task=TaskSpec(name="plausible", labels=LABELS), model=str(tiny_model_dir),
+        budgets=(0, 10, 20), label_cap=30, low_confidence_k=4, eval_size=8, batch_min=5, batch_max=10,
+        coslow_draws=1, max_new_tokens=4, label_studio_url=label_studio.url, label_studio_token_env="DATAEFF_TEST_LS_TOKEN",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        finetune={"epochs": 1, "batch_size": 8, "max_length": 48, "eval_batch_size": 8, "max_new_tokens": 4},
+    )
+    pool, gold = _pool(60)
+    created = create_project(cfg, pool)
+    assert created["imported"] == 60
+    again = create_project(ProjectConfig.load(cfg.name), pool)  # idempotent: nothing imported twice
+    assert again["imported"] == 0 and again["already_there"] == 60
+    cfg = ProjectConfig.load(cfg.name)
+    yield cfg, gold, home
+    try:
+        LabelStudioClient(label_studio.url, label_studio.token).delete_project(cfg.label_studio_project_id)
+    except Exception:
+        pass
+
+
+def _services(cfg):
+    from flows.services import open_services
+
+    return open_services(cfg)
+
+
+def _annotator(cfg, gold):
+    from flows.demo import SimulatedAnnotator
+
+    svc = _services(cfg)
+    return SimulatedAnnotator(svc.ls, cfg.label_studio_project_id, gold, LABELS)
+
+
+def _run_count(cfg) -> int:
+    return len(_services(cfg).tracker.list_runs(cfg.name, include_unfinished=True))
+
+
+def test_full_iteration_end_to_end_and_idempotent_rerun(flow_project):
+    from flows.bootstrap import bootstrap
+    from flows.loop import loop_iteration
+
+    cfg, gold, home = flow_project
+    boot = bootstrap(cfg.name, home=str(home))
+    assert boot["lowconf"] == 4 and boot["eval"] == 8
+    svc = _services(cfg)
+    roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
+    assert not set(roles["lowconf"]) & set(roles["eval"])
+    annotator = _annotator(cfg, gold)
+    assert annotator.label_requested() == 12  # the low-confidence batch, then the eval split
+
+    first = loop_iteration(cfg.name, home=str(home))
+    assert -1 <= first["coslow"]["coslow"] <= 1 and math.isfinite(first["coslow"]["coslow"])
+    assert set(first["measured"]) == {"0"}  # zero-shot on the eval split; 4 training labels cover no budget yet
+    decision = first["decision"]
+    assert decision["action"] == "request_labels" and 5 <= decision["n_labels"] <= 10
+    assert first["requested"] >= decision["n_labels"]
+    assert svc.ls.get_status(cfg.label_studio_project_id) == decision["status_text"]
+    kinds = {r["kind"] for r in svc.tracker.list_runs(cfg.name)}
+    assert {"bootstrap", "estimate", "finetune", "decision"} <= kinds
+
+    assert annotator.label_requested() == first["requested"]
+    second = loop_iteration(cfg.name, home=str(home))
+    assert "10" in second["measured"] and second["assessment"]["source"] == "posterior"
+    assert 0 <= second["measured"]["10"] <= 1
+
+    runs_before = _run_count(cfg)
+    third = loop_iteration(cfg.name, home=str(home))  # same labels: nothing new anywhere
+    assert third["new_runs"] == 0 and third["finetuned_now"] == []
+    assert _run_count(cfg) == runs_before
+    assert third["decision"] == second["decision"]
+
+
+def test_overlapping_runs_of_one_project_wait_for_each_other(prefect_harness):
+    from flows.locks import project_slot
+
+    project = f"lock-{uuid.uuid4().hex[:8]}"
+    events: dict[str, float] = {}
+    holding = threading.Event()
+
+    def first_run():
+        with project_slot(project, timeout_seconds=30):
+            events["a_in"] = time.monotonic()
+            holding.set()
+            time.sleep(4)
+            events["a_out"] = time.monotonic()
+
+    t = threading.Thread(target=first_run)
+    t.start()
+    assert holding.wait(60)
+    with pytest.raises(TimeoutError):
+        with project_slot(project, timeout_seconds=1):
+            pass
+    with project_slot(project, timeout_seconds=60):  # waits until the first run is done
+        events["b_in"] = time.monotonic()
+    t.join()
+    assert events["b_in"] >= events["a_out"]
+
+
+def test_two_overlapping_iterations_write_each_run_once(flow_project):
+    from flows.bootstrap import bootstrap
+    from flows.loop import loop_iteration
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    _annotator(cfg, gold).label_requested()
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(loop_iteration(cfg.name, home=str(home)))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert len(results) == 2 and results[0]["decision"] == results[1]["decision"]
+    assert sorted(r["new_runs"] for r in results)[0] == 0  # the second found everything already logged
+    runs = _services(cfg).tracker.list_runs(cfg.name)
+    keys = [(r["kind"], r.get("budget"), r.get("label_hash")) for r in runs if r["kind"] in ("estimate", "finetune")]
+    assert len(keys) == len(set(keys))
+
+
+def test_label_studio_down_during_an_iteration_is_retried_and_loses_nothing(flow_project, label_studio):
+    from flows.bootstrap import bootstrap
+    from flows.loop import loop_iteration
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    labeled = _annotator(cfg, gold).label_requested()
+    label_studio.stop()
+    restart = threading.Timer(2.0, lambda: label_studio.start(timeout=180))
+    restart.start()
+    try:
+        summary = loop_iteration(cfg.name, home=str(home))
+    finally:
+        restart.join()
+    assert summary["labeled"] == labeled  # every label made it through the outage
+    assert summary["coslow"] is not None
+
+
+def test_malformed_annotation_is_reported_and_the_rest_processed(flow_project):
+    from flows.bootstrap import bootstrap
+    from flows.loop import loop_iteration
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    labeled = _annotator(cfg, gold).label_requested()
+    svc = _services(cfg)
+    roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
+    reserved = set(roles["lowconf"]) | set(roles["eval"])
+    victim = next(t for t in svc.ls.tasks(cfg.label_studio_project_id) if t.dataeff_id not in reserved)
+    # Written behind dataeff's back (another tool, an old label set): a label not in the config.
+    svc.ls._sdk.annotations.create(
+        id=victim.task_id,
+        result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["maybe"]}}],
+    )
+    summary = loop_iteration(cfg.name, home=str(home))
+    assert [e["dataeff_id"] for e in summary["errors"]] == [victim.dataeff_id]
+    assert "maybe" in summary["errors"][0]["reason"]
+    assert summary["labeled"] == labeled and summary["coslow"] is not None
