@@ -38,7 +38,8 @@ class DemoSettings:
         task: BIG-bench task (intent_recognition: 7 intents, its curve rises visibly on SmolLM2).
         max_examples: pool size taken from the task (seeded subset).
         budgets: fine-tune grid (0 = zero-shot); the curve's axis stays the paper's N = 5000.
-        label_cap: the demo team's label budget (the policy stops there at the latest).
+        label_cap: the demo's own stop: the simulated team gives at most this many training labels
+            (the policy's cap stays the project default, so the policy decides on real grounds).
         eval_size: held-out items the simulated team labels once.
         low_confidence_k: the paper's 32.
         coslow_draws: LoRA initialisations for CoS-Low's spread.
@@ -132,12 +133,12 @@ def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
                 return "never" if v is None else f"{v:,}"
             table.add_row(f"labels for {float(t):.0%} of the gain",
                           f"{fmt(n['median'])} ({fmt(n['lo'])}-{fmt(n['hi'])}) [{a['source']}]; CoS-Low alone: {fmt(prior)}")
-        if a.get("ceiling") is not None:
-            table.add_row("ceiling assumed", f"{a['ceiling']:.3f}")
+        if a.get("ceiling") is not None and a["source"] == "posterior":
+            table.add_row("ceiling assumed", f"{a['ceiling']:.3f} (posterior median; no human score given)")
     for b, s in last["measured"].items():
         table.add_row(f"measured score @ {b} labels", f"{s:.3f}")
     d = last["decision"]
-    table.add_row("decision", f"{d['action']}: {d['reason']}")
+    table.add_row("last decision", d["reason"])
     table.add_row("labels given", f"{last['labeled']} ({last['lowconf']} low-confidence, {last['eval']} eval, {last['train']} train)")
     return table
 
@@ -159,7 +160,7 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
         gold = {str(e.id): e.answer for e in examples}
         cfg = ProjectConfig(
             name=f"demo-{settings.task}".replace("_", "-"), task=spec, model="smollm2",
-            calibration="llama-3.1-8b-instruct", budgets=settings.budgets, label_cap=label_cap or settings.label_cap,
+            calibration="llama-3.1-8b-instruct", budgets=settings.budgets,
             eval_size=settings.eval_size, low_confidence_k=settings.low_confidence_k,
             coslow_draws=settings.coslow_draws, batch_min=settings.batch_min, batch_max=settings.batch_max,
             label_studio_url=server.url, tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
@@ -180,16 +181,21 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
         annotator = SimulatedAnnotator(LabelStudioClient(server.url, server.token), cfg.label_studio_project_id,
                                        gold, spec.labels, noise=noise, delay=delay)
         history = []
+        cap = label_cap or settings.label_cap
+        extra = cfg.eval_size  # training labels include the hard batch; the eval split comes on top
         for it in range(1, settings.max_iterations + 1):
-            n = annotator.label_requested()
+            n = annotator.label_requested(limit=max(cap + extra - len(annotator.done), 0))
             console.print(f"[bold]iteration {it}[/]: the simulated annotator labeled {n} requested items")
             summary = loop_iteration(cfg.name)
             history.append(summary)
             d = summary["decision"]
             measured = ", ".join(f"{b}: {s:.2f}" for b, s in summary["measured"].items()) or "none yet"
-            console.print(f"  labeled {summary['labeled']} | measured {measured} | {d['action']}: {d['reason']}")
-            if d["action"] == "stop" or (d["action"] == "request_labels" and summary.get("requested", 0) == 0
-                                         and summary["lowconf"] >= cfg.low_confidence_k):
+            console.print(f"  labeled {summary['labeled']} | measured {measured} | {d['reason']}")
+            if d["action"] == "stop":
+                break
+            due = [b for b in cfg.budgets if b <= summary["train"] and str(b) not in summary["measured"]]
+            if summary["train"] >= cap and not due:
+                console.print(f"  the demo's label cap of {cap} training labels is reached: ending the demo")
                 break
         wall = time.perf_counter() - t_start
         console.print(_summary_table(cfg, history))
@@ -206,7 +212,7 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
     finally:
         if keep_running:
             console.print("Label Studio and the MLflow UI keep running (--keep-running); "
-                          f"stop them with: dataeff-ls stop / kill {ui.pid}")
+                          f"stop them with: python -m integrations.ls_server stop --port {ls_port} --data-dir {workdir / 'label-studio'}; kill {ui.pid}")
         else:
             ui.terminate()
             server.stop()
