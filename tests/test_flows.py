@@ -37,7 +37,7 @@ def flow_project(label_studio, prefect_harness, tiny_model_dir, tmp_path, monkey
     monkeypatch.setenv("DATAEFF_HOME", str(home))
     cfg = ProjectConfig(
         name=f"flow-{uuid.uuid4().hex[:8]}", task=TaskSpec(name="plausible", labels=LABELS), model=str(tiny_model_dir),
-        budgets=(0, 10, 20), label_cap=30, low_confidence_k=4, eval_size=8, batch_min=5, batch_max=10,
+        budgets=(0, 10, 20), label_cap=5000, low_confidence_k=4, eval_size=8, batch_min=5, batch_max=10,
         coslow_draws=1, max_new_tokens=4, label_studio_url=label_studio.url, label_studio_token_env="DATAEFF_TEST_LS_TOKEN",
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         finetune={"epochs": 1, "batch_size": 8, "max_length": 48, "eval_batch_size": 8, "max_new_tokens": 4},
