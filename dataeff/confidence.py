@@ -18,6 +18,7 @@ import numpy as np
 from dataeff.data import Example
 from dataeff.errors import DataError
 from dataeff.generation import generate_answers
+from dataeff.models import LoadedModel
 
 
 class SmallPoolWarning(UserWarning):
@@ -72,8 +73,11 @@ def score_confidence(loaded_or_model, tokenizer=None, examples: Sequence[Example
     Returns:
         One :class:`ConfidenceScore` per example, in input order.
     """
-    model = getattr(loaded_or_model, "model", loaded_or_model)
-    tokenizer = tokenizer if tokenizer is not None else getattr(loaded_or_model, "tokenizer", None)
+    if isinstance(loaded_or_model, LoadedModel):
+        model = loaded_or_model.model
+        tokenizer = tokenizer if tokenizer is not None else loaded_or_model.tokenizer
+    else:
+        model = loaded_or_model
     if tokenizer is None:
         raise TypeError("score_confidence needs a tokenizer: pass a LoadedModel or tokenizer=...")
     items = list(examples)

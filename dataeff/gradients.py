@@ -25,12 +25,15 @@ Exact mode keeps one fp32 row of ``sum_l out_l * r`` numbers per example (SmolLM
 at a time. When all examples fit in one batch (``batch_size >= n``), ``G`` is accumulated inside the
 hooks and no rows are kept at all.
 
-Projection mode (``projection_dim=k``) replaces each example's row by a CountSketch of it (a
-sparse Rademacher projection: every gradient coordinate goes, with a seeded random sign, to one of
-``k`` seeded random buckets; independent per module, summed over modules). Inner products are
-unbiased; the relative error of one cosine has standard deviation about ``sqrt((1 + cos^2) / k)``,
-and the median over all pairs (CoS-Low) is much steadier than one pair. Memory: ``n x k`` numbers
-plus the bucket/sign tables (``sum_l out_l * r`` int32 + int8, built once per call).
+Projection mode (``projection_dim=k``) keeps, per example, only a seeded CountSketch of size
+``k`` of its gradient (see :class:`CountSketch`: the output dimension of every module is hashed with
+random signs into ``k // r`` buckets, independently per module, and the modules' sketches are
+summed). Inner products are unbiased; each cosine gets a random error of order
+``1 / sqrt(k // r)`` per module, averaged over the ~200 modules, and the median over all pairs
+(CoS-Low) is steadier still. Measured on SmolLM2 (32 sports_understanding examples, r=64, seeds
+0 and 1): ``k = 65536`` -> |CoS-Low error| 0.0008 and 0.0015; ``k = 16384`` -> 0.009 and 0.007;
+``k = 4096`` -> 0.007 and 0.023. Memory: ``n x k`` fp64 plus the bucket tables (``sum_l out_l``
+entries), i.e. no per-example full gradients.
 """
 
 from __future__ import annotations

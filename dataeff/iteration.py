@@ -11,10 +11,12 @@ Roles (set at bootstrap, stored on each Label Studio task as data field ``dataef
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from dataeff.data import Example
+from dataeff.errors import DataError
 
 ROLE_LOWCONF = "lowconf"
 ROLE_EVAL = "eval"
@@ -27,13 +29,34 @@ def stable_key(seed: int, item_id: str) -> str:
     return hashlib.sha256(f"{seed}:{item_id}".encode()).hexdigest()
 
 
-def label_set_hash(examples: Iterable[Example]) -> str:
-    """Short sha256 over the sorted ``(id, answer)`` pairs: equal labels give an equal hash, whatever the order."""
-    pairs = sorted((str(e.id), e.answer or "") for e in examples)
-    h = hashlib.sha256()
-    for item_id, answer in pairs:
-        h.update(item_id.encode() + b"\x1f" + answer.encode() + b"\x1e")
-    return h.hexdigest()[:16]
+def label_set_hash(examples: Iterable[Any]) -> str:
+    """sha256 hex digest of a labeled set, independent of order.
+
+    Args:
+        examples: ``dataeff.data.Example`` objects, ``{"id", "answer"}`` mappings or ``(id, answer)``
+            pairs. Every item needs a non-empty id and an answer.
+
+    Returns:
+        64 hex characters: sha256 over the JSON of the sorted ``(id, answer)`` pairs.
+
+    Raises:
+        DataError: naming the item that has no id or no answer.
+    """
+    pairs = []
+    for i, ex in enumerate(examples):
+        if isinstance(ex, Mapping):
+            ex_id, answer = ex.get("id"), ex.get("answer")
+        elif isinstance(ex, (tuple, list)) and len(ex) == 2:
+            ex_id, answer = ex
+        else:
+            ex_id, answer = getattr(ex, "id", None), getattr(ex, "answer", None)
+        if ex_id is None or str(ex_id) == "":
+            raise DataError(f"label set item {i}: no id; every labeled example needs a stable id to be hashed")
+        if answer is None:
+            raise DataError(f"label set item {i} (id {ex_id!r}): no answer; hash only labeled examples")
+        pairs.append((str(ex_id), str(answer)))
+    pairs.sort()
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

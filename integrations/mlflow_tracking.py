@@ -54,6 +54,7 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from dataeff.iteration import label_set_hash  # noqa: F401 - re-exported: part of this module's API
 from dataeff.errors import DataEffError, DataError
 from integrations.secrets import RedactingFilter, redact, redact_text, register_secret, uri_password
 
@@ -111,36 +112,6 @@ class LoggedRun:
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def label_set_hash(examples: Iterable[Any]) -> str:
-    """sha256 hex digest of a labeled set, independent of order.
-
-    Args:
-        examples: ``dataeff.data.Example`` objects, ``{"id", "answer"}`` mappings or ``(id, answer)``
-            pairs. Every item needs a non-empty id and an answer.
-
-    Returns:
-        64 hex characters: sha256 over the JSON of the sorted ``(id, answer)`` pairs.
-
-    Raises:
-        DataError: naming the item that has no id or no answer.
-    """
-    pairs = []
-    for i, ex in enumerate(examples):
-        if isinstance(ex, Mapping):
-            ex_id, answer = ex.get("id"), ex.get("answer")
-        elif isinstance(ex, (tuple, list)) and len(ex) == 2:
-            ex_id, answer = ex
-        else:
-            ex_id, answer = getattr(ex, "id", None), getattr(ex, "answer", None)
-        if ex_id is None or str(ex_id) == "":
-            raise DataError(f"label set item {i}: no id; every labeled example needs a stable id to be hashed")
-        if answer is None:
-            raise DataError(f"label set item {i} (id {ex_id!r}): no answer; hash only labeled examples")
-        pairs.append((str(ex_id), str(answer)))
-    pairs.sort()
-    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def run_key(**fields: Any) -> str:
