@@ -53,6 +53,8 @@ class FinetuneSettings:
             ``torch.autocast`` (CUDA). Weights are never cast.
         eval_batch_size: prompts per generation batch during evaluation.
         max_new_tokens: generation limit of an answer during evaluation.
+        stop_at_newline: an evaluation answer ends at its first line break (a zero-shot model
+            that does not emit eos stops there instead of running to ``max_new_tokens``).
     """
 
     r: int = 8
@@ -70,6 +72,7 @@ class FinetuneSettings:
     dtype: str | None = None
     eval_batch_size: int = 32
     max_new_tokens: int = 8
+    stop_at_newline: bool = True
 
     def __post_init__(self) -> None:
         checks = {"r": self.r >= 1, "alpha": self.alpha > 0, "dropout": 0 <= self.dropout < 1, "lr": self.lr > 0,
@@ -365,7 +368,8 @@ def evaluate(model, tokenizer, eval_examples: Sequence[Example], task: TaskSpec,
     model.eval()
     try:
         gens = generate_answers(model, tokenizer, [e.prompt for e in eval_examples], batch_size=settings.eval_batch_size,
-                                max_new_tokens=settings.max_new_tokens, chat_template=settings.chat_template, progress=progress)
+                                max_new_tokens=settings.max_new_tokens, chat_template=settings.chat_template, progress=progress,
+                                stop_strings=("\n",) if settings.stop_at_newline else None)
     finally:
         model.train(was_training)
     preds = [g.text for g in gens]

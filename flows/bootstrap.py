@@ -41,7 +41,7 @@ def score_pool(svc: Services, pool: list[Example], batch_size: int) -> list:
     cfg = svc.config
     loaded = get_model(cfg.model)
     return score_confidence(loaded, examples=pool, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
-                            chat_template=cfg.chat_template)
+                            chat_template=cfg.chat_template, stop_strings=None if cfg.chat_template else ("\n",))
 
 
 @task(name="queue-batches", persist_result=False, **RETRY)

@@ -159,7 +159,7 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
         spec, examples = load_bigbench_task(settings.task, max_examples=settings.max_examples, seed=0)
         gold = {str(e.id): e.answer for e in examples}
         cfg = ProjectConfig(
-            name=f"demo-{settings.task}".replace("_", "-"), task=spec, model="smollm2",
+            name=f"demo-{settings.task}".replace("_", "-"), task=spec, model="smollm2", chat_template=False,
             calibration="llama-3.1-8b-instruct", budgets=settings.budgets,
             eval_size=settings.eval_size, low_confidence_k=settings.low_confidence_k,
             coslow_draws=settings.coslow_draws, batch_min=settings.batch_min, batch_max=settings.batch_max,
