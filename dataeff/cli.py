@@ -332,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, chat_default=True)
     p.add_argument("--data", required=True, help="pool JSONL/CSV with a 'prompt' column ('answer' optional)")
     p.add_argument("--out", required=True, help="scores JSONL: id, answer, confidence, perplexity, n_tokens")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--max-new-tokens", type=int, default=30, help="longest answer scored")
     p.add_argument("--select-low", type=int, default=0, metavar="K", help="also draw K ids from the bottom decile")
     p.add_argument("--fraction", type=float, default=0.1, help="low-confidence segment size")
     p.add_argument("--by", choices=["confidence", "perplexity"], default="confidence")
@@ -349,13 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("coslow", cmd_coslow, "CoS-Low: median pairwise cosine of LoRA gradients of labeled examples")
     _model_args(p, chat_default=False)
     p.add_argument("--data", required=True, help="labeled JSONL/CSV: prompt, answer")
-    p.add_argument("--lora-r", type=int, default=64)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--lora-dropout", type=float, default=0.05)
-    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    p.add_argument("--lora-r", type=int, default=64, help="LoRA rank (the paper's setting)")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha; the update is alpha/r * B A")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (inactive: the model is in eval mode)")
+    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                   help="comma-separated linear layers that get adapters")
     p.add_argument("--seed", type=int, default=0, help="seed of LoRA A's initialisation (draw d uses seed+d)")
     p.add_argument("--draws", type=int, default=1, help="LoRA initialisations to average over (reports the spread)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="examples per forward/backward pass")
     p.add_argument("--projection-dim", type=int, default=None, help="random-projection size (bounds memory for 7B+ models); exact when omitted")
 
     p = add("finetune", cmd_finetune, "LoRA fine-tune on a seeded subset of N labels and evaluate on a held-out set")
@@ -402,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `dataeff predict ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The ``dataeff`` command: JSON out, teaching --help, clear errors (exit 2, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataeff.cli import main
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-results"
+
+
+def _run(capsys, *argv) -> tuple[int, dict | None, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip().startswith("{") else None), err
+
+
+def test_auc_matches_the_published_value(capsys):
+    published = json.loads((PAPER / "auc_res" / "llama_auc_logscale_by_task_5000.json").read_text())
+    human = json.loads((PAPER / "human_eval.json").read_text())
+    task = "banking77"
+    args = [str(PAPER / "finetune_results" / f"llama_{task}_full_result_v2.json")]
+    score = human.get(task, {}).get("score")
+    if isinstance(score, (int, float)):
+        args += ["--human-score", str(score)]
+    code, out, _ = _run(capsys, "auc", *args)
+    assert code == 0
+    assert abs(out["auc"] - published[task]["extrapolation_auc"]) < 1e-9
+
+
+def test_predict_worked_example(capsys):
+    code, out, _ = _run(capsys, "predict", "--coslow", "0.65", "--coef", "0.54", "0.31", "--target", "0.9")
+    assert code == 0
+    assert out["auc"] == pytest.approx(0.661)
+    assert 1000 <= out["labels_needed"]["0.9"] <= 1060
+    lo, hi = out["labels_needed_interval"]["0.9"]
+    assert lo < out["labels_needed"]["0.9"] < hi
+
+
+def test_calibrations_lists_the_three_builtins(capsys):
+    code, out, _ = _run(capsys, "calibrations")
+    assert code == 0 and {"llama-3.1-8b-instruct", "mistral-7b-instruct-v0.3", "qwen2.5-14b-instruct"} <= set(out)
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["auc", "__no_zero__"], "zero-shot"),
+        (["coslow", "--model", "/nonexistent/model", "--data", "__labeled__"], "not found"),
+        (["coslow", "--data", "/nonexistent.jsonl"], "not found"),
+        (["predict", "--coslow", "3"], "CoS-Low"),
+        (["predict", "--coslow", "0.5", "--calibration", "no-such-family"], "llama-3.1-8b-instruct"),
+    ],
+)
+def test_bad_input_is_a_clear_error_without_traceback(capsys, tmp_path, argv, needle):
+    no_zero = tmp_path / "no_zero.json"
+    no_zero.write_text(json.dumps({"50": {"accuracy": 0.5}, "100": {"accuracy": 0.6}}))
+    labeled = tmp_path / "labeled.jsonl"
+    labeled.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "c", "answer": "d"}\n')
+    argv = [str(no_zero) if a == "__no_zero__" else str(labeled) if a == "__labeled__" else a for a in argv]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and needle in err and "Traceback" not in err
+
+
+def test_help_teaches_every_command():
+    out = subprocess.run([sys.executable, "-m", "dataeff.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("auc", "predict", "confidence", "coslow", "calibrate", "finetune", "project", "bootstrap", "loop",
+                    "serve", "demo", "bench"):
+        assert command in out
+    assert "typical session" in out
+    sub = subprocess.run([sys.executable, "-m", "dataeff.cli", "coslow", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--draws" in sub and "--projection-dim" in sub and "(default: 64)" in sub
