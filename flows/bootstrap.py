@@ -4,8 +4,8 @@
 2. Confidence of the model's greedy answer for every item (batched; GPU when present).
 3. Draw the low-confidence batch (k items from the bottom decile) and the held-out eval split.
 4. Log the roles, the confidence table and a histogram to MLflow (a ``bootstrap`` run).
-5. Put the low-confidence batch, then the eval split, at the top of the annotators' queue, with
-   the model's answers as pre-annotations (choice tasks: only answers that are valid labels).
+5. Put the low-confidence batch, then the eval split, at the top of the annotators' queue; every
+   scored item gets the model's answer as a pre-annotation (choice tasks: only valid labels).
 
 Idempotent: a project already bootstrapped keeps its roles (they are read back from MLflow) and
 only the queue is pushed again.
@@ -57,11 +57,12 @@ def queue(svc: Services, roles: dict, answers: dict[str, tuple[str, float]]) -> 
                                       f"then {e} held-out examples for evaluation; then batches as requested")
 
 
-def _pre_annotations(cfg: ProjectConfig, scores: list, wanted: set[str]) -> dict[str, tuple[str, float]]:
-    """The model's answers as pre-annotations; for a choice task only answers that map to a label."""
+def _pre_annotations(cfg: ProjectConfig, scores: list) -> dict[str, tuple[str, float]]:
+    """The model's answers as pre-annotations (score = its confidence); for a choice task only
+    answers that map to a label."""
     out = {}
     for s in scores:
-        if s.id not in wanted or not s.answer:
+        if not s.answer:
             continue
         answer = match_label(s.answer, cfg.task.labels) if cfg.task.labels else s.answer
         if answer:
@@ -93,7 +94,7 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
         figure = plot_confidence([s.confidence for s in scores], highlight=[s.confidence for s in scores if s.id in set(lowconf)],
                                  title=f"{cfg.name}: confidence of {cfg.model} over the pool")
         svc.tracker.log_bootstrap(cfg.name, cfg.model, roles, stats, [s.as_dict() for s in scores], figure=figure)
-        answers = _pre_annotations(cfg, scores, set(lowconf) | set(evals))
+        answers = _pre_annotations(cfg, scores)
     queue(svc, roles, answers)
     return {"project": cfg.name, "lowconf": len(roles[ROLE_LOWCONF]), "eval": len(roles[ROLE_EVAL]),
             "pre_annotations": len(answers)}

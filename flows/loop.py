@@ -49,10 +49,11 @@ def _logger():
 
 
 @task(name="pull-labels", persist_result=False, **RETRY)
-def pull_labels(svc: Services) -> PullResult:
-    """Every labeled item now, reconciled with the cursor stored in MLflow (edits replace, deletions drop out)."""
-    stored = svc.tracker.read_cursor(svc.config.name)
-    cursor = Cursor.from_dict(stored) if stored else None
+def pull_labels(svc: Services, cursor: Cursor | None) -> PullResult:
+    """Every labeled item now, reconciled with ``cursor`` (edits replace, deletions drop out).
+
+    A failed pull raises and the stored cursor stays as it was: nothing is lost or counted twice.
+    """
     result = svc.ls.pull_labeled(svc.project_id, since=cursor)
     for err in result.errors:
         _logger().warning("skipped item %s (task %s): %s", err.dataeff_id, err.task_id, err.reason)
@@ -156,7 +157,8 @@ def run_iteration(svc: Services) -> dict:
         from dataeff.errors import DataError
 
         raise DataError(f"project {cfg.name}: not bootstrapped yet; run `dataeff bootstrap {cfg.name}` first")
-    pulled = pull_labels(svc)
+    stored_cursor = svc.tracker.read_cursor(cfg.name)
+    pulled = pull_labels(svc, Cursor.from_dict(stored_cursor) if stored_cursor else None)
     role_of = {i: r for r, ids in roles.items() for i in ids}
     sets = partition(list(pulled.examples), role_of)
     labeled_ids = {str(e.id) for e in pulled.examples}
@@ -211,16 +213,12 @@ def run_iteration(svc: Services) -> dict:
     requested = request_next(svc, decision, sets, roles, labeled_ids)
     if svc.ls.get_status(svc.project_id) != decision.status_text:
         svc.ls.set_status(svc.project_id, decision.status_text)
-    if pulled.has_changes or pulled.errors or stored_cursor_missing(svc):
+    if pulled.cursor.to_dict() != stored_cursor:
         svc.tracker.log_cursor(cfg.name, pulled.cursor.to_dict())
     summary["requested"] = len(requested)
     summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(getattr(decision_run, "created", False))
     logger.info("%s: %s — %s", cfg.name, decision.action, decision.reason)
     return summary
-
-
-def stored_cursor_missing(svc: Services) -> bool:
-    return svc.tracker.read_cursor(svc.config.name) is None
 
 
 def _comparison_rows(assessment: Assessment, cfg: ProjectConfig) -> list[dict]:
