@@ -20,10 +20,13 @@ Why it is cheap. At LoRA's initialisation ``B = 0``, so for a LoRA layer ``y = W
 The zero ``A`` gradients add nothing to inner products or norms, so the Gram matrix over ``B``
 gradients equals the reference's Gram matrix over all LoRA matrices.
 
-Exact mode keeps one fp32 row of ``sum_l out_l * r`` numbers per example (SmolLM2-135M, r=64:
-9.95 M numbers, 40 MB per example); Gram matrix ``G = F F^T`` accumulated in fp64, one LoRA module
-at a time. When all examples fit in one batch (``batch_size >= n``), ``G`` is accumulated inside the
-hooks and no rows are kept at all.
+Exact mode needs one fp32 row of ``sum_l out_l * r`` numbers per example (SmolLM2-135M, r=64:
+9.95 M numbers, 40 MB per example) when examples are split into several batches, since pairs in
+different batches need both rows. On CPU the rows are appended to one temporary file per LoRA
+module (they sit in the page cache, not in the process's memory) and the Gram matrix
+``G = F F^T`` is accumulated in fp64 reading back one module at a time; on CUDA they stay in
+device memory. When all examples fit in one batch (``batch_size >= n``), ``G`` is accumulated
+inside the hooks and no rows are kept at all.
 
 Projection mode (``projection_dim=k``) keeps, per example, only a seeded CountSketch of size
 ``k`` of its gradient (see :class:`CountSketch`: the output dimension of every module is hashed with
@@ -39,6 +42,8 @@ entries), i.e. no per-example full gradients.
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -185,11 +190,19 @@ class _GramAccumulator:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.gram = torch.zeros((n, n), dtype=torch.float64, device=device)
         self.store = None
+        self.spill: tempfile.TemporaryDirectory | None = None
         if sketch is not None:
             self.store = torch.zeros((n, sketch.k), dtype=torch.float64, device=device)
+        elif not one_batch and device.type == "cpu":
+            # Rows go to a temporary file per module (page cache, not the process's memory);
+            # result() reads back one module at a time.
+            self.spill = tempfile.TemporaryDirectory(prefix="dataeff-grads-")
         elif not one_batch:
             self.store = torch.empty((n, int(self.offsets[-1])), dtype=torch.float32, device=device)
         self.start = self.stop = 0
+
+    def _module_file(self, module: int) -> str:
+        return os.path.join(self.spill.name, f"module-{module:04d}.f32")
 
     def add(self, module: int, g: torch.Tensor, u: torch.Tensor, scale: float) -> None:
         """Add module ``module``'s gradients ``scale * sum_t g_t u_t^T`` of the current batch.
@@ -200,7 +213,10 @@ class _GramAccumulator:
             self.store[self.start:self.stop] += self.sketch.sketch(module, g, u).mul_(scale).double()
             return
         block = torch.bmm(g.transpose(1, 2), u).mul_(scale).reshape(g.shape[0], -1)
-        if self.store is None:
+        if self.spill is not None:
+            with open(self._module_file(module), "ab") as fh:
+                fh.write(block.contiguous().numpy().tobytes())
+        elif self.store is None:
             self.gram.add_((block @ block.T).double())
         else:
             self.store[self.start:self.stop, int(self.offsets[module]):int(self.offsets[module + 1])] = block
@@ -209,6 +225,15 @@ class _GramAccumulator:
         """The ``(n, n)`` float64 Gram matrix in input order; ``order[p]`` = input index of processed row ``p``."""
         if self.sketch is not None:
             gram = self.store @ self.store.T
+        elif self.spill is not None:
+            gram = self.gram
+            try:
+                for module, size in enumerate(self.sizes):
+                    rows = np.fromfile(self._module_file(module), dtype=np.float32).reshape(self.n, size)
+                    block = torch.from_numpy(rows)
+                    gram += (block @ block.T).double()
+            finally:
+                self.spill.cleanup()
         elif self.store is not None:
             gram = self.gram
             for a, b in zip(self.offsets[:-1], self.offsets[1:]):
