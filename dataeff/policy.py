@@ -13,7 +13,9 @@
    ``finetune`` at the largest such budget (the one that can end labeling soonest; smaller
    pending budgets follow in later iterations).
 5. **Beyond the cap**: the predicted labels needed for the primary target (its median) is
-   above ``label_cap``, or the target is more likely never reached than reached: ``stop``.
+   above ``label_cap``, or the target is more likely never reached than reached: ``stop`` —
+   once a fine-tune (budget > 0) has checked the prediction, or at once when even the low end
+   of the interval is beyond the cap (the CoS-Low prior alone is too uncertain to stop on).
 6. Otherwise **request** ``min(batch_size_max, max(batch_size_min, next grid budget - labeled,
    predicted need - labeled))`` more labels, never past ``label_cap``.
 """
@@ -232,7 +234,11 @@ def decide(state: LoopState, settings: PolicySettings | None = None) -> Decision
         return Decision("finetune", 0, budget, why, status, "finetune_due")
 
     need = state.need
-    if not math.isfinite(need.median) or need.median > st.label_cap or need.p_never > 0.5:
+    measured = any(b > 0 for b in state.finetuned)
+    beyond = not math.isfinite(need.median) or need.median > st.label_cap or need.p_never > 0.5
+    # The CoS-Low prior alone is uncertain (its interval spans ~3x in labels): before any fine-tune
+    # has checked it, stop only when even the optimistic end of the interval is beyond the cap.
+    if beyond and (measured or need.lo > st.label_cap):
         why = (
             f"stop: {phrase} is predicted to need {_fmt(need.median)} labels, beyond the cap of {st.label_cap:,}"
             + (f" (P(never) = {need.p_never:.0%})" if need.p_never > 0 else "")

@@ -37,6 +37,8 @@ class DemoSettings:
     Attributes:
         task: BIG-bench task (intent_recognition: 7 intents, its curve rises visibly on SmolLM2).
         max_examples: pool size taken from the task (seeded subset).
+        primary_target: the target the policy stops on (0.8 of the achievable gain); the policy's
+            label cap is the number of pool items the team has.
         budgets: fine-tune grid (0 = zero-shot); the curve's axis stays the paper's N = 5000.
         label_cap: the demo's own stop: the simulated team gives at most this many training labels
             (the policy's cap stays the project default, so the policy decides on real grounds).
@@ -49,6 +51,7 @@ class DemoSettings:
 
     task: str = "intent_recognition"
     max_examples: int | None = None
+    primary_target: float = 0.8
     budgets: tuple[int, ...] = (0, 50, 100, 200)
     label_cap: int = 200
     eval_size: int = 60
@@ -160,6 +163,8 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
         gold = {str(e.id): e.answer for e in examples}
         cfg = ProjectConfig(
             name=f"demo-{settings.task}".replace("_", "-"), task=spec, model="smollm2", chat_template=False,
+            # The team's question: can the items we have reach 80% of the achievable gain?
+            primary_target=settings.primary_target, label_cap=len(examples) - settings.eval_size,
             calibration="llama-3.1-8b-instruct", budgets=settings.budgets,
             eval_size=settings.eval_size, low_confidence_k=settings.low_confidence_k,
             coslow_draws=settings.coslow_draws, batch_min=settings.batch_min, batch_max=settings.batch_max,

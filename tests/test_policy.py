@@ -63,11 +63,19 @@ def test_stop_when_cap_reached_or_need_beyond_cap():
         PolicySettings(label_cap=1000),
     )
     assert (d.action, d.rule) == ("stop", "cap_reached")
-    d = decide(_state(need=LabelsNeeded(0.9, 4000.0, 2000.0, 5000.0)), PolicySettings(label_cap=2000))
+    checked = {50: 0.4}
+    d = decide(_state(labeled_count=60, finetuned=checked, need=LabelsNeeded(0.9, 4000.0, 2000.0, 5000.0)),
+               PolicySettings(label_cap=2000))
     assert (d.action, d.rule) == ("stop", "beyond_cap")
     assert "4,000" in d.reason and "2,000" in d.reason
-    d = decide(_state(need=LabelsNeeded(0.9, math.inf, 3000.0, math.inf, p_never=0.7)))
+    d = decide(_state(labeled_count=60, finetuned=checked, need=LabelsNeeded(0.9, math.inf, 3000.0, math.inf, p_never=0.7)))
     assert (d.action, d.rule) == ("stop", "beyond_cap") and "70%" in d.reason
+    # the prior alone, with an interval that reaches below the cap: measure first instead of stopping
+    d = decide(_state(need=LabelsNeeded(0.9, 4000.0, 1500.0, 5000.0)), PolicySettings(label_cap=2000))
+    assert d.action == "request_labels"
+    # ... but even the prior alone stops when its optimistic end is beyond the cap
+    d = decide(_state(need=LabelsNeeded(0.9, 4000.0, 2500.0, 5000.0)), PolicySettings(label_cap=2000))
+    assert (d.action, d.rule) == ("stop", "beyond_cap")
 
 
 def test_request_more_sizes():
