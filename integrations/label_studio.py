@@ -392,6 +392,13 @@ class LabelStudioClient:
             time.sleep(delay)
             attempt += 1
 
+    def _in_chunks(self, rows: Sequence[dict], batch_size: int, what: str, send: Callable[[list], Any],
+                   not_found: LabelStudioError | None = None) -> None:
+        """Send ``rows`` in chunks of ``batch_size`` (each chunk one non-idempotent request)."""
+        for start in range(0, len(rows), batch_size):
+            chunk = list(rows[start : start + batch_size])
+            self._call(f"import {len(chunk)} {what}", lambda: send(chunk), idempotent=False, not_found=not_found)
+
     def _project(self, project_id: int) -> Any:
         return self._call(
             f"read project {project_id}",
@@ -515,14 +522,9 @@ class LabelStudioClient:
             fresh.append({"data": {PROMPT_FIELD: ex.prompt, ID_FIELD: key, PRIORITY_FIELD: 0}})
         for message in invalid:
             log.warning("import into project %s: %s", project_id, message)
-        for start in range(0, len(fresh), batch_size):
-            chunk = fresh[start : start + batch_size]
-            self._call(
-                f"import {len(chunk)} tasks into project {project_id}",
-                lambda: self._sdk.projects.import_tasks(id=project_id, request=chunk),
-                idempotent=False,
-                not_found=ProjectNotFound(f"Label Studio project {project_id} not found at {self.url}"),
-            )
+        self._in_chunks(fresh, batch_size, f"tasks into project {project_id}",
+                        lambda chunk: self._sdk.projects.import_tasks(id=project_id, request=chunk),
+                        not_found=ProjectNotFound(f"Label Studio project {project_id} not found at {self.url}"))
         return ImportReport(created=len(fresh), skipped=skipped, invalid=tuple(invalid))
 
     # -- pull
@@ -791,13 +793,8 @@ class LabelStudioClient:
             for i, (result, score) in results.items()
             if index[i].task_id not in done
         ]
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            self._call(
-                f"import {len(chunk)} predictions into project {project_id}",
-                lambda: self._sdk.projects.import_predictions(id=project_id, request=chunk),
-                idempotent=False,
-            )
+        self._in_chunks(rows, batch_size, f"predictions into project {project_id}",
+                        lambda chunk: self._sdk.projects.import_predictions(id=project_id, request=chunk))
         created = len(rows)
         self._call(
             f"set model_version of project {project_id}",
