@@ -13,7 +13,6 @@ only the queue is pushed again.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from prefect import flow, task

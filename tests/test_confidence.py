@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from benchmarks.baseline import naive_confidence
 from dataeff.confidence import (ConfidenceScore, SmallPoolWarning, confidence_from_probs, score_confidence,
