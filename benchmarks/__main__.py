@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--quick] [--device cpu|cuda] [--out FILE.md|FILE.json] [--sections ...]``."""
+"""``python -m benchmarks replay ...`` (estimation quality, see benchmarks/replay.py) or
+``python -m benchmarks [--quick] [--device cpu|cuda] [--out FILE.md|FILE.json] [--sections ...]``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from benchmarks.runner import SECTIONS, BenchConfig, run_benchmarks, to_markdown
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["replay"]:
+        from benchmarks.replay import main as replay_main
+
+        return replay_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions (minutes)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

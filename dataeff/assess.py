@@ -12,8 +12,25 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from dataeff.calibration import Calibration
+from dataeff.errors import DataError
 from dataeff.efficiency import LabelsNeeded, Prediction, target_key
 from dataeff.posterior import CurvePosterior, Observation, PosteriorSettings, fit_posterior
+from dataeff.posterior_flex import FlexPosterior, FlexSettings, fit_flex_posterior
+
+#: Curve models of the posterior, by name: ``"beta"`` (default; S-shaped, can saturate early or
+#: rise late, seed noise in the likelihood) and ``"xp"`` (the paper's ``x^p`` shape, the
+#: posterior before the replay study; kept as the baseline of ``dataeff bench replay``).
+CURVE_MODELS = {
+    "beta": lambda prior_auc, prior_sd, s0, points, human_score, level, noise, n_max: fit_flex_posterior(
+        prior_auc, prior_sd, s0, points, human_score,
+        FlexSettings(level=level, seed_noise_sd=noise, max_budget=n_max)),
+    "xp": lambda prior_auc, prior_sd, s0, points, human_score, level, noise, n_max: fit_posterior(
+        prior_auc, prior_sd, s0, points, human_score, PosteriorSettings(level=level, max_budget=n_max)),
+}
+DEFAULT_CURVE_MODEL = "beta"
+#: Fine-tune seed-to-seed noise assumed on top of the eval set's binomial noise (score units):
+#: the pooled residual of the 100 published curves around their monotone fit (0.030).
+DEFAULT_SEED_NOISE = 0.03
 
 
 @dataclass
@@ -30,7 +47,7 @@ class Assessment:
     """
 
     prediction: Prediction
-    posterior: CurvePosterior | None
+    posterior: CurvePosterior | FlexPosterior | None
     needs: dict[float, LabelsNeeded]
     zero_shot: float | None
     ceiling: float | None
@@ -69,6 +86,8 @@ def assess(
     max_budget: int = 5000,
     human_score: float | None = None,
     level: float = 0.8,
+    curve_model: str = DEFAULT_CURVE_MODEL,
+    seed_noise: float = DEFAULT_SEED_NOISE,
 ) -> Assessment:
     """Prediction from CoS-Low, refined by measured fine-tunes when the zero-shot score is known.
 
@@ -81,7 +100,11 @@ def assess(
         max_budget: N, the curve's cut-off.
         human_score: known ceiling, if any.
         level: interval coverage.
+        curve_model: a key of :data:`CURVE_MODELS`.
+        seed_noise: fine-tune seed-to-seed noise sd (score units), used by the ``"beta"`` model.
     """
+    if curve_model not in CURVE_MODELS:
+        raise DataError(f"unknown curve model {curve_model!r}; choose one of {sorted(CURVE_MODELS)}")
     prediction = calibration.predict(coslow, targets=targets, max_budget=max_budget, level=level)
     measured = {int(b): float(s) for b, s in measured.items()}
     s0 = measured.get(0)
@@ -89,14 +112,9 @@ def assess(
         needs = {t: prediction.need(t) for t in targets}
         return Assessment(prediction, None, needs, s0, human_score, measured)
     points = [Observation(n=b, score=s, n_eval=n_eval) for b, s in sorted(measured.items()) if b > 0]
-    posterior = fit_posterior(
-        prior_auc=prediction.auc,
-        prior_sd=calibration.predict_sd(coslow),
-        s0=s0,
-        points=points,
-        human_score=human_score,
-        settings=PosteriorSettings(level=level),
-    )
+    posterior = CURVE_MODELS[curve_model](prediction.auc, calibration.predict_sd(coslow), s0, points,
+                                          human_score, level, seed_noise, max_budget)
     needs = {t: posterior.labels_needed(t) for t in targets}
-    ceiling = human_score if human_score is not None else posterior.h_summary()["median"]
+    # the paper's ceiling is max(human score, best score): the posterior's h covers both cases
+    ceiling = posterior.h_summary()["median"]
     return Assessment(prediction, posterior, needs, s0, ceiling, measured)

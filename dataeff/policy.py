@@ -12,12 +12,20 @@
 4. **Fine-tune due**: a grid budget (> 0) at or below the labeled count has no fine-tune yet:
    ``finetune`` at the largest such budget (the one that can end labeling soonest; smaller
    pending budgets follow in later iterations).
-5. **Beyond the cap**: the predicted labels needed for the primary target (its median) is
-   above ``label_cap``, or the target is more likely never reached than reached: ``stop`` —
-   once a fine-tune (budget > 0) has checked the prediction, or at once when even the low end
-   of the interval is beyond the cap (the CoS-Low prior alone is too uncertain to stop on).
-6. Otherwise **request** ``min(batch_size_max, max(batch_size_min, next grid budget - labeled,
-   predicted need - labeled))`` more labels, never past ``label_cap``.
+5. **Beyond the cap**, only on evidence: the posterior probability of reaching the primary
+   target within ``label_cap`` is below ``stop_p_within_cap`` (default 10%) **and** the measured
+   fine-tunes cover at least ``stop_min_coverage`` (default 80%) of the log axis up to the cap
+   (``log2(largest measured budget) / log2(label_cap)``). Three points near the floor do not
+   cover the axis: a curve that stays flat and rises late looks exactly like that.
+6. Otherwise **request** labels up to the next grid budget at or below the cap (each budget is
+   measured on the way, so the first budget that reaches the target ends labeling); past the last
+   grid budget, ``min(batch_size_max, max(batch_size_min, predicted need - labeled))``; never past
+   ``label_cap``. ``request_to_need=True`` restores the old sizing
+   ``min(batch_size_max, max(batch_size_min, next budget - labeled, predicted need - labeled))``.
+
+The settings ``stop_p_within_cap=0.5, stop_min_coverage=0.0, request_to_need=True`` reproduce the
+rule the loop used before the replay study (stop once any fine-tune is measured and the median
+need is beyond the cap); ``dataeff bench replay`` reports both.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ class PolicySettings:
         batch_size_min, batch_size_max: bounds of one labels request (after the low-conf batch).
         low_conf_batch_size: size of the low-confidence batch CoS-Low needs (32 in the paper).
         budget_grid: budgets at which to fine-tune (0 = zero-shot, measured separately).
+        stop_p_within_cap: stop "beyond the cap" only when the probability of reaching the
+            primary target within ``label_cap`` is below this.
+        stop_min_coverage: ... and the largest measured budget covers at least this share of the
+            log axis up to the cap (0 = any measured fine-tune is enough).
+        request_to_need: size requests by the predicted need too (the pre-replay rule), not only
+            by the next grid budget.
     """
 
     targets: tuple[float, ...] = (0.5, 0.8, 0.9)
@@ -55,6 +69,14 @@ class PolicySettings:
     batch_size_max: int = 500
     low_conf_batch_size: int = 32
     budget_grid: tuple[int, ...] = BUDGET_GRID
+    stop_p_within_cap: float = 0.1
+    stop_min_coverage: float = 0.8
+    request_to_need: bool = False
+
+    @classmethod
+    def legacy(cls, **kw) -> "PolicySettings":
+        """The rule before the replay study (see the module docstring), for comparisons."""
+        return cls(stop_p_within_cap=0.5, stop_min_coverage=0.0, request_to_need=True, **kw)
 
     def __post_init__(self) -> None:
         if not self.absolute_target and not 0 < self.primary_target <= 1:
@@ -65,6 +87,8 @@ class PolicySettings:
             )
         if self.label_cap < 1 or self.low_conf_batch_size < 1:
             raise DataError("label_cap and low_conf_batch_size must be >= 1")
+        if not 0 <= self.stop_p_within_cap <= 1 or not 0 <= self.stop_min_coverage <= 1:
+            raise DataError("stop_p_within_cap and stop_min_coverage must be in [0, 1]")
         if list(self.budget_grid) != sorted(set(self.budget_grid)) or self.budget_grid[0] < 0:
             raise DataError(f"budget_grid must be strictly increasing non-negative integers, got {self.budget_grid}")
 
@@ -83,6 +107,8 @@ class LoopState:
         finetuned: ``{budget: measured score}`` of the fine-tunes done so far.
         zero_shot: measured zero-shot score ``s0`` (needed to judge a normalised target).
         ceiling: the ceiling ``h`` assumed (human score, or the posterior's estimate).
+        p_within_cap: probability that the primary target is reached within the label cap
+            (from the posterior), ``None`` when unknown.
     """
 
     labeled_count: int
@@ -93,6 +119,7 @@ class LoopState:
     finetuned: Mapping[int, float] = field(default_factory=dict)
     zero_shot: float | None = None
     ceiling: float | None = None
+    p_within_cap: float | None = None
 
     def __post_init__(self) -> None:
         if self.labeled_count < 0 or self.low_conf_labeled < 0:
@@ -106,7 +133,8 @@ class Decision:
     Attributes:
         action: ``"request_labels"``, ``"finetune"`` or ``"stop"``.
         n_labels: labels to request (``request_labels``), else 0.
-        budget: the budget to fine-tune at (``finetune``), else ``None``.
+        budget: the budget to fine-tune at (``finetune``), the budget that reached the target
+            (``stop`` by ``target_reached``), else ``None``.
         reason: one human sentence explaining the rule that fired.
         status_text: one line for annotators.
         rule: short id of the rule (``"no_estimate"``, ``"target_reached"``, ``"cap_reached"``,
@@ -192,6 +220,13 @@ def _reached(state: LoopState, settings: PolicySettings) -> tuple[int, float] | 
     return None
 
 
+def _coverage(measured_max: int, cap: int) -> float:
+    """Share of the log axis up to ``cap`` covered by fine-tunes up to ``measured_max`` labels."""
+    if measured_max <= 1 or cap <= 1:
+        return 0.0
+    return min(1.0, math.log2(measured_max) / math.log2(cap))
+
+
 def decide(state: LoopState, settings: PolicySettings | None = None) -> Decision:
     """Apply the rules of this module's docstring to ``state``.
 
@@ -221,7 +256,7 @@ def decide(state: LoopState, settings: PolicySettings | None = None) -> Decision
         budget, value = reached
         predicted = f" (predicted {_fmt(state.need.median)})" if math.isfinite(state.need.median) else ""
         why = f"stop: {phrase} reached at {budget:,} labels{predicted}."
-        return Decision("stop", 0, None, why, why, "target_reached")
+        return Decision("stop", 0, budget, why, why, "target_reached")
 
     if labeled >= st.label_cap:
         why = f"stop: the label cap of {st.label_cap:,} is reached without measuring {phrase}."
@@ -234,26 +269,33 @@ def decide(state: LoopState, settings: PolicySettings | None = None) -> Decision
         return Decision("finetune", 0, budget, why, status, "finetune_due")
 
     need = state.need
-    measured = any(b > 0 for b in state.finetuned)
-    beyond = not math.isfinite(need.median) or need.median > st.label_cap or need.p_never > 0.5
-    # The CoS-Low prior alone is uncertain (its interval spans ~3x in labels): before any fine-tune
-    # has checked it, stop only when even the optimistic end of the interval is beyond the cap.
-    if beyond and (measured or need.lo > st.label_cap):
+    measured = [b for b in state.finetuned if b > 0]
+    coverage = _coverage(max(measured, default=0), st.label_cap)
+    p_in = state.p_within_cap
+    if p_in is None:  # no posterior: the median need stands in for the probability
+        p_in = 0.0 if (not math.isfinite(need.median) or need.median > st.label_cap) else 1.0
+    if measured and coverage >= st.stop_min_coverage and p_in < st.stop_p_within_cap:
         why = (
             f"stop: {phrase} is predicted to need {_fmt(need.median)} labels, beyond the cap of {st.label_cap:,}"
-            + (f" (P(never) = {need.p_never:.0%})" if need.p_never > 0 else "")
-            + "."
+            f" (P(within the cap) = {p_in:.0%}; measured up to {max(measured):,} labels)."
         )
         return Decision("stop", 0, None, why, why, "beyond_cap")
 
-    next_budgets = [b for b in st.budget_grid if b > labeled]
+    next_budgets = [b for b in st.budget_grid if labeled < b <= st.label_cap]
     to_next = (next_budgets[0] - labeled) if next_budgets else 0
-    to_need = int(math.ceil(need.median - labeled))
-    n = min(st.batch_size_max, max(st.batch_size_min, to_next, to_need))
-    n = min(n, st.label_cap - labeled)
-    parts = [f"{to_next:,} to the next fine-tune budget"] if next_budgets else []
+    to_need = int(math.ceil(need.median - labeled)) if math.isfinite(need.median) else st.batch_size_max
+    if st.request_to_need:
+        n = min(st.batch_size_max, max(st.batch_size_min, to_next, to_need))
+    elif to_next:
+        n = to_next
+    else:
+        n = min(st.batch_size_max, max(st.batch_size_min, to_need))
+    n = max(1, min(n, st.label_cap - labeled))
+    parts = [f"{to_next:,} to the next fine-tune budget ({next_budgets[0]:,})"] if next_budgets else []
     parts.append(f"about {_fmt(max(to_need, 0))} more predicted for {phrase}")
-    why = f"request {n:,} more labels ({'; '.join(parts)}; batch bounds {st.batch_size_min}-{st.batch_size_max})."
+    if state.p_within_cap is not None:
+        parts.append(f"P(within the cap of {st.label_cap:,}) = {state.p_within_cap:.0%}")
+    why = f"request {n:,} more labels ({'; '.join(parts)})."
     return Decision("request_labels", int(n), None, why, status, "request_more")
 
 

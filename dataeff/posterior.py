@@ -301,7 +301,7 @@ def fit_posterior(
     best = max([s0] + [o.score for o in obs])
     human_ok = human_score is not None and isinstance(human_score, Real) and math.isfinite(human_score)
     if human_ok:
-        h_grid = np.array([max(float(human_score), best)])
+        h_grid = np.array([max(float(human_score), best, s0 + 1e-3)])  # a zero-shot at the ceiling: no gain left
     else:
         lo_h = max(best, s0 + 1e-6)
         h_grid = np.array([lo_h]) if lo_h >= st.score_max else np.linspace(lo_h, st.score_max, st.n_h)
