@@ -84,6 +84,74 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def parse_measured(tokens) -> dict[int, float]:
+    """``["0:0.117", "50:0.133"]`` -> ``{0: 0.117, 50: 0.133}``, with an error naming the bad token."""
+    from dataeff.errors import DataError
+
+    out: dict[int, float] = {}
+    for tok in tokens or []:
+        budget, sep, score = str(tok).partition(":")
+        try:
+            b, s = int(budget), float(score)
+        except ValueError:
+            raise DataError(f"--measured {tok!r}: write LABELS:SCORE, e.g. 0:0.117 (zero-shot) or 100:0.183") from None
+        if not sep or b < 0:
+            raise DataError(f"--measured {tok!r}: write LABELS:SCORE with LABELS >= 0, e.g. 100:0.183")
+        if not 0.0 <= s <= 1.0:
+            raise DataError(f"--measured {tok!r}: score {s} is outside [0, 1]; give accuracy/F1 as a fraction")
+        if b in out:
+            raise DataError(f"--measured: budget {b} is given twice ({b}:{out[b]} and {tok}); keep one")
+        out[b] = s
+    if not out:
+        raise DataError("--measured: give at least the zero-shot score, e.g. --measured 0:0.117 50:0.133")
+    if 0 not in out:
+        raise DataError("--measured: no zero-shot point; measure the base model on the eval split and add 0:SCORE")
+    return dict(sorted(out.items()))
+
+
+def cmd_assess(args) -> int:
+    from dataeff.errors import DataError
+    from dataeff.policy import PolicySettings
+    from dataeff.step import StepInputs, StepSettings, needs_table, step
+
+    measured = parse_measured(args.measured)
+    targets = _float_list(args.target)
+    for t in (*targets, args.primary_target):
+        if not 0.0 < t <= 1.0:
+            raise DataError(f"target {t}: a target is a share of the achievable gain in (0, 1], e.g. 0.8")
+    if args.human_score is not None and not 0.0 < args.human_score <= 1.0:
+        raise DataError(f"--human-score {args.human_score}: must be a score in (0, 1]")
+    cal = _calibration_from_args(args)
+    defaults = PolicySettings()
+    policy = PolicySettings(targets=targets, primary_target=args.primary_target,
+                            label_cap=args.label_cap or defaults.label_cap,
+                            budget_grid=tuple(sorted(set(args.budgets))) if args.budgets else defaults.budget_grid)
+    labeled = args.labeled if args.labeled is not None else max(measured)
+    outcome = step(StepInputs(labeled=labeled, coslow=args.coslow, measured=measured, n_eval=args.n_eval,
+                              human_score=args.human_score), cal,
+                   StepSettings(policy=policy, curve_model=args.curve_model, seed_noise=args.seed_noise,
+                                max_budget=args.max_budget, level=args.level))
+    a = outcome.assessment
+    post = a.posterior
+    _print_json({
+        "labels_needed": needs_table(outcome),
+        "decision": outcome.decision.as_dict(),
+        "p_within_cap": outcome.state.p_within_cap,
+        "label_cap": policy.label_cap,
+        "labeled": labeled,
+        "zero_shot": a.zero_shot,
+        "ceiling": a.ceiling,
+        "ceiling_source": "human score (or the best score if higher)" if args.human_score is not None
+        else "posterior median (no human score given)",
+        "auc": post.auc_summary() if post is not None else {"median": a.prediction.auc},
+        "prior": {"auc": a.prediction.auc, "labels_needed": a.prediction.as_dict()["labels_needed"]},
+        "calibration": {"family": cal.family, "coef": cal.coef, "intercept": cal.intercept},
+        "curve_model": args.curve_model,
+        "measured": {str(b): s for b, s in measured.items()},
+    })
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from dataeff.calibration import fit_calibration, read_pairs_csv
 
@@ -319,6 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets (share of the way from zero-shot to ceiling)")
     p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
     p.add_argument("--level", type=float, default=0.8, help="prediction interval level")
+
+    p = add("assess", cmd_assess,
+            "labels needed and the loop's next decision from CoS-Low plus the fine-tunes measured so far",
+            epilog="example: dataeff assess --coslow 0.327 --measured 0:0.117 50:0.133 100:0.183 --n-eval 60 "
+                   "--primary-target 0.8 --label-cap 633 --labeled 192\n"
+                   "Prints JSON: labels_needed per target (posterior median, 80%% interval, P(never)), the decision "
+                   "(request_labels | finetune | stop) with its reason, P(target within the cap) and the ceiling assumed. "
+                   "The same step the annotation loop runs (dataeff.step.step).")
+    p.add_argument("--coslow", type=float, required=True, help="measured CoS-Low of the 32 low-confidence examples")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I")
+    g.add_argument("--calibration", default="llama-3.1-8b-instruct", help="built-in calibration name or a calibration JSON file")
+    p.add_argument("--measured", nargs="+", metavar="LABELS:SCORE", default=None,
+                   help="fine-tune scores on the eval split, 0 = zero-shot, e.g. 0:0.117 50:0.133 100:0.183")
+    p.add_argument("--n-eval", type=int, default=None, help="eval-split size (sets each score's binomial noise; default 200)")
+    p.add_argument("--human-score", type=float, default=None, help="known ceiling score; else the ceiling is estimated")
+    p.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets to report")
+    p.add_argument("--primary-target", type=float, default=0.8, help="the target the decision is about")
+    p.add_argument("--label-cap", type=int, default=None, help="most training labels the team can give (default 5000)")
+    p.add_argument("--labeled", type=int, default=None, help="training labels given so far (default: the largest measured budget)")
+    p.add_argument("--budgets", type=int, nargs="+", default=None, help="fine-tune budget grid (default 0 50 100 200 500 1000 2500 5000)")
+    p.add_argument("--curve-model", choices=["beta", "xp"], default="beta",
+                   help="posterior curve family: beta (S-shaped; default) or xp (the paper's x^p, the pre-replay model)")
+    p.add_argument("--seed-noise", type=float, default=0.03, help="fine-tune seed-to-seed noise sd assumed (score units)")
+    p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
+    p.add_argument("--level", type=float, default=0.8, help="interval coverage")
 
     p = add("calibrate", cmd_calibrate, "fit a model family's calibration AUC = c * CoS-Low + I from task,coslow,auc rows")
     p.add_argument("pairs", help="CSV with columns task,coslow,auc (one row per task)")

@@ -59,6 +59,9 @@ class PolicySettings:
             log axis up to the cap (0 = any measured fine-tune is enough).
         request_to_need: size requests by the predicted need too (the pre-replay rule), not only
             by the next grid budget.
+        reached_p_min: a measured score counts as "target reached" only when the posterior also
+            gives at least this probability that the target is reached by that budget (one lucky
+            fine-tune on a noisy eval set does not end labeling); 0 = the measured score alone.
     """
 
     targets: tuple[float, ...] = (0.5, 0.8, 0.9)
@@ -72,11 +75,12 @@ class PolicySettings:
     stop_p_within_cap: float = 0.1
     stop_min_coverage: float = 0.8
     request_to_need: bool = False
+    reached_p_min: float = 0.3
 
     @classmethod
     def legacy(cls, **kw) -> "PolicySettings":
         """The rule before the replay study (see the module docstring), for comparisons."""
-        return cls(stop_p_within_cap=0.5, stop_min_coverage=0.0, request_to_need=True, **kw)
+        return cls(stop_p_within_cap=0.5, stop_min_coverage=0.0, request_to_need=True, reached_p_min=0.0, **kw)
 
     def __post_init__(self) -> None:
         if not self.absolute_target and not 0 < self.primary_target <= 1:
@@ -109,6 +113,8 @@ class LoopState:
         ceiling: the ceiling ``h`` assumed (human score, or the posterior's estimate).
         p_within_cap: probability that the primary target is reached within the label cap
             (from the posterior), ``None`` when unknown.
+        p_reached: ``{budget: P(the target is reached with at most budget labels)}`` from the
+            posterior, for the measured budgets (empty without a posterior).
     """
 
     labeled_count: int
@@ -120,6 +126,7 @@ class LoopState:
     zero_shot: float | None = None
     ceiling: float | None = None
     p_within_cap: float | None = None
+    p_reached: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.labeled_count < 0 or self.low_conf_labeled < 0:
@@ -209,13 +216,13 @@ def _reached(state: LoopState, settings: PolicySettings) -> tuple[int, float] | 
     for budget in sorted(state.finetuned):
         score = state.finetuned[budget]
         if settings.absolute_target:
-            if score >= settings.primary_target:
+            if score >= settings.primary_target and state.p_reached.get(budget, 1.0) >= settings.reached_p_min:
                 return budget, score
             continue
         if state.zero_shot is None or state.ceiling is None or not state.ceiling > state.zero_shot:
             return None  # a normalised target cannot be judged without s0 and h
         share = (score - state.zero_shot) / (state.ceiling - state.zero_shot)
-        if share >= settings.primary_target - 1e-12:
+        if share >= settings.primary_target - 1e-12 and state.p_reached.get(budget, 1.0) >= settings.reached_p_min:
             return budget, share
     return None
 

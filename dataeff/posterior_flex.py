@@ -54,7 +54,8 @@ class FlexSettings:
     Attributes:
         n_auc: grid points of the shape's area ``a`` on ``[auc_min, auc_max]``.
         auc_min, auc_max: range of ``a``.
-        n_beta: grid points of ``beta``, log-spaced on ``[beta_min, beta_max]``.
+        n_beta: grid points of ``beta``, log-spaced on ``[beta_min, beta_max]`` (the defaults put
+            ``beta = 1``, the paper's shape, exactly on the grid: 2^-2 .. 2^6 in steps of 2^(1/3)).
         beta_min, beta_max: range of ``beta`` (1 = the paper's ``x^p``).
         beta_prior_sd: sd of the Normal prior on ``log beta`` (natural log), centred at 0.
             On the 100 published curves the best-fitting ``log beta`` has median 0.87 and sd 1.07;
@@ -71,9 +72,9 @@ class FlexSettings:
     n_auc: int = 49
     auc_min: float = 0.02
     auc_max: float = 0.98
-    n_beta: int = 21
+    n_beta: int = 25
     beta_min: float = 0.25
-    beta_max: float = 40.0
+    beta_max: float = 64.0
     beta_prior_sd: float = 1.25
     n_top: int = 40
     seed_noise_sd: float = 0.03

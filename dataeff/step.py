@@ -117,7 +117,7 @@ def step(inputs: StepInputs, calibration: Calibration | None, settings: StepSett
     st = settings or StepSettings()
     pol = st.policy
     assessment = None
-    p_in = None
+    p_in, p_reached = None, {}
     if inputs.coslow is not None:
         if calibration is None:
             raise DataError("a calibration is needed to turn CoS-Low into a prediction")
@@ -125,7 +125,11 @@ def step(inputs: StepInputs, calibration: Calibration | None, settings: StepSett
         assessment = assess(inputs.coslow, calibration, inputs.measured, n_eval=inputs.n_eval, targets=targets,
                             max_budget=st.max_budget, human_score=inputs.human_score, level=st.level,
                             curve_model=st.curve_model, seed_noise=st.seed_noise)
-        p_in = p_within(assessment, pol.primary_target, pol.label_cap, pol.absolute_target)
+        post = assessment.posterior
+        if post is not None:
+            grid = post.labels_grid(pol.primary_target, pol.absolute_target)  # one inversion for every question
+            p_in = float(post.weights[grid <= pol.label_cap].sum())
+            p_reached = {int(b): float(post.weights[grid <= b].sum()) for b in inputs.measured if b > 0}
     need = None
     if assessment is not None:
         if pol.absolute_target and assessment.posterior is not None:
@@ -142,6 +146,7 @@ def step(inputs: StepInputs, calibration: Calibration | None, settings: StepSett
         zero_shot=assessment.zero_shot if assessment else inputs.measured.get(0),
         ceiling=assessment.ceiling if assessment else inputs.human_score,
         p_within_cap=p_in,
+        p_reached=p_reached,
     )
     return StepOutcome(assessment, state, decide(state, pol), st)
 

@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task
 
-from dataeff.assess import Assessment, assess
+from dataeff.assess import Assessment
 from dataeff.calibration import get_calibration
 from dataeff.coslow import compute_coslow
 from dataeff.finetune import FinetuneSettings, nested_subset, run_finetune
@@ -26,12 +26,12 @@ from dataeff.iteration import (
     LabeledSets,
     budgets_due,
     label_set_hash,
-    next_batch,
     partition,
 )
 from dataeff.models import LoraSettings
 from dataeff.plots import plot_curve
-from dataeff.policy import Decision, LoopState, PolicySettings, decide
+from dataeff.policy import Decision
+from dataeff.step import StepInputs, plan_request, settings_for, step
 from dataeff.project import ProjectConfig
 from flows.locks import project_slot
 from flows.services import Services, get_model, open_services, retry_on_unavailable
@@ -103,49 +103,16 @@ def log_estimate(svc: Services, sets: LabeledSets, coslow: dict, assessment: Ass
     return bool(getattr(run, "created", False))
 
 
-def _state(cfg: ProjectConfig, sets: LabeledSets, roles: dict, coslow: float | None,
-           assessment: Assessment | None) -> LoopState:
-    n_lowconf = len(roles.get(ROLE_LOWCONF, []))
-    measured = assessment.measured if assessment else {}
-    return LoopState(
-        labeled_count=len(sets.train),
-        low_conf_batch_complete=n_lowconf > 0 and len(sets.lowconf) >= n_lowconf,
-        low_conf_labeled=len(sets.lowconf),
-        need=assessment.need(cfg.primary_target) if assessment else None,
-        coslow=coslow,
-        finetuned={b: s for b, s in measured.items() if b > 0},
-        zero_shot=assessment.zero_shot if assessment else None,
-        ceiling=assessment.ceiling if assessment else None,
-    )
-
-
-def policy_settings(cfg: ProjectConfig, n_lowconf: int) -> PolicySettings:
-    return PolicySettings(targets=cfg.targets, primary_target=cfg.primary_target, label_cap=cfg.label_cap,
-                          batch_size_min=cfg.batch_min, batch_size_max=cfg.batch_max,
-                          low_conf_batch_size=max(n_lowconf, 1), budget_grid=cfg.budgets)
-
-
 @task(name="request-labels", persist_result=False, **RETRY)
-def request_next(svc: Services, decision: Decision, sets: LabeledSets, roles: dict, labeled_ids: set[str]) -> list[str]:
-    """Put the next items at the top of the annotators' queue; returns the ids requested.
-
-    Order: missing low-confidence items, then missing eval items, then a seeded random draw of
-    pool items (the learning curve is measured on random subsets).
-    """
-    cfg = svc.config
-    n = decision.n_labels
-    if decision.action != "request_labels" or n <= 0:
+def request_next(svc: Services, decision: Decision, roles: dict, labeled_ids: set[str]) -> list[str]:
+    """Put the next items at the top of the annotators' queue (order: :func:`dataeff.step.plan_request`)."""
+    if decision.action != "request_labels" or decision.n_labels <= 0:
         return []
-    missing_low = [i for i in roles.get(ROLE_LOWCONF, []) if i not in labeled_ids]
-    missing_eval = [i for i in roles.get(ROLE_EVAL, []) if i not in labeled_ids]
-    reserved = set(roles.get(ROLE_LOWCONF, [])) | set(roles.get(ROLE_EVAL, []))
     records = svc.ls.tasks(svc.project_id)
-    pool = [r.dataeff_id for r in records if r.dataeff_id not in labeled_ids and r.dataeff_id not in reserved]
-    wanted = missing_low + missing_eval
-    wanted += next_batch(pool, max(n - len(wanted), 0) if not missing_low else 0, seed=cfg.seed)
-    # Priorities above everything requested before: base grows with the labeled count.
-    svc.ls.request_labels(svc.project_id, wanted, priority_base=1000 + 10 * len(labeled_ids) + len(wanted))
-    return wanted
+    plan = plan_request(decision, roles.get(ROLE_LOWCONF, []), roles.get(ROLE_EVAL, []),
+                        [r.dataeff_id for r in records], labeled_ids, seed=svc.config.seed)
+    svc.ls.request_labels(svc.project_id, plan.ids, priority_base=plan.priority_base)
+    return plan.ids
 
 
 def run_iteration(svc: Services) -> dict:
@@ -177,12 +144,17 @@ def run_iteration(svc: Services) -> dict:
         done[budget] = res["score"]
         finetuned_now.append(budget)
 
-    coslow_res, assessment, estimate_logged = None, None, False
+    coslow_res, estimate_logged = None, False
     if n_lowconf and len(sets.lowconf) >= n_lowconf:
         coslow_res = estimate(svc, sets)
-        calibration = get_calibration(cfg.calibration)
-        assessment = assess(coslow_res["coslow"], calibration, done, n_eval=n_eval or None, targets=cfg.targets,
-                            max_budget=cfg.max_budget, human_score=cfg.human_score)
+    settings = settings_for(cfg, n_lowconf)
+    outcome = step(
+        StepInputs(labeled=len(sets.train), lowconf_total=n_lowconf, lowconf_labeled=len(sets.lowconf),
+                   coslow=coslow_res["coslow"] if coslow_res else None, measured=done, n_eval=n_eval or None,
+                   human_score=cfg.human_score),
+        get_calibration(cfg.calibration) if coslow_res else None, settings)
+    assessment, decision = outcome.assessment, outcome.decision
+    if assessment is not None:
         figure = plot_curve(assessment.posterior or assessment.prediction, measured=done, targets=cfg.targets,
                             title=f"{cfg.name}: predicted vs measured ({assessment.source})",
                             s0=assessment.zero_shot, h=assessment.ceiling)
@@ -190,8 +162,6 @@ def run_iteration(svc: Services) -> dict:
         if estimate_logged or finetuned_now:
             svc.tracker.update_comparison(cfg.name, figure, _comparison_rows(assessment, cfg))
 
-    coslow = coslow_res["coslow"] if coslow_res else None
-    decision = decide(_state(cfg, sets, roles, coslow, assessment), policy_settings(cfg, n_lowconf))
     iteration_key = label_set_hash(pulled.examples) + "-" + "-".join(map(str, sorted(done)))
     summary = {
         "project": cfg.name,
@@ -204,13 +174,15 @@ def run_iteration(svc: Services) -> dict:
         "errors": [asdict(e) for e in pulled.errors],
         "coslow": coslow_res,
         "assessment": assessment.as_dict() if assessment else None,
+        "p_within_cap": outcome.state.p_within_cap,
+        "calibration": cfg.calibration,
         "measured": {str(b): s for b, s in sorted(done.items())},
         "finetuned_now": finetuned_now,
         "decision": decision.as_dict(),
     }
     decision_run = svc.tracker.log_decision(cfg.name, iteration_key, {**decision.as_dict(), "summary": summary},
                                             model=cfg.model)
-    requested = request_next(svc, decision, sets, roles, labeled_ids)
+    requested = request_next(svc, decision, roles, labeled_ids)
     if svc.ls.get_status(svc.project_id) != decision.status_text:
         svc.ls.set_status(svc.project_id, decision.status_text)
     if pulled.cursor.to_dict() != stored_cursor:

@@ -63,54 +63,66 @@ def test_stop_when_cap_reached_or_need_beyond_cap():
         PolicySettings(label_cap=1000),
     )
     assert (d.action, d.rule) == ("stop", "cap_reached")
-    checked = {50: 0.4}
-    d = decide(_state(labeled_count=60, finetuned=checked, need=LabelsNeeded(0.9, 4000.0, 2000.0, 5000.0)),
+    beyond = LabelsNeeded(0.9, 4000.0, 2000.0, 5000.0)
+    # beyond the cap with little chance, measured across >= 80% of the log axis up to the cap: stop
+    covered = {50: 0.4, 100: 0.4, 200: 0.4, 500: 0.4}  # log2(500) / log2(2000) = 0.82
+    d = decide(_state(labeled_count=500, finetuned=covered, need=beyond, p_within_cap=0.04),
                PolicySettings(label_cap=2000))
     assert (d.action, d.rule) == ("stop", "beyond_cap")
-    assert "4,000" in d.reason and "2,000" in d.reason
-    d = decide(_state(labeled_count=60, finetuned=checked, need=LabelsNeeded(0.9, math.inf, 3000.0, math.inf, p_never=0.7)))
-    assert (d.action, d.rule) == ("stop", "beyond_cap") and "70%" in d.reason
-    # the prior alone, with an interval that reaches below the cap: measure first instead of stopping
-    d = decide(_state(need=LabelsNeeded(0.9, 4000.0, 1500.0, 5000.0)), PolicySettings(label_cap=2000))
+    assert "4,000" in d.reason and "2,000" in d.reason and "4%" in d.reason
+    # the same with thin evidence (measured up to 100 of a 2,000 cap): keep measuring
+    thin = {50: 0.4, 100: 0.4}
+    d = decide(_state(labeled_count=100, finetuned=thin, need=beyond, p_within_cap=0.04), PolicySettings(label_cap=2000))
     assert d.action == "request_labels"
-    # ... but even the prior alone stops when its optimistic end is beyond the cap
-    d = decide(_state(need=LabelsNeeded(0.9, 4000.0, 2500.0, 5000.0)), PolicySettings(label_cap=2000))
-    assert (d.action, d.rule) == ("stop", "beyond_cap")
+    # covered but still a real chance within the cap: keep labeling
+    d = decide(_state(labeled_count=500, finetuned=covered, need=beyond, p_within_cap=0.25),
+               PolicySettings(label_cap=2000))
+    assert d.action == "request_labels"
+    # the prior alone never stops labeling, however far beyond the cap it points
+    d = decide(_state(need=LabelsNeeded(0.9, 4000.0, 2500.0, 5000.0), p_within_cap=0.0), PolicySettings(label_cap=2000))
+    assert d.action == "request_labels"
+    # the pre-replay rule stopped after one fine-tune and even on the prior alone
+    legacy = PolicySettings.legacy(label_cap=2000)
+    assert decide(_state(labeled_count=60, finetuned={50: 0.4}, need=beyond), legacy).rule == "beyond_cap"
 
 
 def test_request_more_sizes():
-    # need 1030 - 32 = 998 -> capped at batch_size_max 500
+    # the next grid budget drives: 50 - 32 = 18
     d = decide(_state())
-    assert (d.action, d.n_labels, d.rule) == ("request_labels", 500, "request_more")
+    assert (d.action, d.n_labels, d.rule) == ("request_labels", 18, "request_more")
     assert (
         d.status_text == "CoS-Low 0.47 -> about 1,000 more labels for 90% of the achievable gain (interval 570-2,070)"
     )
-    # need already covered: the next grid budget (100) drives, floored at batch_size_min
-    d = decide(_state(labeled_count=60, finetuned={50: 0.5}, need=LabelsNeeded(0.9, 40.0, 30.0, 80.0)))
-    assert d.n_labels == 50
     d = decide(
         _state(labeled_count=210, finetuned={50: 0.5, 100: 0.5, 200: 0.5}, need=LabelsNeeded(0.9, 300.0, 250.0, 400.0))
     )
     assert d.n_labels == 290  # 500 - 210 to the next budget
-    # never past the cap
-    d = decide(_state(labeled_count=210, finetuned={50: 0.5, 100: 0.5, 200: 0.5}), PolicySettings(label_cap=1100))
-    assert d.n_labels == 500
+    # grid budgets above the cap do not count; past the last one, toward the need within the batch bounds
+    d = decide(_state(labeled_count=510, finetuned={50: 0.5, 100: 0.5, 200: 0.5, 500: 0.5}, p_within_cap=0.5),
+               PolicySettings(label_cap=900))
+    assert d.n_labels == 390  # need 1030 - 510 = 520, but never past the cap of 900
     d = decide(
         _state(labeled_count=1010, finetuned={50: 0.5, 100: 0.5, 200: 0.5, 500: 0.5, 1000: 0.5}),
         PolicySettings(label_cap=1050),
     )
     assert d.n_labels == 40
+    # the pre-replay sizing: max(batch min, to next budget, to the need), capped by batch max
+    assert decide(_state(), PolicySettings.legacy()).n_labels == 500
 
 
 def test_with_real_prediction_and_posterior():
     pred = predict(0.65, 0.54, 0.31, auc_interval=(0.55, 0.77))
     d = decide(_state(need=pred.need(0.9), coslow=pred.coslow))
     assert d.action == "request_labels" and d.status_text.startswith("CoS-Low 0.65 -> about 1,000 more labels")
-    post = fit_posterior(0.2, 0.05, 0.3, [(50, 0.31, 500), (100, 0.31, 500)], human_score=0.9)
+    post = fit_posterior(0.2, 0.05, 0.3, [(50, 0.31, 500), (100, 0.31, 500), (500, 0.31, 500), (1000, 0.32, 500)],
+                         human_score=0.9)
+    p_in = float(post.weights[post.labels_grid(0.9) <= 3000].sum())
     d = decide(
-        _state(labeled_count=120, need=post.need(0.9), finetuned={50: 0.31, 100: 0.31}), PolicySettings(label_cap=3000)
+        _state(labeled_count=1000, need=post.need(0.9), finetuned={50: 0.31, 100: 0.31, 200: 0.31, 500: 0.31, 1000: 0.32},
+               p_within_cap=p_in),
+        PolicySettings(label_cap=3000),
     )
-    assert d.action == "stop" and d.rule == "beyond_cap"
+    assert p_in < 0.1 and d.action == "stop" and d.rule == "beyond_cap"
 
 
 def test_settings_validation_and_rounding():
