@@ -54,7 +54,7 @@ def methods(cap: int, grid=BUDGET_GRID) -> dict[str, StepSettings]:
     """The product after this study (``dataeff``) and before it (``dataeff_before``)."""
     return {
         "dataeff": StepSettings(policy=PolicySettings(primary_target=0.8, label_cap=cap, budget_grid=grid)),
-        "dataeff_before": StepSettings(curve_model="xp",
+        "dataeff_before": StepSettings(curve_model="xp", reached_ceiling_quantile=0.5,
                                        policy=PolicySettings.legacy(primary_target=0.8, label_cap=cap,
                                                                     budget_grid=grid)),
     }
