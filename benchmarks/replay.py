@@ -158,12 +158,15 @@ def summarize(results: list[dict], prior: str = "coslow") -> dict:
             continue
         entry = {"labels": stage, "n": len(at),
                  "median_abs_log2_error": {m: _median(r["errors"].get(m) for r in at) for m in names},
-                 "coverage_80": {m: round(float(np.mean([r["covered"][m] for r in at])), 3)
-                                 for m in names if m in at[0]["covered"]},
+                 "coverage_80_by_method": {m: round(float(np.mean([r["covered"][m] for r in at])), 3)
+                                           for m in names if m in at[0]["covered"]},
                  "by_target": {str(t): {m: _median(r["errors"].get(m) for r in at if r["target"] == t) for m in names}
                                for t in TARGETS}}
+        entry["coverage_80"] = entry["coverage_80_by_method"].get("dataeff")
         stages.append(entry)
-    return {"prior": prior, "stages": stages, "policy": summarize_policy(results)}
+    by_method = summarize_policy(results)
+    headline = next((v for k, v in by_method.items() if k.startswith("dataeff@")), {})
+    return {"prior": prior, "stages": stages, "policy": {**headline, "by_method": by_method}}
 
 
 def summarize_policy(results: list[dict]) -> dict:
@@ -210,7 +213,7 @@ def to_markdown(summary: dict, trivial: dict | None, demo: dict, command: str, s
                       "|---|" + "---|" * (len(names) + 2)])
         for e in s["stages"]:
             errs = [e["median_abs_log2_error"].get(n) for n in names]
-            cov = e["coverage_80"]
+            cov = e["coverage_80_by_method"]
             lines.append(f"| {e['labels']} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in errs)
                          + f" | {cov.get('dataeff_before', 0):.0%} | {cov.get('dataeff', 0):.0%} |")
         lines.append("")
@@ -222,7 +225,7 @@ def to_markdown(summary: dict, trivial: dict | None, demo: dict, command: str, s
                   "| method @ cap | replays | reachable | stopped too early | missed | overshoot | labels vs oracle "
                   "(median) | declared reached but not | labels spent when unreachable | unreachable: stopped |",
                   "|---|---|---|---|---|---|---|---|---|---|"])
-    for k, p in summary["policy"].items():
+    for k, p in summary["policy"]["by_method"].items():
         def f(v, pct=True):
             return "–" if v is None else (f"{v:.1%}" if pct else f"{v:g}")
         lines.append(f"| {k} | {p['replays']} | {p['reachable']} | {f(p['stopped_too_early'])} | {f(p['missed'])} | "

@@ -56,9 +56,9 @@ def test_replay_benchmark_writes_the_issue_shape(tmp_path):
     report = json.loads(out.read_text())
     stage = next(s for s in report["stages"] if s["labels"] == 100)
     assert set(stage["median_abs_log2_error"]) >= {"prior", "curve_fit", "dataeff"}
-    assert 0.0 <= stage["coverage_80"]["dataeff"] <= 1.0
-    pol = report["policy"]["dataeff@1000"]
-    assert {"stopped_too_early", "overshoot", "labels_vs_oracle"} <= set(pol)
+    assert 0.0 <= stage["coverage_80"] <= 1.0 and "prior" in stage["coverage_80_by_method"]
+    assert {"stopped_too_early", "overshoot", "labels_vs_oracle"} <= set(report["policy"])
+    assert {"dataeff@1000", "dataeff_before@1000"} <= set(report["policy"]["by_method"])
     assert "| labels seen |" in md.read_text()
     # a re-run resumes from the cache: same numbers, nothing recomputed
     lines = (tmp_path / "cache.jsonl").read_text().count("\n")

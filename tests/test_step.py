@@ -52,10 +52,14 @@ def test_flat_curve_measured_across_the_axis_stops_beyond_the_cap():
 
 
 def test_target_reached_needs_the_measurement_and_the_posterior():
-    rising = {0: 0.2, 50: 0.6, 100: 0.75, 200: 0.8}
-    out = step(StepInputs(labeled=200, coslow=0.6, measured=rising, n_eval=500, human_score=0.82), CAL, _settings())
-    assert out.decision.rule == "target_reached" and out.decision.budget in (100, 200)
-    assert out.state.p_reached[out.decision.budget] >= 0.3
+    rising = {0: 0.2, 50: 0.7, 100: 0.85, 200: 0.9}
+    out = step(StepInputs(labeled=200, coslow=0.6, measured=rising, n_eval=500, human_score=0.9), CAL, _settings())
+    assert out.decision.rule == "target_reached" and out.decision.budget == 100
+    assert out.state.p_reached[100] >= 0.3 and out.state.p_reached[50] < 0.3
+    # judged against the 90% upper ceiling: a plateau at 0.81 does not prove that 0.82 is the top
+    plateau = {0: 0.2, 50: 0.6, 100: 0.75, 200: 0.8}
+    out = step(StepInputs(labeled=200, coslow=0.6, measured=plateau, n_eval=500, human_score=0.82), CAL, _settings())
+    assert out.decision.rule == "request_more" and out.state.ceiling > out.assessment.ceiling
     # one lucky point after a flat start: measured share >= 0.8 but the posterior disagrees
     lucky = {0: 0.2, 50: 0.2, 100: 0.21, 200: 0.7}
     out = step(StepInputs(labeled=200, coslow=0.3, measured=lucky, n_eval=60, human_score=0.75), CAL,
