@@ -253,7 +253,8 @@ def demo_replay(draws: int, workers: int, cache: Path | None) -> dict:
         ps = [q for q in res["policy"] if f"{q['method']}@{q['cap']}" == k]
         out[k] = {**p, "labels_median": _median(q["spent"] for q in ps), "oracle": ps[0]["oracle"],
                   "rules": {r: sum(q["rule"] == r for q in ps) for r in sorted({q["rule"] for q in ps})}}
-    return {"truth": {b: round(s, 3) for b, s in zip(curve.budgets, curve.scores)}, "draws": draws, "policy": out}
+    return {"truth": {int(b): round(float(s), 3) for b, s in zip(curve.budgets, curve.scores)}, "draws": draws,
+            "policy": out}
 
 
 def main(argv=None) -> int:

@@ -32,7 +32,7 @@ class StepSettings:
         max_budget: N, the learning curve's cut-off.
         level: coverage of reported intervals.
         reached_ceiling_quantile: "target reached" is judged against this quantile of the
-            posterior ceiling (0.9: a ceiling the posterior finds 90% likely not to exceed). Without
+            posterior ceiling (0.8: a ceiling the posterior finds 80% likely not to exceed). Without
             a human score the ceiling is barely identified before the curve bends, and its median
             follows the prior's shape: on the demo it put half the gain at 0.22 accuracy after 100
             labels of a curve that reaches 0.78. 0.5 = the median (the pre-replay judgement).
@@ -43,7 +43,7 @@ class StepSettings:
     seed_noise: float = DEFAULT_SEED_NOISE
     max_budget: int = MAX_BUDGET
     level: float = 0.8
-    reached_ceiling_quantile: float = 0.9
+    reached_ceiling_quantile: float = 0.8
 
 
 @dataclass(frozen=True)
