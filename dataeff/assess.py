@@ -42,7 +42,8 @@ class Assessment:
         posterior: the curve posterior, or ``None`` before the zero-shot score is measured.
         needs: labels needed per target (posterior when available, else the prediction).
         zero_shot: measured zero-shot score, if any.
-        ceiling: the ceiling assumed (human score, else the posterior's median ``h``), if any.
+        ceiling: the ceiling assumed: the posterior median of ``h = max(human score, top)`` (the
+            human score alone before the zero-shot is measured), if any.
         measured: ``{labels: score}`` of the fine-tunes (zero-shot included).
     """
 

@@ -173,12 +173,10 @@ def run_iteration(svc: Services) -> dict:
         "deleted": len(pulled.deleted_ids),
         "errors": [asdict(e) for e in pulled.errors],
         "coslow": coslow_res,
-        "assessment": assessment.as_dict() if assessment else None,
-        "p_within_cap": outcome.state.p_within_cap,
         "calibration": cfg.calibration,
         "measured": {str(b): s for b, s in sorted(done.items())},
         "finetuned_now": finetuned_now,
-        "decision": decision.as_dict(),
+        **outcome.summary(),  # assessment, p_within_cap, label_cap, curve_model, decision
     }
     decision_run = svc.tracker.log_decision(cfg.name, iteration_key, {**decision.as_dict(), "summary": summary},
                                             model=cfg.model)
