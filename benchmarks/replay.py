@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from dataeff.efficiency import AUC_CLIP, BUDGET_GRID
 from dataeff.policy import PolicySettings
 from dataeff.replay import (
     PAPER_PRIOR_SD,
+    PolicyResult,
     STAGES,
     TARGETS,
     Curve,
@@ -61,8 +63,6 @@ def methods(cap: int, grid=BUDGET_GRID) -> dict[str, StepSettings]:
 
 
 def _with_target(st: StepSettings, target: float) -> StepSettings:
-    from dataclasses import replace
-
     return replace(st, policy=replace(st.policy, primary_target=target))
 
 
@@ -106,9 +106,7 @@ def run_curve(job: dict) -> dict:
                 for name, st in methods(cap, grid).items():
                     for t in job["policy_targets"]:
                         res = replay_policy(curve, observed, mu, sd, t, _with_target(st, t), noise.n_eval)
-                        policy.append({"method": name, "cap": cap, "target": t, "draw": draw, "spent": res.spent,
-                                       "rule": res.rule, "oracle": res.oracle, "measured": list(res.measured),
-                                       "reached_true_share": res.reached_true_share})
+                        policy.append({"method": name, "cap": cap, "draw": draw, **asdict(res)})
     return {"curve": curve.name, "auc": curve.auc, "estimation": rows, "policy": policy}
 
 
@@ -169,29 +167,35 @@ def summarize(results: list[dict], prior: str = "coslow") -> dict:
     return {"prior": prior, "stages": stages, "policy": {**headline, "by_method": by_method}}
 
 
+def _as_result(p: dict) -> PolicyResult:
+    """A cached policy record back as a :class:`PolicyResult` (its properties define the metrics)."""
+    return PolicyResult(**{f.name: p[f.name] for f in fields(PolicyResult)})
+
+
+def _share(flags: list[bool]) -> float | None:
+    return round(float(np.mean(flags)), 3) if flags else None
+
+
 def summarize_policy(results: list[dict]) -> dict:
     pol = [p for res in results for p in res["policy"]]
     out = {}
     for name in sorted({p["method"] for p in pol}):
         for cap in sorted({p["cap"] for p in pol}):
-            ps = [p for p in pol if p["method"] == name and p["cap"] == cap]
+            ps = [_as_result(p) for p in pol if p["method"] == name and p["cap"] == cap]
             if not ps:
                 continue
-            reach = [p for p in ps if p["oracle"] is not None]
-            unreach = [p for p in ps if p["oracle"] is None]
-            declared = [p for p in ps if p["rule"] == "target_reached"]
+            reach = [p for p in ps if p.reachable]
+            unreach = [p for p in ps if not p.reachable]
             out[f"{name}@{cap}"] = {
                 "replays": len(ps),
                 "reachable": len(reach),
-                "stopped_too_early": round(float(np.mean([p["rule"] == "beyond_cap" for p in reach])), 3) if reach else None,
-                "missed": round(float(np.mean([p["rule"] != "target_reached" for p in reach])), 3) if reach else None,
-                "overshoot": round(float(np.mean([p["spent"] > p["oracle"] for p in reach])), 3) if reach else None,
-                "labels_vs_oracle": _median(p["spent"] / p["oracle"] for p in reach),
-                "false_reached": round(float(np.mean([(p["reached_true_share"] or 0) < p["target"] - 1e-9
-                                                      for p in declared])), 3) if declared else None,
-                "unreachable_labels_mean": round(float(np.mean([p["spent"] for p in unreach])), 1) if unreach else None,
-                "unreachable_stopped_beyond_cap": round(float(np.mean([p["rule"] == "beyond_cap" for p in unreach])), 3)
-                if unreach else None,
+                "stopped_too_early": _share([p.stopped_too_early for p in reach]),
+                "missed": _share([p.missed for p in reach]),
+                "overshoot": _share([p.overshoot for p in reach]),
+                "labels_vs_oracle": _median(p.spent / p.oracle for p in reach),
+                "false_reached": _share([p.false_reached for p in ps if p.rule == "target_reached"]),
+                "unreachable_labels_mean": round(float(np.mean([p.spent for p in unreach])), 1) if unreach else None,
+                "unreachable_stopped_beyond_cap": _share([p.rule == "beyond_cap" for p in unreach]),
             }
     return out
 

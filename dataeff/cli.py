@@ -289,6 +289,13 @@ def cmd_bench(args) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    """``--coef C I`` or ``--calibration NAME|FILE`` (read by :func:`_calibration_from_args`)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I")
+    g.add_argument("--calibration", default="llama-3.1-8b-instruct", help="built-in calibration name or a calibration JSON file")
+
+
 def _model_args(p: argparse.ArgumentParser, chat_default: bool) -> None:
     p.add_argument("--model", default="smollm2",
                    help="'smollm2' (offline SmolLM2-135M-Instruct), a local model folder, a .gguf file or a hub id (default: smollm2)")
@@ -381,9 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("predict", cmd_predict, "predicted AUC, curve and labels needed per target from a CoS-Low value")
     p.add_argument("--coslow", type=float, required=True, help="measured CoS-Low")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I")
-    g.add_argument("--calibration", default="llama-3.1-8b-instruct", help="built-in calibration name or a calibration JSON file")
+    _calibration_args(p)
     p.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets (share of the way from zero-shot to ceiling)")
     p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
     p.add_argument("--level", type=float, default=0.8, help="prediction interval level")
@@ -396,9 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(request_labels | finetune | stop) with its reason, P(target within the cap) and the ceiling assumed. "
                    "The same step the annotation loop runs (dataeff.step.step).")
     p.add_argument("--coslow", type=float, required=True, help="measured CoS-Low of the 32 low-confidence examples")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I")
-    g.add_argument("--calibration", default="llama-3.1-8b-instruct", help="built-in calibration name or a calibration JSON file")
+    _calibration_args(p)
     p.add_argument("--measured", nargs="+", metavar="LABELS:SCORE", default=None,
                    help="fine-tune scores on the eval split, 0 = zero-shot, e.g. 0:0.117 50:0.133 100:0.183")
     p.add_argument("--n-eval", type=int, default=None, help="eval-split size (sets each score's binomial noise; default 200)")

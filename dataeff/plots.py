@@ -17,8 +17,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from dataeff.efficiency import BUDGET_GRID, Prediction, absolute_score, normalized_log_size, predicted_curve
 from dataeff.errors import DataError
-from dataeff.posterior import CurvePosterior
-from dataeff.posterior_flex import FlexPosterior
+from dataeff.posterior import CurvePosterior, GridPosterior
 
 
 def _plot_x(n: np.ndarray) -> np.ndarray:
@@ -59,7 +58,7 @@ def plot_curve(
         The :class:`~matplotlib.figure.Figure` (x: labels on a log scale with 0 at the left,
         ticks at the budget grid).
     """
-    if isinstance(source, (CurvePosterior, FlexPosterior)):
+    if isinstance(source, GridPosterior):
         post = source
         s0 = post.s0 if s0 is None else s0
         h = post.h_summary()["median"] if h is None else h

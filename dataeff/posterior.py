@@ -107,26 +107,15 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     return float(np.interp(qf, mid, v))
 
 
-@dataclass
-class CurvePosterior:
-    """Posterior over ``(AUC, h)`` on a grid. Build it with :func:`fit_posterior`.
+class GridPosterior:
+    """What every grid posterior shares: intervals, labels needed and reach probabilities.
 
-    Attributes:
-        auc_grid: shape ``(A,)``; h_grid: shape ``(H,)``; weights: shape ``(A, H)``, sums to 1.
-        s0: zero-shot score; prior_auc, prior_sd: the prior; observations: the points used;
-        settings: the :class:`PosteriorSettings`; human_score: as given (or ``None``).
+    A subclass holds ``weights`` (any shape, sums to 1) and ``settings`` (with ``level`` and
+    ``max_budget``) and implements ``labels_grid(target, absolute)`` returning labels needed per
+    cell in the shape of ``weights`` (``inf`` = never within ``max_budget``).
     """
 
-    auc_grid: np.ndarray
-    h_grid: np.ndarray
     weights: np.ndarray
-    s0: float
-    prior_auc: float
-    prior_sd: float
-    observations: tuple[Observation, ...]
-    settings: PosteriorSettings
-    human_score: float | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def max_budget(self) -> int:
@@ -140,34 +129,13 @@ class CurvePosterior:
             weighted_quantile(values, weights, 0.5 + level / 2),
         )
 
-    def auc_summary(self, level: float | None = None) -> dict[str, float]:
-        """``{"mean", "median", "lo", "hi"}`` of the posterior AUC (central ``level`` interval)."""
-        w = self.weights.sum(axis=1)
-        med, lo, hi = self._interval(self.auc_grid, w, level)
-        return {"mean": float(np.dot(w, self.auc_grid)), "median": med, "lo": lo, "hi": hi}
-
-    def h_summary(self, level: float | None = None) -> dict[str, float]:
-        """``{"mean", "median", "lo", "hi"}`` of the posterior ceiling ``h``."""
-        w = self.weights.sum(axis=0)
-        med, lo, hi = self._interval(self.h_grid, w, level)
-        return {"mean": float(np.dot(w, self.h_grid)), "median": med, "lo": lo, "hi": hi}
+    def _summary(self, values: np.ndarray, weights: np.ndarray, level: float | None) -> dict[str, float]:
+        """``{"mean", "median", "lo", "hi"}`` of ``values`` under ``weights`` (same shape)."""
+        med, lo, hi = self._interval(values, weights, level)
+        return {"mean": float(np.sum(values * weights)), "median": med, "lo": lo, "hi": hi}
 
     def labels_grid(self, target: float, absolute: bool = False) -> np.ndarray:
-        """Labels needed for ``target`` in every grid cell, shape ``(A, H)`` (``inf`` = never)."""
-        log_n = math.log2(self.max_budget)
-        inv_p = self.auc_grid / (1.0 - self.auc_grid)  # 1 / p
-        if not absolute:
-            if not 0.0 < target <= 1.0:
-                raise DataError(f"normalised target must be in (0, 1], got {target!r}; pass absolute=True for a score")
-            n = 2.0 ** (target**inv_p * log_n)
-            return np.broadcast_to(n[:, None], self.weights.shape)
-        span = self.h_grid - self.s0
-        t = (target - self.s0) / span  # (H,)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x_star = np.clip(t, 0.0, 1.0)[None, :] ** inv_p[:, None]
-            n = 2.0 ** (x_star * log_n)
-        n = np.where(t[None, :] <= 0.0, 0.0, n)
-        return np.where(t[None, :] > 1.0 + 1e-12, np.inf, n)
+        raise NotImplementedError
 
     def labels_needed(self, target: float, absolute: bool = False, level: float | None = None) -> LabelsNeeded:
         """Posterior median and central interval of the labels needed for ``target``.
@@ -189,6 +157,58 @@ class CurvePosterior:
     def need(self, target: float) -> LabelsNeeded:
         """Same as :meth:`labels_needed` for a normalised target (the interface the policy uses)."""
         return self.labels_needed(target)
+
+    def reach_probabilities(self, target: float, budgets: Iterable[float], absolute: bool = False) -> list[float]:
+        """P(``target`` is reached with at most ``n`` labels) for each ``n`` in ``budgets`` (one inversion)."""
+        n = self.labels_grid(float(target), absolute)
+        return [float(self.weights[n <= b].sum()) for b in budgets]
+
+
+@dataclass
+class CurvePosterior(GridPosterior):
+    """Posterior over ``(AUC, h)`` on a grid. Build it with :func:`fit_posterior`.
+
+    Attributes:
+        auc_grid: shape ``(A,)``; h_grid: shape ``(H,)``; weights: shape ``(A, H)``, sums to 1.
+        s0: zero-shot score; prior_auc, prior_sd: the prior; observations: the points used;
+        settings: the :class:`PosteriorSettings`; human_score: as given (or ``None``).
+    """
+
+    auc_grid: np.ndarray
+    h_grid: np.ndarray
+    weights: np.ndarray
+    s0: float
+    prior_auc: float
+    prior_sd: float
+    observations: tuple[Observation, ...]
+    settings: PosteriorSettings
+    human_score: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def auc_summary(self, level: float | None = None) -> dict[str, float]:
+        """``{"mean", "median", "lo", "hi"}`` of the posterior AUC (central ``level`` interval)."""
+        return self._summary(self.auc_grid, self.weights.sum(axis=1), level)
+
+    def h_summary(self, level: float | None = None) -> dict[str, float]:
+        """``{"mean", "median", "lo", "hi"}`` of the posterior ceiling ``h``."""
+        return self._summary(self.h_grid, self.weights.sum(axis=0), level)
+
+    def labels_grid(self, target: float, absolute: bool = False) -> np.ndarray:
+        """Labels needed for ``target`` in every grid cell, shape ``(A, H)`` (``inf`` = never)."""
+        log_n = math.log2(self.max_budget)
+        inv_p = self.auc_grid / (1.0 - self.auc_grid)  # 1 / p
+        if not absolute:
+            if not 0.0 < target <= 1.0:
+                raise DataError(f"normalised target must be in (0, 1], got {target!r}; pass absolute=True for a score")
+            n = 2.0 ** (target**inv_p * log_n)
+            return np.broadcast_to(n[:, None], self.weights.shape)
+        span = self.h_grid - self.s0
+        t = (target - self.s0) / span  # (H,)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_star = np.clip(t, 0.0, 1.0)[None, :] ** inv_p[:, None]
+            n = 2.0 ** (x_star * log_n)
+        n = np.where(t[None, :] <= 0.0, 0.0, n)
+        return np.where(t[None, :] > 1.0 + 1e-12, np.inf, n)
 
     def curve_band(
         self, n: Sequence[float] | np.ndarray, level: float | None = None, normalized: bool = False
@@ -248,6 +268,15 @@ def _as_observations(points, default_n_eval: int) -> tuple[Observation, ...]:
     return tuple(out)
 
 
+def check_prior(prior_auc: float, prior_sd: float, s0: float) -> None:
+    """Raise :class:`DataError` unless the prior and the zero-shot score are finite and ``prior_sd > 0``."""
+    for name, value in (("prior_auc", prior_auc), ("prior_sd", prior_sd), ("s0", s0)):
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            raise DataError(f"{name} must be a finite number, got {value!r}")
+    if not prior_sd > 0:
+        raise DataError(f"prior_sd must be > 0, got {prior_sd}")
+
+
 def fit_posterior(
     prior_auc: float,
     prior_sd: float,
@@ -276,11 +305,7 @@ def fit_posterior(
         DataError: for non-finite or out-of-range inputs, or points that leave no posterior mass.
     """
     st = settings or PosteriorSettings()
-    for name, value in (("prior_auc", prior_auc), ("prior_sd", prior_sd), ("s0", s0)):
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            raise DataError(f"{name} must be a finite number, got {value!r}")
-    if not prior_sd > 0:
-        raise DataError(f"prior_sd must be > 0, got {prior_sd}")
+    check_prior(prior_auc, prior_sd, s0)
     if not s0 < st.score_max:
         raise DataError(f"zero-shot score s0={s0} must be below score_max={st.score_max}")
     obs = _as_observations(points, st.default_n_eval)

@@ -42,9 +42,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy.special import betainc, betaincinv, logsumexp
 
-from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, LabelsNeeded, normalized_log_size, target_key
+from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, normalized_log_size, target_key
 from dataeff.errors import DataError
-from dataeff.posterior import Observation, _as_observations, weighted_quantile
+from dataeff.posterior import GridPosterior, Observation, _as_observations, check_prior
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class FlexSettings:
 
 
 @dataclass
-class FlexPosterior:
+class FlexPosterior(GridPosterior):
     """Posterior over ``(a, beta, top)`` on a grid. Build it with :func:`fit_flex_posterior`.
 
     Attributes:
@@ -121,10 +121,6 @@ class FlexPosterior:
 
     # ------------------------------------------------------------------ derived grids
     @property
-    def max_budget(self) -> int:
-        return self.settings.max_budget
-
-    @property
     def alpha(self) -> np.ndarray:
         """``alpha`` per ``(a, beta)`` cell, shape ``(A, B)``."""
         return self.beta_grid[None, :] * (1.0 - self.a_grid[:, None]) / self.a_grid[:, None]
@@ -141,32 +137,18 @@ class FlexPosterior:
         ratio = (self.top_grid - self.s0) / (self.ceiling_grid - self.s0)
         return self.a_grid[:, None, None] * ratio[None, None, :]
 
-    def _interval(self, values: np.ndarray, weights: np.ndarray, level: float | None) -> tuple[float, float, float]:
-        level = self.settings.level if level is None else level
-        return (
-            weighted_quantile(values, weights, 0.5),
-            weighted_quantile(values, weights, 0.5 - level / 2),
-            weighted_quantile(values, weights, 0.5 + level / 2),
-        )
-
     # ------------------------------------------------------------------ summaries
     def auc_summary(self, level: float | None = None) -> dict[str, float]:
         """``{"mean", "median", "lo", "hi"}`` of the task's AUC (the paper's definition)."""
-        vals = np.broadcast_to(self.task_auc_grid(), self.weights.shape)
-        med, lo, hi = self._interval(vals, self.weights, level)
-        return {"mean": float(np.sum(vals * self.weights)), "median": med, "lo": lo, "hi": hi}
+        return self._summary(np.broadcast_to(self.task_auc_grid(), self.weights.shape), self.weights, level)
 
     def h_summary(self, level: float | None = None) -> dict[str, float]:
         """``{"mean", "median", "lo", "hi"}`` of the ceiling ``h = max(human, top)``."""
-        w = self.weights.sum(axis=(0, 1))
-        med, lo, hi = self._interval(self.ceiling_grid, w, level)
-        return {"mean": float(np.dot(w, self.ceiling_grid)), "median": med, "lo": lo, "hi": hi}
+        return self._summary(self.ceiling_grid, self.weights.sum(axis=(0, 1)), level)
 
     def top_summary(self, level: float | None = None) -> dict[str, float]:
         """``{"mean", "median", "lo", "hi"}`` of the score the curve reaches at ``N``."""
-        w = self.weights.sum(axis=(0, 1))
-        med, lo, hi = self._interval(self.top_grid, w, level)
-        return {"mean": float(np.dot(w, self.top_grid)), "median": med, "lo": lo, "hi": hi}
+        return self._summary(self.top_grid, self.weights.sum(axis=(0, 1)), level)
 
     def labels_grid(self, target: float, absolute: bool = False) -> np.ndarray:
         """Labels needed for ``target`` in every cell, shape ``(A, B, T)`` (``inf`` = never within N)."""
@@ -193,26 +175,6 @@ class FlexPosterior:
                 n = 2.0 ** (x_star * log_n)
             out[:, :, inv == k] = n[:, :, None]
         return out
-
-    def labels_needed(self, target: float, absolute: bool = False, level: float | None = None) -> LabelsNeeded:
-        """Posterior median and central interval of the labels needed for ``target``.
-
-        Returns:
-            :class:`LabelsNeeded` (``inf`` = never within ``max_budget``) with ``p_never``.
-        """
-        n = self.labels_grid(target, absolute)
-        med, lo, hi = self._interval(n, self.weights, level)
-        p_never = float(self.weights[np.isinf(n)].sum())
-        return LabelsNeeded(target=float(target), median=med, lo=lo, hi=hi, p_never=p_never, absolute=absolute)
-
-    def need(self, target: float) -> LabelsNeeded:
-        """Same as :meth:`labels_needed` for a normalised target (the interface the policy uses)."""
-        return self.labels_needed(target)
-
-    def p_reached_by(self, target: float, n: float, absolute: bool = False) -> float:
-        """Posterior probability that ``target`` is reached with at most ``n`` labels."""
-        grid = self.labels_grid(target, absolute)
-        return float(self.weights[grid <= n].sum())
 
     def _shape_at(self, n: Sequence[float] | np.ndarray) -> np.ndarray:
         x = np.minimum(np.atleast_1d(normalized_log_size(np.asarray(n, dtype=float), self.max_budget)), 1.0)
@@ -287,11 +249,7 @@ def fit_flex_posterior(
         DataError: for non-finite or out-of-range inputs.
     """
     st = settings or FlexSettings()
-    for name, value in (("prior_auc", prior_auc), ("prior_sd", prior_sd), ("s0", s0)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
-            raise DataError(f"{name} must be a finite number, got {value!r}")
-    if not prior_sd > 0:
-        raise DataError(f"prior_sd must be > 0, got {prior_sd}")
+    check_prior(prior_auc, prior_sd, s0)
     if not 0.0 <= s0 < st.score_max:
         raise DataError(f"zero-shot score s0={s0} must be in [0, score_max={st.score_max})")
     human = None

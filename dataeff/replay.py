@@ -166,20 +166,19 @@ def identity_calibration(prior_sd: float) -> Calibration:
                        source="replay: AUC' fed as CoS-Low")
 
 
+def _clip(labels: float) -> float:
+    """A label count clipped into ``[ERROR_FLOOR, ERROR_CEIL]`` ("never" = ``ERROR_CEIL``)."""
+    return min(max(labels if math.isfinite(labels) else ERROR_CEIL, ERROR_FLOOR), ERROR_CEIL)
+
+
 def log2_error(predicted: float, true: float) -> float:
     """``|log2(predicted / true)|`` with both clipped into ``[ERROR_FLOOR, ERROR_CEIL]``."""
-    def clip(v: float) -> float:
-        return min(max(v if math.isfinite(v) else ERROR_CEIL, ERROR_FLOOR), ERROR_CEIL)
-
-    return abs(math.log2(clip(predicted) / clip(true)))
+    return abs(math.log2(_clip(predicted) / _clip(true)))
 
 
 def covers(lo: float, hi: float, true: float) -> bool:
     """Whether the interval ``[lo, hi]`` (clipped like :func:`log2_error`) holds the true crossing."""
-    def clip(v: float) -> float:
-        return min(max(v if math.isfinite(v) else ERROR_CEIL, ERROR_FLOOR), ERROR_CEIL)
-
-    return clip(lo) - 1e-9 <= clip(true) <= clip(hi) + 1e-9
+    return _clip(lo) - 1e-9 <= _clip(true) <= _clip(hi) + 1e-9
 
 
 def curve_fit_need(observed: Mapping[int, float], target: float, human: float | None) -> float | None:
@@ -254,6 +253,7 @@ class PolicyResult:
         oracle: the first grid budget within the cap whose true share reaches the target (``None``: none).
         reached_true_share: the true share at the budget where the loop declared the target reached.
         measured: budgets fine-tuned on the way.
+        target: the primary target the loop labeled for (normalised share).
     """
 
     spent: int
@@ -261,6 +261,7 @@ class PolicyResult:
     oracle: int | None
     reached_true_share: float | None
     measured: tuple[int, ...]
+    target: float
 
     @property
     def reachable(self) -> bool:
@@ -280,6 +281,11 @@ class PolicyResult:
     def overshoot(self) -> bool:
         """Kept labeling past the first grid budget that truly reached the target."""
         return self.reachable and self.spent > self.oracle
+
+    @property
+    def false_reached(self) -> bool:
+        """Declared the target reached at a budget whose true share is below it."""
+        return self.rule == "target_reached" and (self.reached_true_share or 0.0) < self.target - 1e-9
 
 
 def replay_policy(curve: Curve, observed: Mapping[int, float], prior_auc: float, prior_sd: float, target: float,
@@ -312,7 +318,7 @@ def replay_policy(curve: Curve, observed: Mapping[int, float], prior_auc: float,
     if d.rule == "target_reached":
         reached_share = curve.share_at(d.budget)
     return PolicyResult(labeled, d.rule, curve.oracle_budget(target, grid, pol.label_cap), reached_share,
-                        tuple(sorted(b for b in measured if b > 0)))
+                        tuple(sorted(b for b in measured if b > 0)), target)
 
 
 __all__ = ["Curve", "NoiseModel", "PolicyResult", "STAGES", "TARGETS", "covers", "curve_fit_need",

@@ -100,14 +100,6 @@ class StepOutcome:
         }
 
 
-def p_within(assessment: Assessment, target: float, cap: int, absolute: bool = False) -> float | None:
-    """Posterior probability that ``target`` is reached with at most ``cap`` labels (``None`` without a posterior)."""
-    post = assessment.posterior
-    if post is None:
-        return None
-    return float(post.weights[post.labels_grid(target, absolute) <= cap].sum())
-
-
 def step(inputs: StepInputs, calibration: Calibration | None, settings: StepSettings | None = None) -> StepOutcome:
     """Assess the curve and decide what the loop does next.
 
@@ -133,9 +125,10 @@ def step(inputs: StepInputs, calibration: Calibration | None, settings: StepSett
                             curve_model=st.curve_model, seed_noise=st.seed_noise)
         post = assessment.posterior
         if post is not None:
-            grid = post.labels_grid(pol.primary_target, pol.absolute_target)  # one inversion for every question
-            p_in = float(post.weights[grid <= pol.label_cap].sum())
-            p_reached = {int(b): float(post.weights[grid <= b].sum()) for b in inputs.measured if b > 0}
+            budgets = [int(b) for b in inputs.measured if b > 0]
+            p_in, *p_budgets = post.reach_probabilities(pol.primary_target, [pol.label_cap, *budgets],
+                                                        pol.absolute_target)
+            p_reached = dict(zip(budgets, p_budgets))
     need = None
     if assessment is not None:
         if pol.absolute_target and assessment.posterior is not None:
@@ -221,5 +214,5 @@ def needs_table(outcome: StepOutcome) -> dict:
             for t, n in outcome.assessment.needs.items()}
 
 
-__all__ = ["RequestPlan", "StepInputs", "StepOutcome", "StepSettings", "needs_table", "p_within", "plan_request",
+__all__ = ["RequestPlan", "StepInputs", "StepOutcome", "StepSettings", "needs_table", "plan_request",
            "settings_for", "step"]
