@@ -272,6 +272,10 @@ def cmd_serve(args) -> int:
     return _flows_cli().serve(args)
 
 
+def cmd_unlock(args) -> int:
+    return _flows_cli().unlock(args)
+
+
 def cmd_demo(args) -> int:
     return _flows_cli().demo(args)
 
@@ -334,13 +338,31 @@ def _project_commands(add) -> None:
     cp.add_argument("--token-env", default="LABEL_STUDIO_API_KEY", help="NAME of the env var holding the Label Studio token")
     cp.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under $DATAEFF_HOME)")
     cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--strict", action="store_true",
+                    help="all or nothing: any bad row of --data/--eval stops the import (every bad row is named); "
+                         "without it the good rows are imported and each bad row is reported (line, id, why)")
+    from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS
+
+    cp.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
+                    help="longest prompt the model is run on (tokens, chat template included); longer items are "
+                         "skipped at bootstrap and reported by id")
+    cp.add_argument("--max-answer-tokens", type=int, default=DEFAULT_MAX_ANSWER_TOKENS,
+                    help="longest gold answer used for CoS-Low (tokens); longer labeled answers are left out and reported")
 
     p = add("bootstrap", cmd_bootstrap, "score the pool's confidence and queue the low-confidence batch (+ eval split) in Label Studio")
     p.add_argument("project", help="project name (from `dataeff project create`)")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size")
 
-    p = add("loop", cmd_loop, "run one loop iteration: pull labels, estimate, fine-tune due budgets, log, decide, request labels")
+    p = add("loop", cmd_loop, "run one loop iteration: pull labels, estimate, fine-tune due budgets, log, decide, request labels",
+            epilog="One iteration per project at a time: a second one waits (saying for whom) up to --lock-timeout. "
+                   "A killed iteration's lock frees itself within 60 s; `dataeff unlock PROJECT` frees it at once.")
     p.add_argument("project")
+    p.add_argument("--lock-timeout", type=float, default=3600,
+                   help="seconds to wait while another iteration of the project runs")
+
+    p = add("unlock", cmd_unlock, "release a project's loop lock left by a killed iteration (refuses while its holder runs)")
+    p.add_argument("project")
+    p.add_argument("--force", action="store_true", help="release even if the recorded holder process is still running")
 
     p = add("serve", cmd_serve, "serve the loop as Prefect deployments on an interval schedule (one run per project at a time)")
     p.add_argument("projects", nargs="*", help="project names (default: every saved project)")

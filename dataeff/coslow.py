@@ -8,11 +8,13 @@ it was and repeated calls are independent and reproducible.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 import numpy as np
 
+from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS, split_by_token_bounds
 from dataeff.data import Example, require_labeled
 from dataeff.errors import DataError
 from dataeff.gradients import lora_gradient_gram
@@ -59,6 +61,8 @@ class CosLowResult:
         seed: seed of the first draw.
         chat_template: whether prompts were wrapped in the chat template.
         projection_dim: ``None`` (exact) or the sketch size.
+        skipped: ``{"id", "field", "tokens", "limit", "reason"}`` of each example left out because its
+            prompt or answer is beyond the token bounds (:func:`dataeff.bounds.split_by_token_bounds`).
     """
 
     coslow: float
@@ -71,6 +75,7 @@ class CosLowResult:
     seed: int = 0
     chat_template: bool = False
     projection_dim: int | None = None
+    skipped: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,15 +83,22 @@ class CosLowResult:
 
 def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: LoraSettings = LoraSettings(),
                    seed: int = 0, draws: int = 1, chat_template: bool = False, batch_size: int = 8,
-                   projection_dim: int | None = None, progress: bool = True) -> CosLowResult:
+                   projection_dim: int | None = None, progress: bool = True,
+                   max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+                   max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS) -> CosLowResult:
     """CoS-Low of labeled ``examples`` under fresh LoRA adapters, over ``draws`` seeded initialisations.
 
     For draw ``d`` the adapter is created by ``attach_lora(model, lora, seed + d)`` (``torch.manual_seed``
     right before peft), the model is in eval mode (LoRA dropout off), the Gram matrix comes from
     :func:`dataeff.gradients.lora_gradient_gram` and the adapter is unloaded afterwards.
 
+    An example whose prompt is beyond ``max_prompt_tokens`` or whose answer is beyond
+    ``max_answer_tokens`` (see :func:`dataeff.bounds.split_by_token_bounds`) is left out, with a
+    warning, and listed in :attr:`CosLowResult.skipped`; CoS-Low is taken over the others.
+
     Raises:
-        DataError: fewer than 2 labeled examples (or an unlabeled one among them).
+        DataError: fewer than 2 labeled examples (or an unlabeled one among them), or fewer than 2
+            left within the token bounds (the left-out ones are named).
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
@@ -95,6 +107,14 @@ def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: Lo
                  if e.answer is None or not e.answer.strip()]
     if unlabeled:
         raise DataError(f"CoS-Low: examples {unlabeled[:5]} have no gold answer; pass labeled examples only")
+    examples, rejected = split_by_token_bounds(loaded.tokenizer, examples, max_prompt_tokens=max_prompt_tokens,
+                                               max_answer_tokens=max_answer_tokens, chat_template=chat_template)
+    for item in rejected:
+        warnings.warn(f"CoS-Low: left out example {item.id}: {item.reason}", stacklevel=2)
+    if len(examples) < 2:
+        named = "; ".join(f"{item.id}: {item.reason}" for item in rejected)
+        raise DataError(f"CoS-Low needs at least 2 examples within the token bounds, {len(examples)} left; "
+                        f"left out: {named}")
     start = time.perf_counter()
     model = loaded.model
     was_training = model.training
@@ -116,5 +136,5 @@ def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: Lo
     return CosLowResult(
         coslow=values[0], draws=values, mean=float(np.mean(values)), std=float(np.std(values)),
         n_examples=len(examples), seconds=time.perf_counter() - start, lora=lora.as_dict(), seed=seed,
-        chat_template=chat_template, projection_dim=projection_dim,
+        chat_template=chat_template, projection_dim=projection_dim, skipped=[r.as_dict() for r in rejected],
     )

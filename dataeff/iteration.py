@@ -21,6 +21,8 @@ from dataeff.errors import DataError
 ROLE_LOWCONF = "lowconf"
 ROLE_EVAL = "eval"
 ROLE_POOL = "pool"
+ROLE_TOO_LONG = "too_long"
+"""Pool items beyond the project's token bounds: never scored, never requested (bootstrap reports them)."""
 ROLES = (ROLE_LOWCONF, ROLE_EVAL, ROLE_POOL)
 
 

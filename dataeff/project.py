@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS
 from dataeff.data import TaskSpec
 from dataeff.errors import DataError
 
@@ -41,6 +42,12 @@ class ProjectConfig:
         low_confidence_k: size of the low-confidence batch annotated for CoS-Low (paper: 32).
         coslow_draws: LoRA initialisations CoS-Low is averaged over (the spread is reported).
         max_new_tokens: longest greedy answer when scoring confidence.
+        max_prompt_tokens: longest prompt the model is run on, in tokens as the model sees it (chat
+            template included; default :data:`dataeff.bounds.DEFAULT_MAX_PROMPT_TOKENS`). Longer
+            pool items are skipped at bootstrap and reported by id; the rest are scored.
+        max_answer_tokens: longest gold answer used for CoS-Low, in tokens (default
+            :data:`dataeff.bounds.DEFAULT_MAX_ANSWER_TOKENS`); a longer labeled answer is left out of
+            CoS-Low and reported.
         eval_size: held-out evaluation items the team labels once (never trained on).
         batch_min, batch_max: bounds on one labeling request.
         seed: seed of every random choice (LoRA init, subsets, sampling).
@@ -65,6 +72,8 @@ class ProjectConfig:
     low_confidence_k: int = 32
     coslow_draws: int = 3
     max_new_tokens: int = 16
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+    max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
     eval_size: int = 100
     batch_min: int = 25
     batch_max: int = 200

@@ -1,14 +1,17 @@
 """Bootstrap a project: the model answers every pool item once; the least confident go first.
 
 1. Read the pool from Label Studio (the truth about items).
-2. Confidence of the model's greedy answer for every item (batched; GPU when present).
-3. Draw the low-confidence batch (k items from the bottom decile) and the held-out eval split.
-4. Log the roles, the confidence table and a histogram to MLflow (a ``bootstrap`` run).
-5. Put the low-confidence batch, then the eval split, at the top of the annotators' queue; every
+2. Leave out the items whose prompt is beyond ``max_prompt_tokens`` (project config): each is
+   reported by id with its length, the model never runs on it.
+3. Confidence of the model's greedy answer for every other item (batched; GPU when present).
+4. Draw the low-confidence batch (k items from the bottom decile) and the held-out eval split
+   (neither ever holds a skipped item).
+5. Log the roles, the confidence table and a histogram to MLflow (a ``bootstrap`` run).
+6. Put the low-confidence batch, then the eval split, at the top of the annotators' queue; every
    scored item gets the model's answer as a pre-annotation (choice tasks: only valid labels).
 
 Idempotent: a project already bootstrapped keeps its roles (they are read back from MLflow) and
-only the queue is pushed again.
+only the queue is pushed again (the summary then has no ``skipped`` list: nothing was checked).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 
 from prefect import flow, task
 
+from dataeff.bounds import RejectedItem, split_by_token_bounds
 from dataeff.confidence import score_confidence, select_low_confidence
 from dataeff.data import Example
-from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, choose_eval_split
+from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, ROLE_TOO_LONG, choose_eval_split
 from dataeff.metrics import match_label
 from dataeff.plots import plot_confidence
 from dataeff.project import ProjectConfig
@@ -33,6 +37,14 @@ EVAL_PRIORITY = 500_000
 @task(name="read-pool", persist_result=False, **RETRY)
 def read_pool(svc: Services) -> list[Example]:
     return [Example(prompt=str(r.data.get("prompt", "")), id=r.dataeff_id) for r in svc.ls.tasks(svc.project_id)]
+
+
+@task(name="check-bounds", persist_result=False)
+def check_bounds(svc: Services, pool: list[Example]) -> tuple[list[Example], list[RejectedItem]]:
+    """``(kept, skipped)``: pool items within ``max_prompt_tokens`` and those beyond (tokenized once, never run)."""
+    cfg = svc.config
+    return split_by_token_bounds(get_model(cfg.model).tokenizer, pool, max_prompt_tokens=cfg.max_prompt_tokens,
+                                 max_answer_tokens=cfg.max_answer_tokens, chat_template=cfg.chat_template)
 
 
 @task(name="score-confidence", persist_result=False)
@@ -74,29 +86,42 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
     logger = _logger()
     roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
     answers: dict[str, tuple[str, float]] = {}
+    skipped: list[RejectedItem] | None = None
     if roles:
         logger.info("%s: already bootstrapped; pushing the queue again", cfg.name)
     else:
-        pool = read_pool(svc)
-        logger.info("%s: scoring the confidence of %d pool items with %s", cfg.name, len(pool), cfg.model)
+        pool, skipped = check_bounds(svc, read_pool(svc))
+        for item in skipped:
+            logger.warning("%s: skipped pool item %s: %s", cfg.name, item.id, item.reason)
+        logger.info("%s: scoring the confidence of %d pool items with %s (%d skipped as too long)", cfg.name,
+                    len(pool), cfg.model, len(skipped))
         fixed = set(cfg.fixed_eval_ids)
         pool = [e for e in pool if e.id not in fixed]  # a labeled eval split is never a low-confidence candidate
         scores = score_pool(svc, pool, batch_size)
         lowconf = select_low_confidence(scores, k=cfg.low_confidence_k, fraction=0.1, seed=cfg.seed)
-        evals = list(cfg.fixed_eval_ids) or choose_eval_split([e.id for e in pool], cfg.eval_size, exclude=lowconf,
-                                                              seed=cfg.seed)
+        too_long = {item.id for item in skipped}
+        if cfg.fixed_eval_ids:  # a given eval item the model cannot be run on is left out of the split
+            evals = [i for i in cfg.fixed_eval_ids if i not in too_long]
+        else:
+            evals = choose_eval_split([e.id for e in pool], cfg.eval_size, exclude=lowconf, seed=cfg.seed)
         roles = {ROLE_LOWCONF: list(lowconf), ROLE_EVAL: evals}
+        if too_long:
+            roles[ROLE_TOO_LONG] = sorted(too_long)  # so the loop never asks the team to label them
         confs = [s.confidence for s in scores]
         stats = {"pool": len(pool), "mean_confidence": sum(confs) / len(confs),
                  "lowconf_max_confidence": max(s.confidence for s in scores if s.id in set(lowconf)),
-                 "empty_answers": sum(1 for s in scores if s.n_tokens == 0)}
+                 "empty_answers": sum(1 for s in scores if s.n_tokens == 0), "skipped_too_long": len(skipped)}
         figure = plot_confidence([s.confidence for s in scores], highlight=[s.confidence for s in scores if s.id in set(lowconf)],
                                  title=f"{cfg.name}: confidence of {cfg.model} over the pool")
         svc.tracker.log_bootstrap(cfg.name, cfg.model, roles, stats, [s.as_dict() for s in scores], figure=figure)
         answers = _pre_annotations(cfg, scores)
     queue(svc, roles, answers)
-    return {"project": cfg.name, "lowconf": len(roles[ROLE_LOWCONF]), "eval": len(roles[ROLE_EVAL]),
-            "pre_annotations": len(answers)}
+    out = {"project": cfg.name, "lowconf": len(roles[ROLE_LOWCONF]), "eval": len(roles[ROLE_EVAL]),
+           "pre_annotations": len(answers)}
+    if skipped is not None:
+        out["scored"] = len(scores)
+        out["skipped"] = [{"id": item.id, "reason": item.reason} for item in skipped]
+    return out
 
 
 @flow(name="dataeff-bootstrap", log_prints=True)

@@ -11,6 +11,8 @@ at a time (:func:`flows.locks.project_slot`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict
 
@@ -23,6 +25,7 @@ from dataeff.finetune import FinetuneSettings, nested_subset, run_finetune
 from dataeff.iteration import (
     ROLE_EVAL,
     ROLE_LOWCONF,
+    ROLE_TOO_LONG,
     LabeledSets,
     budgets_due,
     label_set_hash,
@@ -33,12 +36,17 @@ from dataeff.plots import plot_curve
 from dataeff.policy import Decision
 from dataeff.step import StepInputs, plan_request, settings_for, step
 from dataeff.project import ProjectConfig
+from flows import pending
 from flows.locks import project_slot
-from flows.services import Services, get_model, open_services, retry_on_unavailable
+from flows.services import Services, get_model, open_services, retry_on_unavailable, retry_tracking
 from integrations.label_studio import Cursor, PullResult
 
 log = logging.getLogger(__name__)
 RETRY = dict(retries=3, retry_delay_seconds=[1, 2, 4], retry_condition_fn=retry_on_unavailable)
+"""Label Studio calls (and quick reads): service blips, seconds."""
+LOG_RETRY = dict(retries=8, retry_delay_seconds=[5, 10, 20, 40, 60, 120, 120, 120], retry_condition_fn=retry_tracking)
+"""Logging a finished result to MLflow: rides out an outage of ~8 minutes, saying so at each try;
+the result is kept on disk meanwhile (:mod:`flows.pending`), so even a longer outage loses nothing."""
 
 
 def _logger():
@@ -54,10 +62,19 @@ def pull_labels(svc: Services, cursor: Cursor | None) -> PullResult:
 
     A failed pull raises and the stored cursor stays as it was: nothing is lost or counted twice.
     """
-    result = svc.ls.pull_labeled(svc.project_id, since=cursor)
-    for err in result.errors:
-        _logger().warning("skipped item %s (task %s): %s", err.dataeff_id, err.task_id, err.reason)
-    return result
+    return svc.ls.pull_labeled(svc.project_id, since=cursor)
+
+
+def pull_warnings(pulled: PullResult) -> list[str]:
+    """One line per thing the pull skipped: malformed items, then hand-made tasks (never counted)."""
+    lines = [f"skipped item {e.dataeff_id} (task {e.task_id}): {e.reason}" for e in pulled.errors]
+    if pulled.unmanaged_task_ids:
+        ids = ", ".join(map(str, pulled.unmanaged_task_ids[:20])) + (" ..." if len(pulled.unmanaged_task_ids) > 20 else "")
+        lines.append(f"skipped {len(pulled.unmanaged_task_ids)} annotated task(s) made by hand in Label Studio "
+                     f"(no dataeff_id; task ids {ids}): not counted, since dataeff cannot tell pool, eval or duplicate "
+                     f"apart. To count them, add the items to the pool file and re-run `dataeff project create`, then "
+                     f"delete the hand-made tasks.")
+    return lines
 
 
 @task(name="estimate", persist_result=False)
@@ -70,24 +87,55 @@ def estimate(svc: Services, sets: LabeledSets) -> dict:
         return latest["coslow_result"]
     loaded = get_model(cfg.model)
     res = compute_coslow(loaded, sets.lowconf, lora=LoraSettings(), seed=cfg.seed, draws=cfg.coslow_draws,
-                         chat_template=cfg.chat_template)
+                         chat_template=cfg.chat_template, max_prompt_tokens=cfg.max_prompt_tokens,
+                         max_answer_tokens=cfg.max_answer_tokens)
+    for item in res.skipped:
+        _logger().warning("%s: CoS-Low left out %s: %s", cfg.name, item["id"], item["reason"])
     return res.as_dict()
 
 
 @task(name="finetune", persist_result=False)
 def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> dict:
-    """LoRA fine-tune on the first ``budget`` training labels (budget 0: zero-shot), scored on the eval split."""
+    """LoRA fine-tune on the first ``budget`` training labels (budget 0: zero-shot), scored on the eval split.
+
+    The result is kept on disk before anything is logged; a kept result for the same labels and
+    budget (MLflow was down last time) is returned without training again.
+    """
     cfg = svc.config
+    path = pending.pending_path(cfg.name, "finetune", _train_hash(cfg, sets, budget), budget)
+    kept = pending.kept(path)
+    if kept is not None:
+        _logger().info("%s: budget %d was measured before but not logged (MLflow was unreachable); logging the kept "
+                       "result instead of training again", cfg.name, budget)
+        return kept
     loaded = get_model(cfg.model)
     settings = FinetuneSettings(seed=cfg.seed, chat_template=cfg.chat_template, **cfg.finetune)
-    result = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings)
-    out = result.as_dict()
-    train_hash = label_set_hash(nested_subset(sets.train, budget, cfg.seed) + sets.eval)
-    svc.tracker.log_finetune(cfg.name, cfg.model, train_hash, budget, out)
+    out = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings).as_dict()
+    pending.keep(path, out)
     return out
 
 
-@task(name="log-estimate", persist_result=False, **RETRY)
+@task(name="log-finetune", persist_result=False, **LOG_RETRY)
+def log_finetune(svc: Services, sets: LabeledSets, budget: int, result: dict) -> None:
+    """Log a measured fine-tune to MLflow (retried through an outage), then forget the kept copy."""
+    cfg = svc.config
+    train_hash = _train_hash(cfg, sets, budget)
+    svc.tracker.log_finetune(cfg.name, cfg.model, train_hash, budget, result)
+    pending.done(pending.pending_path(cfg.name, "finetune", train_hash, budget))
+
+
+def measure_budget(svc: Services, sets: LabeledSets, budget: int) -> float:
+    """Fine-tune at ``budget`` (or take the kept result) and log it; returns the score."""
+    result = finetune_budget(svc, sets, budget)
+    log_finetune(svc, sets, budget, result)
+    return float(result["score"])
+
+
+def _train_hash(cfg: ProjectConfig, sets: LabeledSets, budget: int) -> str:
+    return label_set_hash(nested_subset(sets.train, budget, cfg.seed) + sets.eval)
+
+
+@task(name="log-estimate", persist_result=False, **LOG_RETRY)
 def log_estimate(svc: Services, sets: LabeledSets, coslow: dict, assessment: Assessment, figure) -> bool:
     cfg = svc.config
     pred = assessment.prediction
@@ -109,10 +157,45 @@ def request_next(svc: Services, decision: Decision, roles: dict, labeled_ids: se
     if decision.action != "request_labels" or decision.n_labels <= 0:
         return []
     records = svc.ls.tasks(svc.project_id)
+    too_long = set(roles.get(ROLE_TOO_LONG, []))
     plan = plan_request(decision, roles.get(ROLE_LOWCONF, []), roles.get(ROLE_EVAL, []),
-                        [r.dataeff_id for r in records], labeled_ids, seed=svc.config.seed)
+                        [r.dataeff_id for r in records if r.dataeff_id not in too_long], labeled_ids, seed=svc.config.seed)
     svc.ls.request_labels(svc.project_id, plan.ids, priority_base=plan.priority_base)
     return plan.ids
+
+
+@task(name="update-status", persist_result=False, **RETRY)
+def update_status(svc: Services, text: str) -> None:
+    """Show the decision in the Label Studio project (only when it changed)."""
+    if svc.ls.get_status(svc.project_id) != text:
+        svc.ls.set_status(svc.project_id, text)
+
+
+@task(name="log-decision", persist_result=False, **LOG_RETRY)
+def log_decision(svc: Services, iteration_key: str, record: dict):
+    return svc.tracker.log_decision(svc.config.name, iteration_key, record, model=svc.config.model)
+
+
+@task(name="log-comparison", persist_result=False, **LOG_RETRY)
+def log_comparison(svc: Services, figure, rows: list[dict]) -> None:
+    svc.tracker.update_comparison(svc.config.name, figure, rows)
+
+
+@task(name="save-cursor", persist_result=False, **LOG_RETRY)
+def save_cursor(svc: Services, cursor: dict) -> None:
+    svc.tracker.log_cursor(svc.config.name, cursor)
+
+
+def decision_key(pulled: PullResult, measured: dict, settings, cfg: ProjectConfig) -> str:
+    """Key of one decision: the labels, the measured budgets AND everything the decision depends on.
+
+    Changing the label cap, targets, policy or calibration makes a new decision run, so MLflow and
+    Label Studio never disagree about the current decision.
+    """
+    inputs = json.dumps({"settings": asdict(settings), "calibration": cfg.calibration, "human_score": cfg.human_score},
+                        sort_keys=True, default=str)
+    return "-".join([label_set_hash(pulled.examples), "-".join(map(str, sorted(measured))) or "none",
+                     hashlib.sha256(inputs.encode()).hexdigest()[:10]])
 
 
 def run_iteration(svc: Services) -> dict:
@@ -126,6 +209,9 @@ def run_iteration(svc: Services) -> dict:
         raise DataError(f"project {cfg.name}: not bootstrapped yet; run `dataeff bootstrap {cfg.name}` first")
     stored_cursor = svc.tracker.read_cursor(cfg.name)
     pulled = pull_labels(svc, Cursor.from_dict(stored_cursor) if stored_cursor else None)
+    warnings = pull_warnings(pulled)
+    for line in warnings:
+        logger.warning("%s: %s", cfg.name, line)
     role_of = {i: r for r, ids in roles.items() for i in ids}
     sets = partition(list(pulled.examples), role_of)
     labeled_ids = {str(e.id) for e in pulled.examples}
@@ -140,8 +226,7 @@ def run_iteration(svc: Services) -> dict:
     finetuned_now = []
     for budget in budgets_due(len(sets.train), cfg.budgets, done, eval_ready):
         logger.info("%s: fine-tune at %d labels", cfg.name, budget)
-        res = finetune_budget(svc, sets, budget)
-        done[budget] = res["score"]
+        done[budget] = measure_budget(svc, sets, budget)
         finetuned_now.append(budget)
 
     coslow_res, estimate_logged = None, False
@@ -160,9 +245,8 @@ def run_iteration(svc: Services) -> dict:
                             s0=assessment.zero_shot, h=assessment.ceiling)
         estimate_logged = log_estimate(svc, sets, coslow_res, assessment, figure)
         if estimate_logged or finetuned_now:
-            svc.tracker.update_comparison(cfg.name, figure, _comparison_rows(assessment, cfg))
+            log_comparison(svc, figure, _comparison_rows(assessment, cfg))
 
-    iteration_key = label_set_hash(pulled.examples) + "-" + "-".join(map(str, sorted(done)))
     summary = {
         "project": cfg.name,
         "labeled": len(labeled_ids),
@@ -172,19 +256,20 @@ def run_iteration(svc: Services) -> dict:
         "changed": len(pulled.changed_ids),
         "deleted": len(pulled.deleted_ids),
         "errors": [asdict(e) for e in pulled.errors],
+        "unmanaged_task_ids": list(pulled.unmanaged_task_ids),
+        "warnings": warnings,
         "coslow": coslow_res,
         "calibration": cfg.calibration,
         "measured": {str(b): s for b, s in sorted(done.items())},
         "finetuned_now": finetuned_now,
         **outcome.summary(),  # assessment, p_within_cap, label_cap, curve_model, decision
     }
-    decision_run = svc.tracker.log_decision(cfg.name, iteration_key, {**decision.as_dict(), "summary": summary},
-                                            model=cfg.model)
+    decision_run = log_decision(svc, decision_key(pulled, done, settings, cfg),
+                                {**decision.as_dict(), "summary": summary})
     requested = request_next(svc, decision, roles, labeled_ids)
-    if svc.ls.get_status(svc.project_id) != decision.status_text:
-        svc.ls.set_status(svc.project_id, decision.status_text)
+    update_status(svc, decision.status_text)
     if pulled.cursor.to_dict() != stored_cursor:
-        svc.tracker.log_cursor(cfg.name, pulled.cursor.to_dict())
+        save_cursor(svc, pulled.cursor.to_dict())
     summary["requested"] = len(requested)
     summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(getattr(decision_run, "created", False))
     logger.info("%s: %s — %s", cfg.name, decision.action, decision.reason)
@@ -208,5 +293,5 @@ def loop_iteration(project: str, home: str | None = None, lock_timeout_seconds: 
     from pathlib import Path
 
     config = ProjectConfig.load(project, Path(home) if home else None)
-    with project_slot(config.name, timeout_seconds=lock_timeout_seconds):
+    with project_slot(config.name, timeout_seconds=lock_timeout_seconds, logger=_logger()):
         return run_iteration(open_services(config))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dataeff.models import LoadedModel, load_model
 from dataeff.project import ProjectConfig
 from integrations.label_studio import LabelStudioClient, LabelStudioUnavailable
-from integrations.mlflow_tracking import Tracker
+from integrations.mlflow_tracking import Tracker, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,19 @@ def open_services(config: ProjectConfig) -> Services:
     return Services(config=config, ls=ls, tracker=Tracker(config.tracking_uri))
 
 
+def preflight(config: ProjectConfig, *, bootstrapped: bool = True) -> Services:
+    """Check a project's services before any flow starts: token set and accepted, Label Studio project there,
+    MLflow readable (and, with ``bootstrapped``, the project bootstrapped). Raises a one-line
+    :class:`~dataeff.errors.DataEffError` naming what to fix; returns the opened services."""
+    svc = open_services(config)
+    svc.ls.project_info(svc.project_id)  # LabelStudioAuthError / ProjectNotFound / LabelStudioUnavailable
+    if bootstrapped and not svc.tracker.read_bootstrap(config.name, config.model):
+        from dataeff.errors import DataError
+
+        raise DataError(f"project {config.name}: not bootstrapped yet; run `dataeff bootstrap {config.name}` first")
+    return svc
+
+
 @functools.lru_cache(maxsize=2)
 def get_model(source: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a model once per process (the loop runs many iterations on one model)."""
@@ -56,3 +69,31 @@ def retry_on_unavailable(task, old_state, new_state) -> bool:
     except Exception:  # noqa: BLE001 - anything else from a service (HTTP, DB) is worth another try
         return True
     return False
+
+
+def retry_tracking(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn`` of MLflow logging: retry an unreachable MLflow, saying so; never bad input."""
+    from dataeff.errors import DataError
+
+    try:
+        state.result()
+    except DataError:
+        return False
+    except TrackingError as exc:
+        attempt = getattr(task_run, "run_count", 0)
+        _run_logger().warning("MLflow is unreachable (%s); the finished result is kept and logging will be retried "
+                    "(attempt %d of %d); nothing is measured again", exc, attempt, (task.retries or 0) + 1)
+        return True
+    except Exception:  # noqa: BLE001 - a service error of another kind: also worth another try
+        return True
+    return False
+
+
+def _run_logger():
+    """The Prefect run logger when inside a run (shown in the Prefect UI), else this module's."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a run context
+        return log

@@ -110,7 +110,7 @@ class PullError:
     """A task/annotation that could not be read; the rest of the pull went on.
 
     Attributes:
-        dataeff_id: the item's id (``ls-task-<id>`` when the task has no ``dataeff_id``).
+        dataeff_id: the item's ``dataeff_id``.
         task_id: Label Studio task id.
         annotation_id: the offending annotation (``None`` when the task itself is bad).
         reason: what is wrong and what to do.
@@ -172,6 +172,9 @@ class PullResult:
             deleted, cancelled, or now malformed).
         errors: malformed tasks/annotations, each named, skipped.
         cursor: the new cursor to persist.
+        unmanaged_task_ids: annotated tasks that carry no ``dataeff_id`` (made by hand in Label
+            Studio, not imported by dataeff). Skipped, never counted: dataeff cannot tell whether
+            they are pool, eval or duplicate items. Import such items with ``dataeff project create``.
     """
 
     examples: tuple[Example, ...]
@@ -179,6 +182,7 @@ class PullResult:
     deleted_ids: tuple[str, ...]
     errors: tuple[PullError, ...]
     cursor: Cursor
+    unmanaged_task_ids: tuple[int, ...] = ()
 
     @property
     def has_changes(self) -> bool:
@@ -547,7 +551,9 @@ class LabelStudioClient:
         Lists all annotated tasks (paginated; deletions leave no trace in Label Studio, so only a
         full listing can find them). For each task the counted annotation is chosen among the
         non-cancelled, well-formed ones: a ``ground_truth`` one first, else the latest
-        ``updated_at`` (ties: higher id). Malformed annotations go to ``errors``.
+        ``updated_at`` (ties: higher id). Malformed annotations go to ``errors``; tasks without a
+        ``dataeff_id`` (made by hand) to ``unmanaged_task_ids``. Nothing is logged here: the caller
+        reports both, once.
 
         Args:
             since: the cursor of the previous pull (``None``: first pull, everything is new).
@@ -565,9 +571,13 @@ class LabelStudioClient:
         examples: list[Example] = []
         errors: list[PullError] = []
         seen: dict[str, tuple[int, str]] = {}
+        unmanaged: list[int] = []
         for task in tasks:
             data = task.data or {}
-            item_id = str(data.get(ID_FIELD, f"ls-task-{task.id}"))
+            if ID_FIELD not in data:
+                unmanaged.append(int(task.id))
+                continue
+            item_id = str(data[ID_FIELD])
             prompt = data.get(PROMPT_FIELD)
             if not isinstance(prompt, str) or not prompt.strip():
                 errors.append(PullError(item_id, task.id, None, f"task {task.id} has no {PROMPT_FIELD!r} text; fix or delete the task"))
@@ -614,11 +624,9 @@ class LabelStudioClient:
         deleted = tuple(sorted(i for i in before if i not in seen))
         stamps = [v[1] for v in seen.values()] + ([since.updated_at] if since is not None and since.updated_at else [])
         latest = max(stamps, key=_ts, default=None)
-        for err in errors:
-            log.warning("pull from project %s: %s", project_id, err.reason)
         return PullResult(
             examples=tuple(examples), changed_ids=changed, deleted_ids=deleted, errors=tuple(errors),
-            cursor=Cursor(updated_at=latest, seen=seen),
+            cursor=Cursor(updated_at=latest, seen=seen), unmanaged_task_ids=tuple(sorted(unmanaged)),
         )
 
     # -- annotations (simulated annotator, tests)

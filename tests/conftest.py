@@ -11,10 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from flows.runtime_env import configure_runtime  # noqa: E402 - before anything imports prefect
+
+configure_runtime()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["fixtures_models", "fixtures_label_studio", "fixtures_mlflow", "fixtures_prefect"]
+pytest_plugins = ["fixtures_models", "fixtures_label_studio", "fixtures_mlflow", "fixtures_prefect", "fixtures_projects"]

@@ -75,52 +75,71 @@ def mlflow_postgres_db():
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
-def mlflow_server_uri(mlflow_postgres_db, tmp_path_factory):
-    """``http://127.0.0.1:<port>`` of a real ``mlflow server`` on Postgres with proxied artifacts."""
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    if not mlflow_bin.exists():
-        pytest.fail(f"{mlflow_bin} not found: install mlflow into the test virtualenv")
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    artifacts = folder / "artifacts"
-    artifacts.mkdir()
-    port = _free_port()
-    log_path = folder / "server.log"
-    cmd = [
-        str(mlflow_bin), "server",
-        "--backend-store-uri", mlflow_postgres_db,
-        "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]
-    # The job runner (7 huey consumers for GenAI scorers) is not needed and made every request
-    # ~10x slower on 2 cores (236 ms -> 26 ms per request when off).
-    env = dict(os.environ, MLFLOW_ENABLE_TELEMETRY="false", DO_NOT_TRACK="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=folder)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    try:
+class MlflowServer:
+    """A real ``mlflow server`` subprocess that can be stopped and started again on the same port (outage tests).
+
+    Args:
+        backend_store_uri: ``sqlite:///...`` or ``postgresql+psycopg2://...``.
+        folder: working folder (artifacts under ``artifacts/``, log in ``server.log``).
+    """
+
+    def __init__(self, backend_store_uri: str, folder: Path):
+        self.backend_store_uri = backend_store_uri
+        self.folder = folder
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> str:
+        mlflow_bin = Path(sys.executable).parent / "mlflow"
+        if not mlflow_bin.exists():
+            pytest.fail(f"{mlflow_bin} not found: install mlflow into the test virtualenv")
+        artifacts = self.folder / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(mlflow_bin), "server",
+            "--backend-store-uri", self.backend_store_uri,
+            "--artifacts-destination", str(artifacts),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]
+        # The job runner (7 huey consumers for GenAI scorers) is not needed and made every request
+        # ~10x slower on 2 cores (236 ms -> 26 ms per request when off).
+        env = dict(os.environ, MLFLOW_ENABLE_TELEMETRY="false", DO_NOT_TRACK="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                         cwd=self.folder)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with code {proc.returncode}")
+            if self.proc.poll() is not None:
+                self._fail(f"mlflow server exited with code {self.proc.returncode}", cmd)
             try:
-                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
+                if requests.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                    return self.uri
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer /health within {SERVER_START_TIMEOUT_S} s")
+                self.stop()
+                self._fail(f"mlflow server did not answer /health within {SERVER_START_TIMEOUT_S} s", cmd)
             time.sleep(0.5)
-    except RuntimeError as exc:
-        _stop(proc)
-        log.close()
-        tail = log_path.read_text(errors="replace")[-4000:]
-        pytest.fail(f"{exc}\ncommand: {' '.join(cmd)}\n--- server log ---\n{tail}")
+
+    def _fail(self, why: str, cmd: list[str]) -> None:
+        tail = self.log_path.read_text(errors="replace")[-4000:]
+        pytest.fail(f"{why}\ncommand: {' '.join(cmd)}\n--- server log ---\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_uri(mlflow_postgres_db, tmp_path_factory):
+    """``http://127.0.0.1:<port>`` of a real ``mlflow server`` on Postgres with proxied artifacts."""
+    server = MlflowServer(mlflow_postgres_db, tmp_path_factory.mktemp("mlflow-server"))
     try:
-        yield uri
+        yield server.start()
     finally:
-        _stop(proc)
-        log.close()
+        server.stop()
 
 
 def _stop(proc: subprocess.Popen) -> None:

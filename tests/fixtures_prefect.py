@@ -11,3 +11,11 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_harness) -> str:
+    """API URL of the harness's server, for subprocesses (e.g. ``dataeff loop``) that must share it."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    return SubprocessASGIServer._instances[None].api_url

@@ -28,6 +28,12 @@ def test_compose_structure():
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
     assert "serve" in services["worker"]["command"]
+    from dataeff.cli import build_parser
+
+    argv = services["worker"]["command"].split()
+    assert argv[0] == "dataeff"
+    assert build_parser().parse_args(argv[1:]).command == "serve"  # the worker runs a command that exists
+    assert services["prefect"]["environment"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].endswith(".filesystem")
     assert "healthcheck" in services["postgres"]
     text = COMPOSE.read_text()
     # Secrets are only ever interpolated from the environment, never written in the file.

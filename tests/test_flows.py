@@ -9,67 +9,7 @@ import uuid
 
 import pytest
 
-from dataeff.data import Example, TaskSpec
-from dataeff.project import ProjectConfig
-
-LABELS = ("yes", "no")
-SENTENCES = ["the quick brown fox jumps", "play some jazz music please", "what is the weather like tomorrow",
-             "wake me up at seven", "the lazy dog sleeps", "book a flight to paris"]
-
-
-def _pool(n: int) -> tuple[list[Example], dict[str, str]]:
-    pool, gold = [], {}
-    for i in range(n):
-        item = f"q{i:03d}"
-        pool.append(Example(prompt=f"Question: Is the following sentence plausible? {SENTENCES[i % 6]} {i}. Answer:", id=item))
-        gold[item] = LABELS[(i * 7 + i // 6) % 2]
-    return pool, gold
-
-
-@pytest.fixture
-def flow_project(label_studio, prefect_harness, tiny_model_dir, tmp_path, monkeypatch):
-    """A bootstrapped-ready project on the session's Label Studio with a tiny model and a SQLite MLflow store."""
-    from flows.project import create_project
-    from integrations.label_studio import LabelStudioClient
-
-    monkeypatch.setenv("DATAEFF_TEST_LS_TOKEN", label_studio.token)
-    home = tmp_path / "home"
-    monkeypatch.setenv("DATAEFF_HOME", str(home))
-    cfg = ProjectConfig(
-        name=f"flow-{uuid.uuid4().hex[:8]}", task=TaskSpec(name="plausible", labels=LABELS), model=str(tiny_model_dir),
-        budgets=(0, 10, 20), label_cap=5000, low_confidence_k=4, eval_size=8, batch_min=5, batch_max=10,
-        coslow_draws=1, max_new_tokens=4, label_studio_url=label_studio.url, label_studio_token_env="DATAEFF_TEST_LS_TOKEN",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        finetune={"epochs": 1, "batch_size": 8, "max_length": 48, "eval_batch_size": 8, "max_new_tokens": 4},
-    )
-    pool, gold = _pool(60)
-    created = create_project(cfg, pool)
-    assert created["imported"] == 60
-    again = create_project(ProjectConfig.load(cfg.name), pool)  # idempotent: nothing imported twice
-    assert again["imported"] == 0 and again["already_there"] == 60
-    cfg = ProjectConfig.load(cfg.name)
-    yield cfg, gold, home
-    try:
-        LabelStudioClient(label_studio.url, label_studio.token).delete_project(cfg.label_studio_project_id)
-    except Exception:
-        pass
-
-
-def _services(cfg):
-    from flows.services import open_services
-
-    return open_services(cfg)
-
-
-def _annotator(cfg, gold):
-    from flows.demo import SimulatedAnnotator
-
-    svc = _services(cfg)
-    return SimulatedAnnotator(svc.ls, cfg.label_studio_project_id, gold, LABELS)
-
-
-def _run_count(cfg) -> int:
-    return len(_services(cfg).tracker.list_runs(cfg.name, include_unfinished=True))
+from fixtures_projects import LABELS, annotator as _annotator, run_count as _run_count, services as _services
 
 
 def test_full_iteration_end_to_end_and_idempotent_rerun(flow_project):

@@ -1,0 +1,254 @@
+"""Faults a team's week brings, against the real servers: a killed loop, a scheduled deployment on a
+real ``prefect server``, hand-made tasks, odd labels, a changed label cap, an MLflow outage, user errors.
+
+Each test names the issue-9 point it covers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures_projects import annotator, services
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli_env(label_studio, home: Path, **extra) -> dict:
+    env = {**os.environ, "DATAEFF_HOME": str(home), "DATAEFF_TEST_LS_TOKEN": label_studio.token,
+           "PYTHONPATH": str(ROOT), **extra}
+    return env
+
+
+def _dataeff(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dataeff.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _active_slots(project: str) -> int:
+    from prefect import get_client
+
+    from flows.locks import limit_name
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(limit_name(project)).active_slots
+
+
+def _start_killable_loop(cfg, label_studio, home, prefect_api_url) -> subprocess.Popen:
+    """``dataeff loop`` in a subprocess on the harness's API; returns once it holds the project's lock."""
+    from flows.locks import holder_path
+
+    proc = subprocess.Popen([sys.executable, "-m", "dataeff.cli", "loop", cfg.name],
+                            env=_cli_env(label_studio, home, PREFECT_API_URL=prefect_api_url),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 180
+    while not holder_path(cfg.name, home).exists():
+        if proc.poll() is not None:
+            pytest.fail(f"dataeff loop exited before taking the lock:\n{proc.stdout.read()[-3000:]}")
+        assert time.monotonic() < deadline, "dataeff loop never took the project's lock"
+        time.sleep(0.2)
+    return proc
+
+
+def _kill9(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)  # reaped: its pid is gone, as after a real kill -9
+    proc.stdout.close()
+
+
+# ----------------------------------------------------------------------------- 2. a killed loop
+
+
+def test_kill_9_of_a_running_iteration_does_not_lock_the_project(flow_project, label_studio, prefect_api_url):
+    from flows.bootstrap import bootstrap
+    from flows.locks import read_holder
+    from flows.loop import loop_iteration
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    annotator(cfg, gold).label_requested()  # the iteration has real work: CoS-Low + zero-shot fine-tune
+    proc = _start_killable_loop(cfg, label_studio, home, prefect_api_url)
+    holder = read_holder(cfg.name, home)
+    assert holder is not None and holder.pid == proc.pid and holder.flow_run_id
+    _kill9(proc)
+    assert _active_slots(cfg.name) == 1  # the killed run still holds the slot: the fault is real
+
+    t0 = time.monotonic()
+    summary = loop_iteration(cfg.name, home=str(home), lock_timeout_seconds=240)  # the next one runs
+    waited = time.monotonic() - t0
+    assert summary["coslow"] is not None and "0" in summary["measured"]
+    assert waited < 60 + 2 * 10 + 60  # lease (60 s) + two polls + the iteration itself
+    assert _active_slots(cfg.name) == 0 and read_holder(cfg.name, home) is None
+
+
+def test_dataeff_unlock_releases_a_killed_holder_at_once_and_refuses_a_live_one(flow_project, label_studio,
+                                                                                 prefect_api_url):
+    from flows.bootstrap import bootstrap
+    from flows.locks import project_slot
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    annotator(cfg, gold).label_requested()
+    env = _cli_env(label_studio, home, PREFECT_API_URL=prefect_api_url)
+    proc = _start_killable_loop(cfg, label_studio, home, prefect_api_url)
+    refused = _dataeff("unlock", cfg.name, env=env)
+    assert refused.returncode == 2 and f"kill {proc.pid}" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    _kill9(proc)
+    assert _active_slots(cfg.name) == 1
+
+    done = _dataeff("unlock", cfg.name, env=env)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["was_locked"] and out["holder"]["pid"] == proc.pid
+    assert _active_slots(cfg.name) == 0
+    with project_slot(cfg.name, timeout_seconds=5):  # free now, without waiting for the lease
+        pass
+
+
+class _Lines(list):
+    """A logger whose WARNING+ messages land in this list."""
+
+    def logger(self, name: str):
+        import logging
+
+        lines = self
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                lines.append(record.getMessage())
+
+        logger = logging.getLogger(name)
+        logger.addHandler(Handler(logging.WARNING))
+        return logger
+
+
+def test_a_waiting_run_says_whom_it_waits_for(prefect_harness, tmp_path, monkeypatch):
+    from flows.locks import LockTimeout, project_slot
+
+    monkeypatch.setenv("DATAEFF_HOME", str(tmp_path))
+    project = f"wait-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with project_slot(project, timeout_seconds=30):
+            held.set()
+            release.wait(60)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(60)
+    lines = _Lines()
+    try:
+        with pytest.raises(LockTimeout) as info:
+            with project_slot(project, timeout_seconds=3, poll_seconds=1, logger=lines.logger(f"test.{project}")):
+                pass
+    finally:
+        release.set()
+        t.join()
+    waiting = [line for line in lines if "waiting for its loop lock" in line]
+    assert waiting and f"pid {os.getpid()}" in waiting[0] and "since" in waiting[0]
+    assert f"dataeff unlock {project}" in waiting[0] and f"dataeff unlock {project}" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- 1. scheduled runs
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real ``prefect server start`` (scheduler every 5 s) with its own home and SQLite database."""
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_UI_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log_path = tmp_path / "prefect-server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                                 "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    import requests
+
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"prefect server did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(1)
+    yield url, log_path
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _deployment_runs(url: str, deployment: str) -> list:
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async def read():
+        async with PrefectClient(url) as client:
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+
+    return asyncio.run(read())
+
+
+def test_served_project_runs_on_its_schedule(flow_project, label_studio, prefect_server):
+    from flows.bootstrap import bootstrap
+    from flows.serve import deployment_name
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    url, server_log = prefect_server
+    serve_log = home / "serve.log"
+    with open(serve_log, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "dataeff.cli", "serve", cfg.name, "--interval", "10"],
+                                env=_cli_env(label_studio, home, PREFECT_API_URL=url), stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 300
+        completed: list = []
+        while len(completed) < 2:
+            assert proc.poll() is None, f"dataeff serve exited:\n{serve_log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, (f"fewer than 2 scheduled runs completed in 300 s\nserver log:\n"
+                                                 f"{server_log.read_text()[-3000:]}\nserve log:\n{serve_log.read_text()[-3000:]}")
+            time.sleep(3)
+            runs = _deployment_runs(url, deployment_name(cfg.name))
+            completed = [r for r in runs if r.state and r.state.is_completed()]
+            failed = [r for r in runs if r.state and (r.state.is_failed() or r.state.is_crashed())]
+            assert not failed, f"a scheduled run failed:\n{serve_log.read_text()[-3000:]}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert all(r.auto_scheduled for r in completed)  # made by the server's scheduler, not by hand
+    assert "Can't evaluate bulk DML" not in server_log.read_text()
+    decisions = [r for r in services(cfg).tracker.list_runs(cfg.name) if r["kind"] == "decision"]
+    assert len(decisions) == 1  # the scheduled runs saw the same labels: one decision, logged once
