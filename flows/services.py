@@ -81,8 +81,9 @@ def retry_tracking(task, task_run, state) -> bool:
         return False
     except TrackingError as exc:
         attempt = getattr(task_run, "run_count", 0)
+        why = str(exc) if len(str(exc)) <= 200 else str(exc)[:200] + "..."
         _run_logger().warning("MLflow is unreachable (%s); the finished result is kept and logging will be retried "
-                    "(attempt %d of %d); nothing is measured again", exc, attempt, (task.retries or 0) + 1)
+                              "(attempt %d of %d); nothing is measured again", why, attempt, (task.retries or 0) + 1)
         return True
     except Exception:  # noqa: BLE001 - a service error of another kind: also worth another try
         return True

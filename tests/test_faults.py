@@ -252,3 +252,166 @@ def test_served_project_runs_on_its_schedule(flow_project, label_studio, prefect
     assert "Can't evaluate bulk DML" not in server_log.read_text()
     decisions = [r for r in services(cfg).tracker.list_runs(cfg.name) if r["kind"] == "decision"]
     assert len(decisions) == 1  # the scheduled runs saw the same labels: one decision, logged once
+
+
+# ----------------------------------------------------------------------------- 5. user errors
+
+
+def test_user_errors_print_one_line_before_any_flow_starts(flow_project, label_studio):
+    cfg, _, home = flow_project
+    env = _cli_env(label_studio, home)
+    missing = _dataeff("loop", "no-such-project", env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [missing.stderr.strip()]  # one line
+    assert "dataeff project create" in missing.stderr and "Traceback" not in missing.stderr
+
+    wrong = _dataeff("loop", cfg.name, env={**env, "DATAEFF_TEST_LS_TOKEN": "not-a-token"})
+    assert wrong.returncode == 2, wrong.stderr
+    lines = wrong.stderr.strip().splitlines()
+    assert len(lines) == 1 and "token" in lines[0].lower() and "Traceback" not in wrong.stderr
+    assert "Beginning flow run" not in wrong.stderr  # checked before Prefect started
+
+    not_ready = _dataeff("loop", cfg.name, env=env)  # created, never bootstrapped
+    assert not_ready.returncode == 2 and f"dataeff bootstrap {cfg.name}" in not_ready.stderr
+    assert "Traceback" not in not_ready.stderr and "Beginning flow run" not in not_ready.stderr
+
+
+# ----------------------------------------------------------------------------- 6 + 7. hand-made tasks, pull errors
+
+
+def test_loop_output_names_bad_labels_and_hand_made_tasks_once(flow_project, label_studio, prefect_api_url):
+    from flows.bootstrap import bootstrap
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    labeled = annotator(cfg, gold).label_requested()
+    svc = services(cfg)
+    pid = cfg.label_studio_project_id
+    roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
+    reserved = set(roles["lowconf"]) | set(roles["eval"])
+    victim = next(t for t in svc.ls.tasks(pid) if t.dataeff_id not in reserved)
+    svc.ls._sdk.annotations.create(  # a label outside the config, written behind dataeff's back
+        id=victim.task_id,
+        result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["maybe"]}}])
+    hand = svc.ls._sdk.tasks.create(project=pid, data={"prompt": "Question: added by hand in the UI. Answer:"})
+    svc.ls._sdk.annotations.create(
+        id=hand.id, result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["yes"]}}])
+
+    run = _dataeff("loop", cfg.name, env=_cli_env(label_studio, home, PREFECT_API_URL=prefect_api_url), timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    assert out["labeled"] == labeled  # neither the bad label nor the hand-made task counted
+    assert [e["dataeff_id"] for e in out["errors"]] == [victim.dataeff_id] and "maybe" in out["errors"][0]["reason"]
+    assert out["unmanaged_task_ids"] == [hand.id]
+    assert len(out["warnings"]) == 2 and f"task ids {hand.id}" in out["warnings"][1]
+    assert "not counted" in out["warnings"][1]
+    assert run.stderr.count(f"skipped item {victim.dataeff_id}") == 1  # each warning printed once
+    assert run.stderr.count(f"task ids {hand.id}") == 1
+
+
+# ----------------------------------------------------------------------------- 8. decision record follows settings
+
+
+def test_changing_the_label_cap_logs_a_new_decision_that_label_studio_shows(flow_project):
+    from flows.bootstrap import bootstrap
+    from flows.loop import loop_iteration
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    annotator(cfg, gold).label_requested()
+    first = loop_iteration(cfg.name, home=str(home))
+    svc = services(cfg)
+    decisions = lambda: svc.tracker.list_runs(cfg.name, kind="decision")  # noqa: E731 - newest first
+    assert len(decisions()) == 1
+    assert loop_iteration(cfg.name, home=str(home))["new_runs"] == 0  # same inputs: nothing new
+
+    cfg.label_cap = 12  # the team can give fewer labels than the grid's next budget
+    cfg.save()
+    second = loop_iteration(cfg.name, home=str(home))
+    assert second["new_runs"] == 1 and len(decisions()) == 2
+    newest = decisions()[0]
+    assert newest["tags"]["dataeff.reason"] == second["decision"]["reason"]
+    assert svc.ls.get_status(cfg.label_studio_project_id) == second["decision"]["status_text"]
+    assert second["label_cap"] == 12 and first["label_cap"] == 5000
+
+
+# ----------------------------------------------------------------------------- 9. MLflow outage
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    from fixtures_mlflow import MlflowServer
+
+    server = MlflowServer(f"sqlite:///{tmp_path / 'mlflow-server.db'}", tmp_path / "mlflow-server")
+    (tmp_path / "mlflow-server").mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_mlflow_outage_keeps_the_finished_fine_tune_and_logs_it_when_back(flow_project, mlflow_server, caplog):
+    import logging
+
+    from prefect import flow
+
+    from dataeff.iteration import partition
+    from flows import pending
+    from flows.bootstrap import bootstrap
+    from flows.loop import finetune_budget, measure_budget
+
+    cfg, gold, home = flow_project
+    cfg.tracking_uri = mlflow_server.uri
+    cfg.save()
+    bootstrap(cfg.name, home=str(home))
+    annotator(cfg, gold).label_requested()
+    svc = services(cfg)
+    roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
+    role_of = {i: r for r, ids in roles.items() for i in ids}
+    sets = partition(list(svc.ls.pull_labeled(cfg.label_studio_project_id).examples), role_of)
+    caplog.set_level(logging.INFO)
+    lines = lambda: [r.getMessage() for r in caplog.records]  # noqa: E731
+
+    @flow
+    def measure(budget: int) -> float:
+        return measure_budget(svc, sets, budget)
+
+    mlflow_server.stop()  # down before the fine-tune ends; training does not need MLflow
+    restart = threading.Timer(20.0, mlflow_server.start)
+    restart.start()
+    try:
+        score = measure(0)
+    finally:
+        restart.join()
+    assert 0 <= score <= 1
+    assert any("MLflow is unreachable" in line and "kept" in line for line in lines())
+    assert svc.tracker.finetuned_budgets(cfg.name, cfg.model) == {0: score}  # logged once, when MLflow was back
+    assert not list((home / "pending").rglob("*.json"))  # forgotten once logged
+
+    # A result measured but never logged (the run died during the outage) is logged, not measured again.
+    @flow
+    def measure_only(budget: int) -> dict:
+        return finetune_budget(svc, sets, budget)
+
+    kept = measure_only(0)
+    assert len(list((home / "pending").rglob("*.json"))) == 1
+    caplog.clear()
+    assert measure(0) == kept["score"]
+    assert any("logging the kept result instead of training again" in line for line in lines())
+    assert not list((home / "pending").rglob("*.json"))
+    assert len(svc.tracker.list_runs(cfg.name, kind="finetune")) == 1  # same labels, same budget: one run
+
+
+def test_sigterm_stops_an_iteration_cleanly_and_frees_the_lock(flow_project, label_studio, prefect_api_url):
+    from flows.bootstrap import bootstrap
+    from flows.locks import read_holder
+
+    cfg, gold, home = flow_project
+    bootstrap(cfg.name, home=str(home))
+    annotator(cfg, gold).label_requested()
+    proc = _start_killable_loop(cfg, label_studio, home, prefect_api_url)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), output[-3000:]  # the conventional exit
+    assert "Traceback" not in output and "Task run is not set" not in output, output[-3000:]
+    assert "aborted by a termination signal" in output  # Prefect marks the run Crashed and says why
+    assert _active_slots(cfg.name) == 0 and read_holder(cfg.name, home) is None
