@@ -41,8 +41,14 @@ def preflight(config: ProjectConfig, *, bootstrapped: bool = True) -> Services:
     """Check a project's services before any flow starts: token set and accepted, Label Studio project there,
     MLflow readable (and, with ``bootstrapped``, the project bootstrapped). Raises a one-line
     :class:`~dataeff.errors.DataEffError` naming what to fix; returns the opened services."""
+    from integrations.label_studio import LabelStudioAuthError
+
     svc = open_services(config)
-    svc.ls.project_info(svc.project_id)  # LabelStudioAuthError / ProjectNotFound / LabelStudioUnavailable
+    try:
+        svc.ls.project_info(svc.project_id)  # LabelStudioAuthError / ProjectNotFound / LabelStudioUnavailable
+    except LabelStudioAuthError as exc:
+        raise LabelStudioAuthError(f"project {config.name}: {exc}; this project reads its token from "
+                                   f"${config.label_studio_token_env}") from None
     if bootstrapped and not svc.tracker.read_bootstrap(config.name, config.model):
         from dataeff.errors import DataError
 
