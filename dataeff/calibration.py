@@ -317,6 +317,18 @@ def fit_calibration(
     )
 
 
+def dtype_warning(calibration: Calibration, dtype: str | None) -> str | None:
+    """A warning when an estimate's CoS-Low dtype differs from the one ``calibration`` was fitted in, else ``None``.
+
+    Built-in calibrations read off the paper's figure record no dtype (``None``): no warning.
+    """
+    if calibration.dtype is None or dtype is None or dtype == calibration.dtype:
+        return None
+    return (f"CoS-Low was computed in {dtype} but calibration {calibration.family!r} was fitted on {calibration.dtype} "
+            f"values; the dtype alone moves CoS-Low by more than the calibration's error (SmolLM2: fp32 0.39, bf16 0.29). "
+            f"Load the model in {calibration.dtype}.")
+
+
 def baseline_loo_mae(aucs: Sequence[float]) -> float:
     """Leave-one-out MAE of always predicting the mean AUC of the other tasks (the trivial baseline)."""
     y = np.asarray(aucs, dtype=np.float64)

@@ -18,7 +18,7 @@ from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS,
 from dataeff.data import Example, require_labeled
 from dataeff.errors import DataError
 from dataeff.gradients import lora_gradient_gram
-from dataeff.models import LoadedModel, LoraSettings, attach_lora
+from dataeff.models import DEFAULT_DTYPE, LoadedModel, LoraSettings, attach_lora, dtype_name
 
 
 def coslow_from_gram(gram: np.ndarray) -> float:
@@ -63,6 +63,9 @@ class CosLowResult:
         projection_dim: ``None`` (exact) or the sketch size.
         skipped: ``{"id", "field", "tokens", "limit", "reason"}`` of each example left out because its
             prompt or answer is beyond the token bounds (:func:`dataeff.bounds.split_by_token_bounds`).
+        dtype, device: the model's dtype (``"fp32"``, ``"bf16"``, ``"fp16"``) and device (``"cpu"``,
+            ``"cuda"``) the gradients were computed in; CoS-Low depends on the dtype
+            (:data:`dataeff.models.DEFAULT_DTYPE`).
     """
 
     coslow: float
@@ -76,6 +79,8 @@ class CosLowResult:
     chat_template: bool = False
     projection_dim: int | None = None
     skipped: list[dict] = field(default_factory=list)
+    dtype: str = "fp32"
+    device: str = "cpu"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +120,10 @@ def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: Lo
         named = "; ".join(f"{item.id}: {item.reason}" for item in rejected)
         raise DataError(f"CoS-Low needs at least 2 examples within the token bounds, {len(examples)} left; "
                         f"left out: {named}")
+    if dtype_name(loaded.dtype) != DEFAULT_DTYPE:
+        warnings.warn(f"CoS-Low in {dtype_name(loaded.dtype)}: calibrations are fitted in {DEFAULT_DTYPE} and this "
+                      f"dtype moves CoS-Low (bf16: about -0.1 on SmolLM2); load the model with dtype='{DEFAULT_DTYPE}'",
+                      stacklevel=2)
     start = time.perf_counter()
     model = loaded.model
     was_training = model.training
@@ -137,4 +146,5 @@ def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: Lo
         coslow=values[0], draws=values, mean=float(np.mean(values)), std=float(np.std(values)),
         n_examples=len(examples), seconds=time.perf_counter() - start, lora=lora.as_dict(), seed=seed,
         chat_template=chat_template, projection_dim=projection_dim, skipped=[r.as_dict() for r in rejected],
+        dtype=dtype_name(loaded.dtype), device=loaded.device.type,
     )

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from dataeff.data import Example, TaskSpec, require_labeled
 from dataeff.errors import DataError
 from dataeff.metrics import score_predictions
-from dataeff.models import ALL_LINEAR_TARGETS, LoadedModel, LoraSettings, attach_lora, encode_prompt_answer, resolve_dtype
+from dataeff.models import (ALL_LINEAR_TARGETS, LoadedModel, LoraSettings, attach_lora, dtype_name, encode_prompt_answer,
+                            resolve_dtype)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ class FinetuneResult:
         steps: optimizer steps taken.
         final_loss: mean training loss of the last epoch's worth of steps (NaN for zero-shot).
         predictions: the evaluation generations.
+        dtype, device: the model's weights dtype (``"fp32"``, ...; an autocast ``settings.dtype``
+            is in ``settings``) and the device it ran on.
     """
 
     budget: int
@@ -140,6 +143,8 @@ class FinetuneResult:
     steps: int = 0
     final_loss: float = float("nan")
     predictions: list[str] = field(default_factory=list, repr=False)
+    dtype: str = "fp32"
+    device: str = "cpu"
 
     def as_dict(self) -> dict:
         """Plain values without the predictions (for tracking)."""
@@ -428,4 +433,5 @@ def run_finetune(loaded: LoadedModel, train: Sequence[Example], eval: Sequence[E
             loaded.model.to(home)
     return FinetuneResult(budget=budget, score=result.score, zero_shot=budget == 0, n_train=len(subset), n_eval=result.n,
                           seconds_train=seconds_train, seconds_eval=seconds_eval, adapter_dir=saved,
-                          settings=settings.as_dict(), steps=steps, final_loss=final_loss, predictions=result.predictions)
+                          settings=settings.as_dict(), steps=steps, final_loss=final_loss, predictions=result.predictions,
+                          dtype=dtype_name(loaded.dtype), device=target.type)

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from prefect import flow, get_run_logger, task
 
 from dataeff.assess import Assessment
-from dataeff.calibration import get_calibration
+from dataeff.calibration import dtype_warning, get_calibration
 from dataeff.coslow import compute_coslow
 from dataeff.finetune import FinetuneSettings, nested_subset, run_finetune
 from dataeff.iteration import (
@@ -232,6 +232,10 @@ def run_iteration(svc: Services) -> dict:
     coslow_res, estimate_logged = None, False
     if n_lowconf and len(sets.lowconf) >= n_lowconf:
         coslow_res = estimate(svc, sets)
+        mismatch = dtype_warning(get_calibration(cfg.calibration), coslow_res.get("dtype"))
+        if mismatch:
+            warnings.append(mismatch)
+            logger.warning("%s: %s", cfg.name, mismatch)
     settings = settings_for(cfg, n_lowconf)
     outcome = step(
         StepInputs(labeled=len(sets.train), lowconf_total=n_lowconf, lowconf_labeled=len(sets.lowconf),

@@ -567,6 +567,8 @@ class Tracker:
             "n_examples": coslow.get("n_examples"),
             "chat_template": coslow.get("chat_template"),
             "projection_dim": coslow.get("projection_dim"),
+            "dtype": coslow.get("dtype"),
+            "device": coslow.get("device"),
             "confidence": coslow.get("confidence"),
             "calibration_family": _first(calib, "family", default=pred.get("family")),
             "calibration_coef": _first(calib, "coef", "c", default=pred.get("coef")),
@@ -683,6 +685,8 @@ class Tracker:
             "max_steps": src.get("max_steps"),
             "chat_template": src.get("chat_template"),
             "metric": src.get("metric"),
+            "dtype": src.get("dtype"),
+            "device": src.get("device"),
             "label_hash": label_hash,
         }
         metrics = {

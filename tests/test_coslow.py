@@ -97,11 +97,36 @@ def test_bad_inputs_give_clear_errors(tiny_loaded):
         lora_gradient_gram(tiny_loaded.model, tiny_loaded.tokenizer, EXAMPLES, progress=False)
 
 
-def test_bf16_model_runs_with_fp32_accumulation(tiny_model_dir, tiny_loaded):
-    """The CUDA path uses a bf16 model; the same code runs (and stays close) in bf16 on CPU."""
+def test_bf16_model_runs_warns_and_records_its_dtype(tiny_model_dir, tiny_loaded):
+    """An explicit bf16 model still works (fp32 accumulation), is recorded as bf16 and warned about."""
     from dataeff.models import load_model
 
     bf16 = load_model(str(tiny_model_dir), device="cpu", dtype="bf16")
+    exact = compute_coslow(tiny_loaded, EXAMPLES, lora=LORA, seed=2, batch_size=3, progress=False)
+    with pytest.warns(UserWarning, match="CoS-Low in bf16: calibrations are fitted in fp32"):
+        low = compute_coslow(bf16, EXAMPLES, lora=LORA, seed=2, batch_size=3, progress=False)
+    assert abs(low.coslow - exact.coslow) < 0.02
+    assert (low.dtype, exact.dtype) == ("bf16", "fp32") and exact.device == "cpu"
+
+
+def test_the_gpu_default_dtype_gives_fp32_coslow(tiny_model_dir, tiny_loaded):
+    """The dtype a CUDA run gets by default, run here on CPU, reproduces fp32 CoS-Low within 0.005."""
+    import torch
+
+    from dataeff.models import load_model, resolve_dtype
+
+    gpu_default = resolve_dtype(torch.device("cuda"))
+    assert gpu_default == resolve_dtype(torch.device("cpu")) == torch.float32
+    model = load_model(str(tiny_model_dir), device="cpu", dtype=gpu_default)
     exact = compute_coslow(tiny_loaded, EXAMPLES, lora=LORA, seed=2, batch_size=3, progress=False).coslow
-    low = compute_coslow(bf16, EXAMPLES, lora=LORA, seed=2, batch_size=3, progress=False).coslow
-    assert abs(low - exact) < 0.02
+    default = compute_coslow(model, EXAMPLES, lora=LORA, seed=2, batch_size=3, progress=False).coslow
+    assert abs(default - exact) < 0.005
+
+
+def test_a_dtype_other_than_the_calibrations_is_warned_about():
+    from dataeff.calibration import Calibration, dtype_warning
+
+    fitted = Calibration("smollm2-lora", 0.5, 0.3, dtype="fp32")
+    assert dtype_warning(fitted, "fp32") is None
+    assert "fitted on fp32" in dtype_warning(fitted, "bf16")
+    assert dtype_warning(Calibration("paper", 0.5, 0.3), "bf16") is None  # a built-in records no dtype
