@@ -1,4 +1,5 @@
-"""``python -m benchmarks replay ...`` (estimation quality, see benchmarks/replay.py) or
+"""``python -m benchmarks replay ...`` (estimation quality, see benchmarks/replay.py),
+``python -m benchmarks dtype ...`` (CoS-Low by dtype, see benchmarks/dtype.py) or
 ``python -m benchmarks [--quick] [--device cpu|cuda] [--out FILE.md|FILE.json] [--sections ...]``."""
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def main(argv=None) -> int:
         from benchmarks.replay import main as replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["dtype"]:
+        from benchmarks.dtype import main as dtype_main
+
+        return dtype_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions (minutes)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

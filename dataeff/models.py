@@ -87,10 +87,11 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 DEFAULT_DTYPE = "fp32"
 """Weights and arithmetic dtype when none is asked for, on EVERY device.
 
-CoS-Low depends on it more than on anything else: 32 random intent_recognition examples on the
-real SmolLM2 (CPU, one LoRA draw) gave 0.3927 in fp32, 0.3852 with bf16-rounded weights and fp32
-arithmetic, 0.2898 in bf16 and 0.4141 in fp16 arithmetic (GPU measurements in issue 10: fp32 on
-CPU and GPU identical, bf16 0.08 lower). Calibrations are fitted in fp32, so estimates are made in
+CoS-Low depends on it more than on anything else (docs/dtype.md, ``python -m benchmarks dtype``):
+on the real SmolLM2, two samples of 32 intent_recognition examples, fp32 gave 0.3927/0.3853,
+bf16-rounded weights with fp32 arithmetic -0.0075/-0.0099, bf16 -0.103/-0.093, fp16 +0.0008/-0.0025
+(on a GPU, issue 10 measured fp32 identical to CPU and bf16 0.08 lower). Only fp32 weights keep
+CoS-Low within 0.005 of itself. Calibrations are fitted in fp32, so estimates are made in
 fp32; pass ``dtype="bf16"`` for speed/memory and accept a CoS-Low that the calibration does not
 describe (:func:`dataeff.calibration.dtype_warning` says so)."""
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
