@@ -247,6 +247,60 @@ def cmd_data_bigbench(args) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> tuple[int, ...]:
+    from dataeff.errors import DataError
+
+    try:
+        return tuple(int(t) for t in str(text).split(",") if t.strip())
+    except ValueError:
+        raise DataError(f"--{what} {text!r}: give comma-separated integers, e.g. 0,50,100") from None
+
+
+def cmd_study(args) -> int:
+    import shlex
+
+    from dataeff.errors import DataError
+    from dataeff.finetune import FinetuneSettings
+    from dataeff.models import LoraSettings
+    from dataeff.study import StudySettings
+    from flows.study import run_study  # MLflow: the study's memory (resume, provenance)
+    from integrations.mlflow_tracking import Tracker
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    human = {}
+    for item in args.human_score or []:
+        name, sep, value = item.rpartition("=")
+        try:
+            human[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise DataError(f"--human-score {item!r}: write TASK=SCORE, e.g. sports_understanding=0.7")
+    def given(**kw) -> dict:
+        return {k: v for k, v in kw.items() if v is not None}
+
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
+    finetune = FinetuneSettings(**given(r=args.ft_r, alpha=args.ft_alpha, lr=args.lr, epochs=args.epochs,
+                                        batch_size=args.batch_size, max_steps=args.max_steps, target_modules=targets))
+    settings = StudySettings(
+        model=args.model, tasks=tasks, budgets=_int_list(args.budgets, "budgets"), seeds=_int_list(args.seeds, "seeds"),
+        eval_size=args.eval_size, draws=args.draws, k=args.k, max_pool=args.max_pool or None,
+        max_budget=args.max_budget, human_scores=human, chat_template=args.chat_template, device=args.device,
+        dtype=args.dtype, lora=LoraSettings(**given(r=args.lora_r, alpha=args.lora_alpha, target_modules=targets)),
+        finetune=finetune, name=args.name, family=args.family)
+    if args.tracking_uri:
+        tracker = Tracker(args.tracking_uri)
+    else:
+        from dataeff.project import dataeff_home
+
+        tracker = Tracker.local(dataeff_home())
+    summary = run_study(settings, tracker, out=args.out, calibration_out=args.calibration_out,
+                        progress=not args.no_progress, command="dataeff " + shlex.join(sys.argv[1:]),
+                        results_dir=args.results)
+    _print_json(summary)
+    return 0
+
+
 # ----------------------------------------------------------------------------- project commands
 
 
@@ -446,6 +500,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="save the calibration JSON here")
 
     add("calibrations", cmd_calibrations, "list the built-in calibrations")
+
+    p = add("study", cmd_study,
+            "calibrate a model family: CoS-Low and LoRA learning curves on several tasks, then the fit (resumable via MLflow)",
+            epilog="example: dataeff study --model smollm2 --tasks intent_recognition,sports_understanding,data/spam.jsonl "
+                   "--budgets 0,50,100,200,500,1000 --seeds 0,1 --out docs/study.md\n"
+                   "Per task: confidence over the pool, CoS-Low of k low-confidence and k random examples over --draws "
+                   "LoRA draws, fine-tunes on the grid x seeds scored on a held-out split, the paper's AUC. Every run goes "
+                   "to MLflow keyed by its inputs: re-running resumes an interrupted study and writes nothing for a "
+                   "finished one. Prints a JSON summary; writes --out (markdown) and the calibration JSON.")
+    _model_args(p, chat_default=False)
+    p.add_argument("--tasks", required=True, help="comma-separated BIG-bench task names, corpora (bbc_news, tweet_sentiment, spam_assassin) or labeled JSONL/CSV files (prompt, answer)")
+    p.add_argument("--budgets", default="0,50,100,200,500,1000", help="fine-tune budget grid, 0 = zero-shot")
+    p.add_argument("--seeds", default="0,1", help="fine-tune seeds per budget")
+    p.add_argument("--eval-size", type=int, default=200, help="held-out evaluation examples per task")
+    p.add_argument("--draws", type=int, default=3, help="LoRA initialisations CoS-Low is computed over")
+    p.add_argument("--k", type=int, default=32, help="examples CoS-Low is computed on (low-confidence and random)")
+    p.add_argument("--max-pool", type=int, default=2000, help="pool limit per task (seeded subset; 0 = no limit)")
+    p.add_argument("--max-budget", type=int, default=None, help="AUC cut-off N (default: the largest budget; the paper: 5000)")
+    p.add_argument("--human-score", nargs="*", metavar="TASK=SCORE", default=None, help="known ceiling scores")
+    # Defaults: None = LoraSettings / FinetuneSettings (their one home; not imported here to keep --help fast).
+    p.add_argument("--lora-r", type=int, default=None, help="CoS-Low LoRA rank (default: LoraSettings, the paper's 64)")
+    p.add_argument("--lora-alpha", type=int, default=None, help="CoS-Low LoRA alpha (default: LoraSettings)")
+    p.add_argument("--lora-targets", default=None, help="comma-separated LoRA target modules, both LoRAs (default: all linear)")
+    p.add_argument("--ft-r", type=int, default=None, help="fine-tune LoRA rank (default: FinetuneSettings, as the loop)")
+    p.add_argument("--ft-alpha", type=int, default=None, help="fine-tune LoRA alpha (default: FinetuneSettings)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default: FinetuneSettings)")
+    p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default: FinetuneSettings)")
+    p.add_argument("--batch-size", type=int, default=None, help="fine-tune batch size (default: FinetuneSettings)")
+    p.add_argument("--max-steps", type=int, default=None, help="fine-tune optimizer steps (overrides --epochs)")
+    p.add_argument("--name", default=None, help="study name = MLflow experiment (default: study-<model folder name>)")
+    p.add_argument("--family", default=None, help="calibration family name (default: the model's folder name)")
+    p.add_argument("--out", default="docs/study.md", help="markdown report")
+    p.add_argument("--calibration-out", default=None, help="calibration JSON (default: $DATAEFF_HOME/calibrations/<family>.json)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///$DATAEFF_HOME/mlflow.db)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="keep each finished task's result here as <task>.json (commit it with the report): a study "
+                        "resumed on another machine or MLflow store takes those tasks from there")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
     p = add("confidence", cmd_confidence, "greedy answers and per-answer confidence for an unlabeled pool (batched)")
     _model_args(p, chat_default=True)

@@ -883,6 +883,136 @@ class Tracker:
         """Download one artifact of a run into ``dst_dir``; returns the local path."""
         return Path(self._client.download_artifacts(run_id, path, str(dst_dir)))
 
+    # ------------------------------------------------------------------ calibration studies (dataeff study)
+    # One experiment per study, one parent run per task (kind ``study-task``), a child run per
+    # measurement (``study-finetune``, ``study-coslow``, ``study-confidence``), one ``study-summary``
+    # run with the report. Every run carries ``dataeff.run_key`` (its inputs): a FINISHED run with the
+    # same key is never written twice, so an interrupted study resumes and a finished one writes nothing.
+
+    @_guarded
+    def study_experiment(self, study: str, model: str | None = None) -> str:
+        """Create or get the experiment of ``study`` (tagged ``dataeff.purpose=study``); returns its id."""
+        return self._experiment(study, model=model, kind_tag="study")
+
+    @_guarded
+    def start_study_task(self, study: str, key: str, *, run_name: str, tags: Mapping[str, Any],
+                         params: Mapping[str, Any] = ()) -> tuple[str, str]:
+        """The parent run of one task of a study: ``(run_id, state)``.
+
+        ``state`` is ``"finished"`` (a FINISHED run with this key exists: nothing to do),
+        ``"resumed"`` (an unfinished one - interrupted or failed - is set RUNNING again and reused, so
+        its children stay under it) or ``"created"``.
+        """
+        exp_id = self.study_experiment(study)
+        runs = self._search(exp_id, f"tags.`{TAG_RUN_KEY}` = '{key}'")
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        if finished:
+            return finished[0].info.run_id, "finished"
+        if runs:
+            run_id = runs[0].info.run_id
+            self._client.update_run(run_id, status="RUNNING")
+            return run_id, "resumed"
+        all_tags = {k: v for k, v in tags.items() if v is not None}
+        all_tags.update({TAG_RUN_KEY: key, "dataeff.host": socket.gethostname(), "dataeff.pid": os.getpid()})
+        run = self._client.create_run(exp_id, tags={k: redact_text(str(v))[:MAX_TAG_VAL_LENGTH] for k, v in all_tags.items()},
+                                      run_name=redact_text(run_name))
+        param_list = [Param(redact_text(str(k)), _param_value(v)) for k, v in params.items() if v is not None]
+        for i in range(0, len(param_list), 100):
+            self._client.log_batch(run.info.run_id, params=param_list[i:i + 100])
+        return run.info.run_id, "created"
+
+    @_guarded
+    def finish_study_task(self, run_id: str, *, metrics: Mapping[str, Any] = (), data: Any = None,
+                          artifact_file: str = "task_result.json", status: str = "FINISHED",
+                          tags: Mapping[str, Any] = ()) -> None:
+        """Log the task's metrics and result JSON on its parent run and end it with ``status``."""
+        now = int(time.time() * 1000)
+        metric_list = [Metric(redact_text(str(k)), x, now, 0) for k, v in metrics.items() if (x := _finite(v)) is not None]
+        for i in range(0, len(metric_list), 1000):
+            self._client.log_batch(run_id, metrics=metric_list[i:i + 1000])
+        for k, v in dict(tags).items():
+            self._client.set_tag(run_id, k, redact_text(str(v))[:MAX_TAG_VAL_LENGTH])
+        if data is not None:
+            self._log_json(run_id, data, artifact_file)
+        self._terminate(run_id, status)
+
+    @_guarded
+    def end_run(self, run_id: str, status: str = "KILLED") -> None:
+        """End a run (e.g. a study task's parent on an interruption) with ``status``."""
+        self._terminate(run_id, status)
+
+    @_guarded
+    def finished_study_runs(self, study: str) -> dict[str, dict]:
+        """``{run key: run record}`` of the study's FINISHED runs (see :meth:`list_runs` for a record)."""
+        exp_id = self._existing_experiment(study)
+        if exp_id is None:
+            return {}
+        out: dict[str, dict] = {}
+        for run in self._search(exp_id, "attributes.status = 'FINISHED'"):
+            key = run.data.tags.get(TAG_RUN_KEY)
+            if key and key not in out:
+                out[key] = self._run_record(run)
+        return out
+
+    @_guarded
+    def log_study_run(self, study: str, *, key: str, kind: str, run_name: str, parent_run_id: str | None = None,
+                      tags: Mapping[str, Any] = (), params: Mapping[str, Any] = (), metrics: Mapping[str, Any] = (),
+                      data: Any = None, artifact_file: str = "result.json", texts: Mapping[str, str] = ()) -> LoggedRun:
+        """Log one measurement of a study (idempotent on ``key``), as a child of ``parent_run_id`` if given.
+
+        ``data`` is stored as ``artifact_file`` (JSON); ``texts`` as ``{artifact path: text}``.
+        """
+        exp_id = self.study_experiment(study)
+        all_tags = {TAG_KIND: kind, **dict(tags)}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+
+        def artifacts(run_id: str) -> None:
+            if data is not None:
+                self._log_json(run_id, data, artifact_file)
+            for path, text in dict(texts).items():
+                self._client.log_text(run_id, redact_text(text), path)
+
+        return self._log_run(exp_id, key=key, run_name=run_name, tags=all_tags, params=params, metrics=metrics,
+                             artifacts=artifacts)
+
+    @_guarded
+    def log_study_failure(self, study: str, *, key: str, kind: str, run_name: str, error: str,
+                          parent_run_id: str | None = None, tags: Mapping[str, Any] = (),
+                          params: Mapping[str, Any] = ()) -> str:
+        """Record a measurement that raised as a FAILED run (tag ``dataeff.error``); a re-run tries it again."""
+        exp_id = self.study_experiment(study)
+        all_tags = {TAG_KIND: kind, TAG_RUN_KEY: key, "dataeff.error": error, TAG_NOTE: f"failed: {error}", **dict(tags)}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self._client.create_run(exp_id, tags={k: redact_text(str(v))[:MAX_TAG_VAL_LENGTH]
+                                                    for k, v in all_tags.items() if v is not None},
+                                      run_name=redact_text(run_name))
+        param_list = [Param(redact_text(str(k)), _param_value(v)) for k, v in params.items() if v is not None]
+        if param_list:
+            self._client.log_batch(run.info.run_id, params=param_list[:100])
+        self._terminate(run.info.run_id, "FAILED")
+        return run.info.run_id
+
+    @_guarded
+    def read_run_json(self, run_id: str, artifact_file: str) -> Any | None:
+        """A JSON artifact of a run, or ``None`` when the run has no such file."""
+        return self._read_json(run_id, artifact_file)
+
+    @_guarded
+    def log_run_json(self, run_id: str, data: Any, artifact_file: str) -> None:
+        """Store ``data`` (redacted) as the JSON artifact ``artifact_file`` of a run."""
+        self._log_json(run_id, data, artifact_file)
+
+    @_guarded
+    def list_study_runs(self, study: str, *, include_unfinished: bool = True) -> list[dict]:
+        """Every run of a study (newest first) as plain records (see :meth:`list_runs`)."""
+        exp_id = self._existing_experiment(study)
+        if exp_id is None:
+            return []
+        flt = "" if include_unfinished else "attributes.status = 'FINISHED'"
+        return [self._run_record(r) for r in self._search(exp_id, flt, view=ViewType.ALL)]
+
 
 # ----------------------------------------------------------------------------- small helpers
 

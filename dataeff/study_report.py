@@ -1,0 +1,157 @@
+"""The end of a study: the calibration fit over its tasks and the markdown report (``docs/study.md``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import stats
+
+from dataeff.calibration import Calibration, fit_calibration
+from dataeff.errors import DataError
+from dataeff.study import StudySettings, TaskResult, coslow_mean
+
+#: Fewer tasks with an AUC and a CoS-Low than this: no fit.
+MIN_FIT_TASKS = 3
+
+
+@dataclass
+class StudyFit:
+    """The calibration fitted on a study's tasks, or why there is none.
+
+    Attributes:
+        calibration: the fitted :class:`Calibration` (``None`` when skipped).
+        rows: ``(task, CoS-Low low-confidence mean over draws, AUC)`` used.
+        correlations: ``{"low": {"pearson", "spearman"}, "random": {...}}`` of CoS-Low with AUC
+            across tasks (``None`` values with fewer than 3 tasks).
+        note: why the fit was skipped, or ``""``.
+    """
+
+    calibration: Calibration | None
+    rows: list[tuple[str, float, float]] = field(default_factory=list)
+    correlations: dict = field(default_factory=dict)
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"calibration": self.calibration.to_dict() if self.calibration else None,
+                "rows": [list(r) for r in self.rows], "correlations": self.correlations, "note": self.note}
+
+
+def fit_rows(results: Sequence[TaskResult], which: str = "low") -> list[tuple[str, float, float]]:
+    """``(task, CoS-Low mean, AUC)`` of every task with both (``which``: ``"low"`` or ``"random"``)."""
+    rows = []
+    for r in results:
+        c = coslow_mean(r.coslow_low if which == "low" else r.coslow_random)
+        if c is not None and r.auc is not None and r.auc > 0:
+            rows.append((r.task, c, float(r.auc)))
+    return rows
+
+
+def _correlation(rows: Sequence[tuple[str, float, float]]) -> dict:
+    if len(rows) < 3:
+        return {"pearson": None, "spearman": None, "n": len(rows)}
+    x = np.array([r[1] for r in rows])
+    y = np.array([r[2] for r in rows])
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return {"pearson": None, "spearman": None, "n": len(rows)}
+    return {"pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0]), "n": len(rows)}
+
+
+def fit_study(results: Sequence[TaskResult], family: str, settings: StudySettings, *, provenance: Mapping | None = None,
+              source: str = "") -> StudyFit:
+    """Fit ``AUC = c * CoS-Low + I`` (scikit-learn OLS, leave-one-task-out errors) on a study's tasks.
+
+    CoS-Low of a task is the mean over its LoRA draws of the low-confidence statistic.
+    With fewer than :data:`MIN_FIT_TASKS` tasks (or equal CoS-Low values) the fit is skipped and
+    ``note`` says why.
+    """
+    rows = fit_rows(results, "low")
+    corr = {"low": _correlation(rows), "random": _correlation(fit_rows(results, "random"))}
+    if len(rows) < MIN_FIT_TASKS:
+        return StudyFit(None, rows, corr, f"fit skipped: {len(rows)} task(s) with both an AUC and CoS-Low, "
+                                          f"at least {MIN_FIT_TASKS} needed")
+    try:
+        cal = fit_calibration(rows, family, source=source or f"dataeff study {settings.study_name}",
+                              fit_kind="lora", dtype=settings.dtype, provenance=dict(provenance or {}))
+    except DataError as exc:
+        return StudyFit(None, rows, corr, f"fit skipped: {exc}")
+    return StudyFit(cal, rows, corr)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _num(x, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def _pm(mean, sd, digits: int = 3) -> str:
+    return "–" if mean is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _interval(iv) -> str:
+    return "" if not iv else f" [{iv[0]:.3f}, {iv[1]:.3f}]"
+
+
+def render_markdown(results: Sequence[TaskResult], settings: StudySettings, fit: StudyFit, *,
+                    provenance: Mapping | None = None) -> str:
+    """``docs/study.md``: one row per task, then the fit (or why it was skipped) and the settings."""
+    prov = dict(provenance or {})
+    budgets = list(settings.budgets)
+    lines = [f"# Calibration study: {settings.model}", ""]
+    lines.append(f"Model `{settings.model}`" + (f" (family `{prov['family']}`)" if prov.get("family") else "")
+                 + f", dtype {prov.get('dtype') or settings.dtype or 'default'}, device {prov.get('device') or settings.device or 'default'}. "
+                 f"Budgets {', '.join(map(str, budgets))}; seeds {', '.join(map(str, settings.seeds))}; "
+                 f"eval split {settings.eval_size}; CoS-Low on k={settings.k} examples over {settings.draws} LoRA draws "
+                 f"(r={settings.lora.r}, alpha={settings.lora.alpha}).")
+    lines.append("")
+    lines.append(f"AUC as the paper computes it: N = {settings.cutoff} (normalised log size axis "
+                 f"x = log2(max(n, 1)) / log2(N)); budgets 1-49 are not part of the curve; grid budgets up to N "
+                 f"without a result count as the best score so far; ceiling h = max(human score, best mean score), "
+                 f"the best mean score where no human score is given. Scores: mean ± sd over seeds on the eval split "
+                 f"(zero-shot is greedy and seed-free, measured once).")
+    lines.append("")
+    head = ["task", "pool / eval", "chance", "majority", *[("zero-shot" if b == 0 else str(b)) for b in budgets],
+            "AUC", "ceiling", "CoS-Low low-conf", "CoS-Low random", "seconds"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    for r in results:
+        means, sds = r.means(), r.sds()
+        cells = [r.task, f"{r.n_pool} / {r.n_eval}", _num(r.chance), _num(r.majority)]
+        for b in budgets:
+            if b in r.dropped:
+                cells.append("dropped")
+            elif b in means:
+                cells.append(_num(means[b]) if b == 0 else _pm(means[b], sds[b]))
+            else:
+                cells.append("failed" if any(f["budget"] == b for f in r.failures) else "–")
+        low = r.coslow_low or {}
+        cells += [_num(r.auc), _num(r.ceiling), _pm(low.get("mean"), low.get("std", 0.0)) if low else "–",
+                  _num(coslow_mean(r.coslow_random)), f"{r.seconds:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- {r.task}: {m}" for r in results for m in [*r.messages, r.auc_note] if m]
+    notes += [f"- {r.task}: fine-tune at budget {f['budget']}, seed {f['seed']} failed: {f['error']}"
+              for r in results for f in r.failures]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    lines += ["", "## Calibration fit", ""]
+    cal = fit.calibration
+    if cal is None:
+        lines.append(fit.note or "fit skipped")
+    else:
+        lines += [
+            f"AUC = {cal.coef:.3f}{_interval(cal.coef_interval)} × CoS-Low + {cal.intercept:.3f}{_interval(cal.intercept_interval)} "
+            f"(95% intervals; {cal.n_tasks} tasks; CoS-Low = mean of the low-confidence draws; fit kind {cal.fit_kind}, dtype {cal.dtype or 'default'}).",
+            "",
+            f"- leave-one-task-out MAE {_num(cal.loo_mae)} vs {_num(cal.baseline_loo_mae)} for always predicting the mean AUC of the other tasks",
+            f"- leave-one-task-out relative error {_num(cal.loo_relative_error)}",
+            f"- residual sd {_num(cal.residual_std)}",
+        ]
+    for which, label in (("low", "CoS-Low low-confidence"), ("random", "CoS-Low random (ablation)")):
+        c = fit.correlations.get(which) or {}
+        lines.append(f"- correlation of {label} with AUC across {c.get('n', 0)} tasks: Pearson {_num(c.get('pearson'))}, "
+                     f"Spearman {_num(c.get('spearman'))}")
+    lines.append(f"- N = {settings.cutoff}; ceiling = max(human score, best mean score)")
+    return "\n".join(lines) + "\n"
