@@ -15,13 +15,12 @@ A task becomes a :class:`~dataeff.data.TaskSpec` plus a list of :class:`~dataeff
 Prompts come from a small registry of :class:`TaskFormat` (short prompts that list the options:
 CPU-friendly) or, for other tasks, from BIG-bench's own prefixes.
 
-Command line: ``python -m dataeff.bigbench NAME OUT_DIR [--eval-size N] [--max-examples N]``
-writes ``pool.jsonl`` and ``eval.jsonl``.
+Command line: ``dataeff data bigbench NAME --out DIR`` (``app.cli``) writes ``pool.jsonl`` and
+``eval.jsonl``.
 """
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import os
@@ -59,15 +58,13 @@ def bigbench_cache() -> Path:
 
 
 def _archive_candidates() -> list[Path]:
-    repo_cache = Path(__file__).resolve().parents[1] / ".cache" / "bigbench" / ARCHIVE_NAME
-    return [bigbench_cache() / ARCHIVE_NAME, repo_cache]
+    return [bigbench_cache() / ARCHIVE_NAME]
 
 
 def fetch_bigbench_archive(*, download: bool = True) -> Path:
     """Path of the bigbench 1.0.0 source archive, downloading it once if needed.
 
-    Looks, in order, at ``$DATAEFF_BIGBENCH_ARCHIVE``, ``cache_dir()/bigbench/`` and the
-    repository's ``.cache/bigbench/``; otherwise runs
+    Looks, in order, at ``$DATAEFF_BIGBENCH_ARCHIVE`` and ``cache_dir()/bigbench/``; otherwise runs
     ``pip download --no-deps --no-binary :all: bigbench==1.0.0 -d cache_dir()/bigbench``
     (~1 minute, 358 MB).
 
@@ -396,27 +393,3 @@ def export_task(name: str, out_dir: str | Path, *, eval_size: int | float = 100,
     (out / "task.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
     paths["task"] = out / "task.json"
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dataeff.bigbench NAME OUT_DIR``: export a task as pool/eval JSONL."""
-    parser = argparse.ArgumentParser(prog="python -m dataeff.bigbench", description=main.__doc__)
-    parser.add_argument("name")
-    parser.add_argument("out_dir")
-    parser.add_argument("--eval-size", type=float, default=100, help="examples held out (or a fraction < 1)")
-    parser.add_argument("--max-examples", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    eval_size = args.eval_size if args.eval_size < 1 else int(args.eval_size)
-    try:
-        paths = export_task(args.name, args.out_dir, eval_size=eval_size, max_examples=args.max_examples, seed=args.seed)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -223,7 +223,7 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
     finally:
         if keep_running:
             console.print("Label Studio and the MLflow UI keep running (--keep-running); "
-                          f"stop them with: python -m integrations.ls_server stop --port {ls_port} --data-dir {workdir / 'label-studio'}; kill {ui.pid}")
+                          f"stop them with: dataeff label-studio stop --port {ls_port} --data-dir {workdir / 'label-studio'}; kill {ui.pid}")
         else:
             ui.terminate()
             server.stop()

@@ -388,7 +388,7 @@ class LabelStudioClient:
             if not retry_ok or attempt >= self.retries:
                 raise LabelStudioUnavailable(
                     f"Label Studio at {self.url} is unavailable ({transient}) while trying to {what}, after "
-                    f"{attempt + 1} attempt(s); check that the server runs (python -m integrations.ls_server status) "
+                    f"{attempt + 1} attempt(s); check that the server runs (dataeff label-studio status) "
                     "and try again"
                 ) from None
             delay = self.backoff * (2**attempt)

@@ -6,10 +6,10 @@ the application only needs ``label-studio-sdk``.
 
 Command line (run with the application's python)::
 
-    python -m integrations.ls_server install                 # once; no-op when already there
-    python -m integrations.ls_server start  [--port 8080] [--data-dir DIR] [--postgres]
-    python -m integrations.ls_server status [--port 8080] [--data-dir DIR]
-    python -m integrations.ls_server stop   [--port 8080] [--data-dir DIR]
+    dataeff label-studio install                 # once; no-op when already there
+    dataeff label-studio start  [--port 8080] [--data-dir DIR] [--postgres]
+    dataeff label-studio status [--port 8080] [--data-dir DIR]
+    dataeff label-studio stop   [--port 8080] [--data-dir DIR]
 
 Files kept in the data dir: ``label-studio.pid`` (process-group leader), ``label-studio.log``
 (server output) and ``dataeff-credentials.json`` (mode 0600: username, password, API token).
@@ -18,7 +18,6 @@ The token is a secret: it is never printed or logged, and ``repr`` masks it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -92,7 +91,7 @@ def install(venv: Path = DEFAULT_VENV, version: str = LS_VERSION, python: str = 
             raise LabelStudioServerError(
                 f"installing Label Studio failed at `{' '.join(cmd)}` (exit {done.returncode}):\n"
                 f"{done.stderr[-2000:]}\nfix the cause (network to PyPI? disk space?) and re-run "
-                "`python -m integrations.ls_server install`"
+                "`dataeff label-studio install`"
             )
     return True
 
@@ -343,7 +342,7 @@ class LabelStudioServer:
         exe = self.venv / "bin" / "label-studio"
         if not exe.exists():
             raise LabelStudioServerError(
-                f"Label Studio is not installed at {self.venv}; run `python -m integrations.ls_server install`"
+                f"Label Studio is not installed at {self.venv}; run `dataeff label-studio install`"
             )
         if self.postgres:
             _create_postgres_database(self.postgres_db, self.postgres_user, self.postgres_host, self.postgres_port)
@@ -437,41 +436,3 @@ class LabelStudioServer:
     def __exit__(self, *exc) -> None:
         if self._owned:
             self.stop()
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m integrations.ls_server", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["install", "start", "stop", "status"])
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--postgres", action="store_true", help="use Postgres on 127.0.0.1:5432 instead of SQLite")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for /health on start")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "install":
-            did = install()
-            print(f"Label Studio {LS_VERSION} {'installed' if did else 'already installed'} in {DEFAULT_VENV}")
-            return 0
-        server = LabelStudioServer(port=args.port, data_dir=args.data_dir, postgres=args.postgres)
-        if args.command == "start":
-            server.start(timeout=args.timeout)
-            print(f"Label Studio is up at {server.url} (pid {server.pid()}, log {server.log_file})")
-            print(f"login {server.username}; password and API token are in {server.credentials_file} (mode 0600)")
-        elif args.command == "stop":
-            print("stopped" if server.stop() else "no server was running for this data dir")
-        else:
-            st = server.status()
-            print(json.dumps(st, indent=2))
-            return 0 if st["healthy"] else 3
-    except DataEffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,5 +28,5 @@ if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev
   fi
 fi
 echo "==> Label Studio server (own virtualenv)"
-.venv/bin/python -m integrations.ls_server install
+.venv/bin/dataeff label-studio install
 echo "==> set-up complete"

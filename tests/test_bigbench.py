@@ -138,14 +138,16 @@ def test_split_examples_deterministic_and_disjoint():
 
 
 def test_export_task_and_cli(synthetic_archive, tmp_path, capsys):
+    from app.cli import main
+
     paths = export_task("color_quiz", tmp_path / "out", eval_size=3)
     pool, ev = read_jsonl(paths["pool"]), read_jsonl(paths["eval"])
     assert len(pool) == 7 and len(ev) == 3
     assert json.loads(paths["task"].read_text())["labels"] == ["red", "blue"]
     assert {e.id for e in pool + ev} == {f"color_quiz:{i}" for i in range(10)}
-    assert bigbench.main(["color_quiz", str(tmp_path / "cli"), "--eval-size", "2"]) == 0
+    assert main(["data", "bigbench", "color_quiz", "--out", str(tmp_path / "cli"), "--eval-size", "2"]) == 0
     assert len(read_jsonl(tmp_path / "cli" / "eval.jsonl")) == 2
-    assert bigbench.main(["no_such_task", str(tmp_path / "cli2")]) == 2
+    assert main(["data", "bigbench", "no_such_task", "--out", str(tmp_path / "cli2")]) == 2
     assert "similar names" in capsys.readouterr().err
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dataeff.cli import main
+from app.cli import main
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-results"
 
@@ -69,12 +69,12 @@ def test_bad_input_is_a_clear_error_without_traceback(capsys, tmp_path, argv, ne
 
 
 def test_help_teaches_every_command():
-    out = subprocess.run([sys.executable, "-m", "dataeff.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("auc", "predict", "confidence", "coslow", "calibrate", "finetune", "project", "bootstrap", "loop",
                     "serve", "demo", "bench"):
         assert command in out
     assert "typical session" in out
-    sub = subprocess.run([sys.executable, "-m", "dataeff.cli", "coslow", "--help"], capture_output=True, text=True, check=True).stdout
+    sub = subprocess.run([sys.executable, "-m", "app.cli", "coslow", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--draws" in sub and "--projection-dim" in sub and "(default: 64)" in sub
 
 

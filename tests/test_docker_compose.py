@@ -28,7 +28,7 @@ def test_compose_structure():
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
     assert "serve" in services["worker"]["command"]
-    from dataeff.cli import build_parser
+    from app.cli import build_parser
 
     argv = services["worker"]["command"].split()
     assert argv[0] == "dataeff"

@@ -37,7 +37,7 @@ def _cli_env(label_studio, home: Path, **extra) -> dict:
 
 
 def _dataeff(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dataeff.cli", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 
@@ -54,7 +54,7 @@ def _start_killable_loop(cfg, label_studio, home, prefect_api_url) -> subprocess
     """``dataeff loop`` in a subprocess on the harness's API; returns once it holds the project's lock."""
     from flows.locks import holder_path
 
-    proc = subprocess.Popen([sys.executable, "-m", "dataeff.cli", "loop", cfg.name],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "loop", cfg.name],
                             env=_cli_env(label_studio, home, PREFECT_API_URL=prefect_api_url),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     deadline = time.monotonic() + 180
@@ -227,7 +227,7 @@ def test_served_project_runs_on_its_schedule(flow_project, label_studio, prefect
     url, server_log = prefect_server
     serve_log = home / "serve.log"
     with open(serve_log, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dataeff.cli", "serve", cfg.name, "--interval", "10"],
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", cfg.name, "--interval", "10"],
                                 env=_cli_env(label_studio, home, PREFECT_API_URL=url), stdout=log,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
     try:

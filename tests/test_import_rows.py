@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from dataeff.cli import main
+from app.cli import main
 from dataeff.project import ProjectConfig
 
 

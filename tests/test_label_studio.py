@@ -88,10 +88,10 @@ def test_server_is_up_reused_and_keeps_its_secret(label_studio):
 
 def test_cli_install_is_a_noop_and_status_hides_the_token(label_studio):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "integrations.ls_server", "install"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "app.cli", "label-studio", "install"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert out.returncode == 0 and "already installed" in out.stdout
     out = subprocess.run(
-        [sys.executable, "-m", "integrations.ls_server", "status", "--port", str(label_studio.port), "--data-dir", str(label_studio.data_dir)],
+        [sys.executable, "-m", "app.cli", "label-studio", "status", "--port", str(label_studio.port), "--data-dir", str(label_studio.data_dir)],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
     )
     assert out.returncode == 0, out.stderr

@@ -269,7 +269,7 @@ def test_errors_failures_and_small_task(tiny_model_dir, tiny_loaded, tasks, trac
 
 
 def test_cli_help_and_error(capsys, tmp_path, mlflow_sqlite_uri):
-    from dataeff.cli import main
+    from app.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(["study", "--help"])
@@ -288,7 +288,7 @@ def test_cli_study_fits_and_saves_calibration(tiny_model_dir, tmp_path, mlflow_s
     """Three tasks with a measurable AUC (fine-tune scores faked, everything else real) -> fit, file, report, no rewrite."""
     import flows.study as driver
     from dataeff.calibration import Calibration
-    from dataeff.cli import main
+    from app.cli import main
     from dataeff.finetune import FinetuneResult
 
     gains = {"t1": 0.2, "t2": 0.5, "t3": 0.8}

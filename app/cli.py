@@ -305,7 +305,7 @@ def cmd_study(args) -> int:
 
 
 def _flows_cli():
-    import flows.commands as commands  # orchestration layer: Prefect, Label Studio, MLflow
+    import app.commands as commands  # project commands: Prefect, Label Studio, MLflow through flows/
 
     return commands
 
@@ -438,6 +438,43 @@ def _project_commands(add) -> None:
     p.add_argument("--projects", nargs="+", required=True)
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", default=None, help="save the calibration JSON here (default: $DATAEFF_HOME/calibrations/<family>.json)")
+
+
+def cmd_label_studio(args) -> int:
+    import json as _json
+    import logging
+
+    from integrations.ls_server import DEFAULT_VENV, LS_VERSION, LabelStudioServer, install
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.action == "install":
+        did = install()
+        print(f"Label Studio {LS_VERSION} {'installed' if did else 'already installed'} in {DEFAULT_VENV}")
+        return 0
+    server = LabelStudioServer(port=args.port, data_dir=args.data_dir, postgres=args.postgres)
+    if args.action == "start":
+        server.start(timeout=args.timeout)
+        print(f"Label Studio is up at {server.url} (pid {server.pid()}, log {server.log_file})")
+        print(f"login {server.username}; password and API token are in {server.credentials_file} (mode 0600)")
+    elif args.action == "stop":
+        print("stopped" if server.stop() else "no server was running for this data dir")
+    else:
+        status = server.status()
+        print(_json.dumps(status, indent=2))
+        return 0 if status["healthy"] else 3
+    return 0
+
+
+def _service_commands(add) -> None:
+    """Local services dataeff manages for the user (Label Studio in its own virtualenv)."""
+    from integrations.ls_server import DEFAULT_DATA_DIR, DEFAULT_PORT
+
+    p = add("label-studio", cmd_label_studio, "install, start, stop or check the local Label Studio server (own virtualenv)")
+    p.add_argument("action", choices=["install", "start", "stop", "status"])
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--postgres", action="store_true", help="use Postgres on 127.0.0.1:5432 instead of SQLite")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for /health on start")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -595,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--seed", type=int, default=0)
 
     _project_commands(add)
+    _service_commands(add)
 
     p = add("bench", cmd_bench, "speed/memory benchmarks vs the naive reference algorithm (see docs/benchmarks.md)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments passed to `python -m benchmarks`")

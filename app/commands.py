@@ -1,6 +1,6 @@
 """Handlers of the ``dataeff`` project commands (create, bootstrap, loop, serve, demo, calibrate-family).
 
-Thin: parse what ``dataeff.cli`` collected, call a flow or a plain function, print JSON.
+Thin: take what ``app.cli`` parsed, call a flow or a plain function, print JSON.
 """
 
 from __future__ import annotations
