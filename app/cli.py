@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from dataeff.defaults import CALIBRATION, LABEL_CAP, PRIMARY_TARGET, TARGETS
 from dataeff.errors import DataEffError
 
 EPILOG = """\
@@ -351,7 +352,7 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     """``--coef C I`` or ``--calibration NAME|FILE`` (read by :func:`_calibration_from_args`)."""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I")
-    g.add_argument("--calibration", default="llama-3.1-8b-instruct", help="built-in calibration name or a calibration JSON file")
+    g.add_argument("--calibration", default=CALIBRATION, help="built-in calibration name or a calibration JSON file")
 
 
 def _model_args(p: argparse.ArgumentParser, chat_default: bool) -> None:
@@ -381,11 +382,11 @@ def _project_commands(add) -> None:
     cp.add_argument("--eval", default=None, help="labeled held-out JSONL/CSV; without it the team labels --eval-size pool items")
     cp.add_argument("--metric", choices=["exact_match", "f1"], default="exact_match")
     cp.add_argument("--model", default="smollm2", help="model source (see `dataeff confidence --help`)")
-    cp.add_argument("--calibration", default="llama-3.1-8b-instruct", help="calibration name or JSON file of the model family")
+    cp.add_argument("--calibration", default=CALIBRATION, help="calibration name or JSON file of the model family")
     cp.add_argument("--no-chat-template", dest="chat_template", action="store_false", default=True)
-    cp.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets")
-    cp.add_argument("--primary-target", type=float, default=0.9, help="target the stop rule uses")
-    cp.add_argument("--label-cap", type=int, default=1000, help="most labels the team will give")
+    cp.add_argument("--target", type=float, nargs="+", default=list(TARGETS), help="normalised targets")
+    cp.add_argument("--primary-target", type=float, default=PRIMARY_TARGET, help="target the stop rule uses")
+    cp.add_argument("--label-cap", type=int, default=LABEL_CAP, help="most labels the team will give")
     cp.add_argument("--eval-size", type=int, default=100, help="held-out items the team labels once")
     cp.add_argument("--max-examples", type=int, default=None, help="with --bigbench: use a seeded subset")
     cp.add_argument("--label-studio-url", default="http://127.0.0.1:8080")
@@ -502,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("predict", cmd_predict, "predicted AUC, curve and labels needed per target from a CoS-Low value")
     p.add_argument("--coslow", type=float, required=True, help="measured CoS-Low")
     _calibration_args(p)
-    p.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets (share of the way from zero-shot to ceiling)")
+    p.add_argument("--target", type=float, nargs="+", default=list(TARGETS), help="normalised targets (share of the way from zero-shot to ceiling)")
     p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
     p.add_argument("--level", type=float, default=0.8, help="prediction interval level")
 
@@ -519,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune scores on the eval split, 0 = zero-shot, e.g. 0:0.117 50:0.133 100:0.183")
     p.add_argument("--n-eval", type=int, default=None, help="eval-split size (sets each score's binomial noise; default 200)")
     p.add_argument("--human-score", type=float, default=None, help="known ceiling score; else the ceiling is estimated")
-    p.add_argument("--target", type=float, nargs="+", default=[0.5, 0.8, 0.9], help="normalised targets to report")
+    p.add_argument("--target", type=float, nargs="+", default=list(TARGETS), help="normalised targets to report")
     p.add_argument("--primary-target", type=float, default=0.8, help="the target the decision is about")
     p.add_argument("--label-cap", type=int, default=None, help="most training labels the team can give (default 5000)")
     p.add_argument("--labeled", type=int, default=None, help="training labels given so far (default: the largest measured budget)")

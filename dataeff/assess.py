@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from dataeff.calibration import Calibration
+from dataeff.defaults import TARGETS
 from dataeff.errors import DataError
 from dataeff.efficiency import LabelsNeeded, Prediction, target_key
 from dataeff.posterior import CurvePosterior, Observation, PosteriorSettings, fit_posterior
@@ -83,7 +84,7 @@ def assess(
     measured: Mapping[int, float],
     *,
     n_eval: int | None = None,
-    targets: Sequence[float] = (0.5, 0.8, 0.9),
+    targets: Sequence[float] = TARGETS,
     max_budget: int = 5000,
     human_score: float | None = None,
     level: float = 0.8,

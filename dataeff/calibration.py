@@ -31,6 +31,7 @@ from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import LeaveOneOut, cross_val_predict
 
 from dataeff.efficiency import MAX_BUDGET, Prediction, clip_auc, predict
+from dataeff.defaults import TARGETS
 from dataeff.errors import DataError
 
 #: The paper's reported error of predicted data efficiency (8.6%), read as a mean absolute error.
@@ -151,7 +152,7 @@ class Calibration:
     def predict(
         self,
         coslow: float,
-        targets: Sequence[float] = (0.5, 0.8, 0.9),
+        targets: Sequence[float] = TARGETS,
         max_budget: int = MAX_BUDGET,
         level: float = 0.8,
     ) -> Prediction:

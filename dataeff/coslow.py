@@ -1,6 +1,6 @@
 """CoS-Low: median pairwise cosine of the labeled low-confidence examples' LoRA gradients.
 
-See docs/method.md section 2. The LoRA adapter is created with a fixed seed (its random ``A``
+See docs/method-notes.md (and the paper's method, section 2). The LoRA adapter is created with a fixed seed (its random ``A``
 decides what CoS-Low sees), used for the gradients and removed again, so the base model is left as
 it was and repeated calls are independent and reproducible.
 """

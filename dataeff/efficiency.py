@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from dataeff.errors import DataError
+from dataeff.defaults import TARGETS
 
 #: The paper's fine-tuning budgets (0 = zero-shot).
 BUDGET_GRID: tuple[int, ...] = (0, 50, 100, 200, 500, 1000, 2500, 5000)
@@ -494,7 +495,7 @@ def predict(
     coslow: float,
     coef: float,
     intercept: float,
-    targets: Sequence[float] = (0.5, 0.8, 0.9),
+    targets: Sequence[float] = TARGETS,
     max_budget: int = MAX_BUDGET,
     auc_interval: tuple[float, float] | None = None,
 ) -> Prediction:

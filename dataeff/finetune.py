@@ -26,7 +26,7 @@ from dataeff.data import Example, TaskSpec, require_labeled
 from dataeff.errors import DataError
 from dataeff.metrics import score_predictions
 from dataeff.models import (ALL_LINEAR_TARGETS, LoadedModel, LoraSettings, attach_lora, dtype_name, encode_prompt_answer,
-                            resolve_dtype)
+                            model_device, resolve_dtype)
 
 
 @dataclass(frozen=True)
@@ -242,10 +242,6 @@ def _autocast(device: torch.device, dtype: str | None):
     return torch.autocast(device.type, dtype=dt, enabled=dt != torch.float32)
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
@@ -277,7 +273,7 @@ def finetune_lora(loaded: LoadedModel, train: Sequence[Example], settings: Finet
     steps = settings.max_steps or settings.epochs * len(batches)
 
     peft_model = attach_lora(loaded.model, settings.lora(), seed=settings.seed)
-    device = _model_device(peft_model)
+    device = model_device(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     rng = np.random.default_rng(settings.seed)
@@ -408,7 +404,7 @@ def run_finetune(loaded: LoadedModel, train: Sequence[Example], eval: Sequence[E
     settings = settings or FinetuneSettings()
     subset = nested_subset(train, budget, settings.seed)
     require_labeled(subset, budget, f"training subset of budget {budget}")
-    home = _model_device(loaded.model)
+    home = model_device(loaded.model)
     target = torch.device(settings.device) if settings.device else home
     if target != home:
         loaded.model.to(target)

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dataeff.models import encode_prompt
+from dataeff.models import encode_prompt, model_device
 
 END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>")
 
@@ -54,11 +54,6 @@ def end_token_ids(model, tokenizer) -> set[int]:
     vocab = tokenizer.get_vocab()
     ids.update(vocab[t] for t in END_TOKENS if t in vocab)
     return ids
-
-
-def model_device(model) -> torch.device:
-    """Device of the model's first parameter."""
-    return next(model.parameters()).device
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

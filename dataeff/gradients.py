@@ -54,7 +54,8 @@ from tqdm.auto import tqdm
 
 from dataeff.data import Example
 from dataeff.errors import DataError
-from dataeff.generation import length_batches, model_device
+from dataeff.generation import length_batches
+from dataeff.models import model_device
 from dataeff.models import encode_prompt_answer
 
 

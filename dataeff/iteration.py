@@ -1,11 +1,12 @@
 """Pure bookkeeping of one loop iteration: which labeled items play which role, which budgets are
 due, which unlabeled items to request next. No I/O; the flows call these.
 
-Roles (set at bootstrap, stored on each Label Studio task as data field ``dataeff_role``):
+Roles (drawn once at bootstrap and kept in the project's MLflow ``bootstrap`` run, ``roles.json``):
 
 - ``lowconf``: the low-confidence batch annotated for CoS-Low (also usable for training);
 - ``eval``: the held-out evaluation split (never trained on);
-- ``pool``: everything else (training items, labeled in the order the loop requests them).
+- everything else is the pool: training items, labeled in the order the loop requests them;
+- ``too_long``: pool items beyond the project's token bounds, never requested.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from dataeff.errors import DataError
 
 ROLE_LOWCONF = "lowconf"
 ROLE_EVAL = "eval"
-ROLE_POOL = "pool"
 ROLE_TOO_LONG = "too_long"
 """Pool items beyond the project's token bounds: never scored, never requested (bootstrap reports them)."""
-ROLES = (ROLE_LOWCONF, ROLE_EVAL, ROLE_POOL)
 
 
 def stable_key(seed: int, item_id: str) -> str:

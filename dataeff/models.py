@@ -77,6 +77,11 @@ def attach_lora(model, settings: LoraSettings, seed: int | None = 0):
     return get_peft_model(model, settings.to_peft())
 
 
+def model_device(model) -> torch.device:
+    """Device of the model's first parameter."""
+    return next(model.parameters()).device
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``cuda`` when available, else ``cpu``; an explicit value wins."""
     if device is not None:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from dataeff.efficiency import BUDGET_GRID, Prediction, absolute_score, normalized_log_size, predicted_curve
+from dataeff.defaults import TARGETS
 from dataeff.errors import DataError
 from dataeff.posterior import CurvePosterior, GridPosterior
 
@@ -28,7 +29,7 @@ def _plot_x(n: np.ndarray) -> np.ndarray:
 def plot_curve(
     source: Prediction | CurvePosterior | None,
     measured: Mapping[int, float] | None = None,
-    targets: Sequence[float] = (0.5, 0.8, 0.9),
+    targets: Sequence[float] = TARGETS,
     title: str = "",
     *,
     s0: float | None = None,

@@ -34,7 +34,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from dataeff.efficiency import BUDGET_GRID, LabelsNeeded
+from dataeff.defaults import TARGETS
+from dataeff.efficiency import BUDGET_GRID, MAX_BUDGET, LabelsNeeded
 from dataeff.errors import DataError
 
 ACTIONS = ("request_labels", "finetune", "stop")
@@ -64,10 +65,10 @@ class PolicySettings:
             fine-tune on a noisy eval set does not end labeling); 0 = the measured score alone.
     """
 
-    targets: tuple[float, ...] = (0.5, 0.8, 0.9)
+    targets: tuple[float, ...] = TARGETS
     primary_target: float = 0.9
     absolute_target: bool = False
-    label_cap: int = 5000
+    label_cap: int = MAX_BUDGET  # no cap short of the curve's cut-off N
     batch_size_min: int = 50
     batch_size_max: int = 500
     low_conf_batch_size: int = 32

@@ -35,6 +35,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, LabelsNeeded, normalized_log_size, target_key
+from dataeff.defaults import TARGETS
 from dataeff.errors import DataError
 
 
@@ -228,7 +229,7 @@ class CurvePosterior(GridPosterior):
             out[:, k] = self._interval(vals, self.weights, level)
         return out[0], out[1], out[2]
 
-    def as_dict(self, targets: Iterable[float] = (0.5, 0.8, 0.9), absolute_targets: Iterable[float] = ()) -> dict:
+    def as_dict(self, targets: Iterable[float] = TARGETS, absolute_targets: Iterable[float] = ()) -> dict:
         """JSON-ready summary: AUC and h summaries and labels needed per target (``None`` = never)."""
         return {
             "auc": self.auc_summary(),

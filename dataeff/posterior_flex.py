@@ -43,6 +43,7 @@ import numpy as np
 from scipy.special import betainc, betaincinv, logsumexp
 
 from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, normalized_log_size, target_key
+from dataeff.defaults import TARGETS
 from dataeff.errors import DataError
 from dataeff.posterior import GridPosterior, Observation, _as_observations, check_prior
 
@@ -198,7 +199,7 @@ class FlexPosterior(GridPosterior):
             out[:, k] = self._interval(vals, self.weights, level)
         return out[0], out[1], out[2]
 
-    def as_dict(self, targets: Iterable[float] = (0.5, 0.8, 0.9), absolute_targets: Iterable[float] = ()) -> dict:
+    def as_dict(self, targets: Iterable[float] = TARGETS, absolute_targets: Iterable[float] = ()) -> dict:
         """JSON-ready summary: AUC, ceiling and labels needed per target (``None`` = never)."""
         return {
             "model": "beta",

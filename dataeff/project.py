@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS
 from dataeff.data import TaskSpec
+from dataeff.defaults import CALIBRATION, LABEL_CAP, PRIMARY_TARGET, TARGETS
+from dataeff.efficiency import BUDGET_GRID
 from dataeff.errors import DataError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -62,12 +64,12 @@ class ProjectConfig:
     name: str
     task: TaskSpec
     model: str = "smollm2"
-    calibration: str = "llama-3.1-8b-instruct"
+    calibration: str = CALIBRATION
     chat_template: bool = True
-    targets: tuple[float, ...] = (0.5, 0.8, 0.9)
-    primary_target: float = 0.9
-    label_cap: int = 1000
-    budgets: tuple[int, ...] = (0, 50, 100, 200, 500, 1000, 2500, 5000)
+    targets: tuple[float, ...] = TARGETS
+    primary_target: float = PRIMARY_TARGET
+    label_cap: int = LABEL_CAP
+    budgets: tuple[int, ...] = BUDGET_GRID
     max_budget: int = 5000
     low_confidence_k: int = 32
     coslow_draws: int = 3

@@ -37,11 +37,11 @@ from dataeff.efficiency import (
     read_human_scores,
     read_results,
 )
+from dataeff.defaults import TARGETS
 from dataeff.errors import DataError
 from dataeff.step import StepInputs, StepSettings, step
 
 STAGES = (0, 50, 100, 200, 500, 1000)
-TARGETS = (0.5, 0.8, 0.9)
 ERROR_FLOOR, ERROR_CEIL = 25.0, 2.0 * MAX_BUDGET
 #: sd of the CoS-Low prediction of AUC: the paper's 8.6% mean absolute error as a Normal sd.
 PAPER_PRIOR_SD = 0.086 * math.sqrt(math.pi / 2)

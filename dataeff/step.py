@@ -18,6 +18,7 @@ from dataeff.calibration import Calibration
 from dataeff.efficiency import MAX_BUDGET, target_key
 from dataeff.errors import DataError
 from dataeff.iteration import next_batch
+from dataeff.queue import batch_base
 from dataeff.policy import Decision, LoopState, PolicySettings, decide
 
 
@@ -194,7 +195,7 @@ def plan_request(
     pool = [i for i in unlabeled_pool_ids if i not in labeled_ids and i not in reserved]
     wanted = missing_low + missing_eval
     wanted += next_batch(pool, max(n - len(wanted), 0) if not missing_low else 0, seed=seed)
-    return RequestPlan(wanted, 1000 + 10 * len(labeled_ids) + len(wanted))
+    return RequestPlan(wanted, batch_base(len(labeled_ids), len(wanted)))
 
 
 def settings_for(project, n_lowconf: int) -> StepSettings:

@@ -23,6 +23,7 @@ from prefect import flow, task
 from dataeff.bounds import RejectedItem, split_by_token_bounds
 from dataeff.confidence import score_confidence, select_low_confidence
 from dataeff.data import Example
+from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities
 from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, ROLE_TOO_LONG, choose_eval_split
 from dataeff.metrics import match_label
 from dataeff.plots import plot_confidence
@@ -30,8 +31,6 @@ from dataeff.project import ProjectConfig
 from flows.loop import RETRY, _logger
 from flows.services import Services, get_model, open_services
 
-LOWCONF_PRIORITY = 1_000_000
-EVAL_PRIORITY = 500_000
 
 
 @task(name="read-pool", persist_result=False, **RETRY)
@@ -59,8 +58,8 @@ def score_pool(svc: Services, pool: list[Example], batch_size: int) -> list:
 def queue(svc: Services, roles: dict, answers: dict[str, tuple[str, float]]) -> None:
     cfg = svc.config
     svc.ls.ensure_priority_view(svc.project_id)
-    svc.ls.request_labels(svc.project_id, roles[ROLE_LOWCONF], priority_base=LOWCONF_PRIORITY)
-    svc.ls.request_labels(svc.project_id, roles[ROLE_EVAL], priority_base=EVAL_PRIORITY)
+    svc.ls.push_priorities(svc.project_id, {**priorities(roles[ROLE_LOWCONF], LOWCONF_PRIORITY),
+                                            **priorities(roles[ROLE_EVAL], EVAL_PRIORITY)})
     if answers:
         svc.ls.push_predictions(svc.project_id, answers, model_version=f"dataeff-{cfg.model}")
     k, e = len(roles[ROLE_LOWCONF]), len(roles[ROLE_EVAL])

@@ -20,11 +20,13 @@ from rich.console import Console
 from rich.table import Table
 
 from dataeff.bigbench import load_bigbench_task
+from dataeff.defaults import CALIBRATION
+from dataeff.queue import UNREQUESTED, requested_order
 from dataeff.project import ProjectConfig
 from flows.bootstrap import bootstrap
 from flows.loop import loop_iteration
 from flows.project import create_project
-from integrations.label_studio import LabelStudioClient
+from integrations.label_studio import PRIORITY_FIELD, LabelStudioClient
 from integrations.ls_server import LabelStudioServer
 
 console = Console(stderr=True)
@@ -90,9 +92,9 @@ class SimulatedAnnotator:
 
     def label_requested(self, limit: int | None = None) -> int:
         rng = random.Random(self.seed + len(self.done))
-        tasks = [t for t in self.ls.tasks(self.project_id)
-                 if float(t.data.get("dataeff_priority", 0) or 0) > 0 and t.dataeff_id not in self.done]
-        tasks.sort(key=lambda t: -float(t.data["dataeff_priority"]))
+        records = {t.dataeff_id: t for t in self.ls.tasks(self.project_id) if t.dataeff_id not in self.done}
+        order = requested_order({i: float(t.data.get(PRIORITY_FIELD) or UNREQUESTED) for i, t in records.items()})
+        tasks = [records[i] for i in order]
         if limit is not None:
             tasks = tasks[:limit]
         answers = {}
@@ -171,7 +173,7 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
             name=f"demo-{settings.task}".replace("_", "-"), task=spec, model="smollm2", chat_template=False,
             # The team's question: can the items we have reach 80% of the achievable gain?
             primary_target=settings.primary_target, label_cap=len(examples) - settings.eval_size,
-            calibration="llama-3.1-8b-instruct", budgets=settings.budgets,
+            calibration=CALIBRATION, budgets=settings.budgets,
             eval_size=settings.eval_size, low_confidence_k=settings.low_confidence_k,
             coslow_draws=settings.coslow_draws, batch_min=settings.batch_min, batch_max=settings.batch_max,
             label_studio_url=server.url, tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",

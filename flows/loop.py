@@ -33,6 +33,7 @@ from dataeff.iteration import (
 )
 from dataeff.models import LoraSettings
 from dataeff.plots import plot_curve
+from dataeff.queue import priorities
 from dataeff.policy import Decision
 from dataeff.step import StepInputs, plan_request, settings_for, step
 from dataeff.project import ProjectConfig
@@ -160,7 +161,7 @@ def request_next(svc: Services, decision: Decision, roles: dict, labeled_ids: se
     too_long = set(roles.get(ROLE_TOO_LONG, []))
     plan = plan_request(decision, roles.get(ROLE_LOWCONF, []), roles.get(ROLE_EVAL, []),
                         [r.dataeff_id for r in records if r.dataeff_id not in too_long], labeled_ids, seed=svc.config.seed)
-    svc.ls.request_labels(svc.project_id, plan.ids, priority_base=plan.priority_base)
+    svc.ls.push_priorities(svc.project_id, priorities(plan.ids, plan.priority_base))
     return plan.ids
 
 

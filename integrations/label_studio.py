@@ -189,10 +189,6 @@ class PullResult:
         """Whether anything was added, edited or deleted since the cursor."""
         return bool(self.changed_ids or self.deleted_ids)
 
-    @property
-    def changed_examples(self) -> tuple[Example, ...]:
-        wanted = set(self.changed_ids)
-        return tuple(e for e in self.examples if e.id in wanted)
 
 
 @dataclass(frozen=True)
@@ -732,20 +728,6 @@ class LabelStudioClient:
             self._call(f"set the priority of item {item_id!r}", lambda: self._sdk.tasks.update(id=str(record.task_id), data=data))
             updated += 1
         return updated
-
-    def request_labels(self, project_id: int, dataeff_ids: Sequence[str], priority_base: float | None = None) -> int:
-        """Put ``dataeff_ids`` at the top of the queue, in the given order.
-
-        Item ``k`` (0-based) of ``n`` gets priority ``priority_base + n - k``: the first id is
-        labeled first. ``priority_base=None`` (default) uses the highest priority now in the
-        project, so the batch goes above everything already queued. Returns the number of
-        tasks updated.
-        """
-        records = self.tasks(project_id)
-        if priority_base is None:
-            priority_base = max((float(t.data.get(PRIORITY_FIELD) or 0) for t in records), default=0.0)
-        n = len(dataeff_ids)
-        return self.push_priorities(project_id, {str(i): priority_base + n - k for k, i in enumerate(dataeff_ids)}, _records=records)
 
     def ensure_priority_view(self, project_id: int) -> int:
         """Create (once) a Data Manager tab titled ``dataeff priority`` sorted by

@@ -54,7 +54,6 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from dataeff.iteration import label_set_hash  # noqa: F401 - re-exported: part of this module's API
 from dataeff.errors import DataEffError, DataError
 from integrations.secrets import RedactingFilter, redact, redact_text, register_secret, uri_password
 
@@ -154,17 +153,6 @@ def _param_value(value: Any) -> str:
         value = ",".join(str(v) for v in value)
     text = redact_text(str(value))
     return text[:MAX_PARAM_VAL_LENGTH]
-
-
-def _flatten(prefix: str, mapping: Mapping) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in mapping.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(f"{key}.", v))
-        else:
-            out[key] = v
-    return out
 
 
 def _first(mapping: Mapping, *names: str, default: Any = None) -> Any:

@@ -355,7 +355,6 @@ def test_mlflow_outage_keeps_the_finished_fine_tune_and_logs_it_when_back(flow_p
     from prefect import flow
 
     from dataeff.iteration import partition
-    from flows import pending
     from flows.bootstrap import bootstrap
     from flows.loop import finetune_budget, measure_budget
 

@@ -219,14 +219,15 @@ def test_priorities_and_sorted_view(ls_project):
     client.import_pool(pid, _pool(6))
     view = client.ensure_priority_view(pid)
     assert client.ensure_priority_view(pid) == view  # once
-    assert client.request_labels(pid, ["item-4", "item-1", "item-5"], priority_base=100) == 3
+    from dataeff.queue import priorities
+
+    assert client.push_priorities(pid, priorities(["item-4", "item-1", "item-5"], 100)) == 3
     ordered = client.tasks(pid, view=view)
     assert [t.dataeff_id for t in ordered[:3]] == ["item-4", "item-1", "item-5"]
     assert [t.data["dataeff_priority"] for t in ordered[:3]] == [103, 102, 101]
     assert ordered[0].data["prompt"] == "text number 4"  # other data fields kept
-    # A later batch goes above what is queued (default base = current maximum, 103 here);
-    # re-pushing the same values touches nothing.
-    client.request_labels(pid, ["item-0", "item-2"])
+    # A later batch on a higher base goes above what is queued; re-pushing the same values touches nothing.
+    client.push_priorities(pid, priorities(["item-0", "item-2"], 103))
     assert [t.dataeff_id for t in client.tasks(pid, view=view)[:4]] == ["item-0", "item-2", "item-4", "item-1"]
     assert client.push_priorities(pid, {"item-0": 105, "item-2": 104}) == 0
     with pytest.raises(InvalidTask, match="nope"):
