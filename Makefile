@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up first (idempotent).
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -7,8 +7,15 @@ setup:
 demo: setup
 	.venv/bin/dataeff demo
 
-test: setup
+lint: setup
+	.venv/bin/ruff format --check .
+	.venv/bin/ruff check .
+
+test: setup lint
 	.venv/bin/python -m pytest -q
+
+test-fast: setup lint
+	.venv/bin/python -m pytest -q -m "not slow"
 
 bench: setup
 	.venv/bin/python -m benchmarks

@@ -60,7 +60,9 @@ def cmd_auc(args) -> int:
 
     results = read_results(args.results, metric=args.metric)
     auc = data_efficiency_auc(results, human_score=args.human_score, max_budget=args.max_budget)
-    _print_json({"auc": auc, "budgets": sorted(results), "human_score": args.human_score, "max_budget": args.max_budget})
+    _print_json(
+        {"auc": auc, "budgets": sorted(results), "human_score": args.human_score, "max_budget": args.max_budget}
+    )
     return 0
 
 
@@ -68,7 +70,9 @@ def _calibration_from_args(args):
     from dataeff.calibration import Calibration, get_calibration
 
     if args.coef is not None:
-        return Calibration(family="custom", coef=args.coef[0], intercept=args.coef[1], source="--coef on the command line")
+        return Calibration(
+            family="custom", coef=args.coef[0], intercept=args.coef[1], source="--coef on the command line"
+        )
     return get_calibration(args.calibration)
 
 
@@ -77,8 +81,14 @@ def cmd_predict(args) -> int:
 
     cal = _calibration_from_args(args)
     auc, lo, hi = cal.predict_auc(args.coslow, level=args.level)
-    pred = predict(args.coslow, cal.coef, cal.intercept, targets=_float_list(args.target),
-                   max_budget=args.max_budget, auc_interval=(lo, hi))
+    pred = predict(
+        args.coslow,
+        cal.coef,
+        cal.intercept,
+        targets=_float_list(args.target),
+        max_budget=args.max_budget,
+        auc_interval=(lo, hi),
+    )
     out = pred.as_dict()
     out["calibration"] = {"family": cal.family, "source": cal.source, "interval_level": args.level}
     _print_json(out)
@@ -124,32 +134,47 @@ def cmd_assess(args) -> int:
         raise DataError(f"--human-score {args.human_score}: must be a score in (0, 1]")
     cal = _calibration_from_args(args)
     defaults = PolicySettings()
-    policy = PolicySettings(targets=targets, primary_target=args.primary_target,
-                            label_cap=args.label_cap or defaults.label_cap,
-                            budget_grid=tuple(sorted(set(args.budgets))) if args.budgets else defaults.budget_grid)
+    policy = PolicySettings(
+        targets=targets,
+        primary_target=args.primary_target,
+        label_cap=args.label_cap or defaults.label_cap,
+        budget_grid=tuple(sorted(set(args.budgets))) if args.budgets else defaults.budget_grid,
+    )
     labeled = args.labeled if args.labeled is not None else max(measured)
-    outcome = step(StepInputs(labeled=labeled, coslow=args.coslow, measured=measured, n_eval=args.n_eval,
-                              human_score=args.human_score), cal,
-                   StepSettings(policy=policy, curve_model=args.curve_model, seed_noise=args.seed_noise,
-                                max_budget=args.max_budget, level=args.level))
+    outcome = step(
+        StepInputs(
+            labeled=labeled, coslow=args.coslow, measured=measured, n_eval=args.n_eval, human_score=args.human_score
+        ),
+        cal,
+        StepSettings(
+            policy=policy,
+            curve_model=args.curve_model,
+            seed_noise=args.seed_noise,
+            max_budget=args.max_budget,
+            level=args.level,
+        ),
+    )
     a = outcome.assessment
     post = a.posterior
-    _print_json({
-        "labels_needed": needs_table(outcome),
-        "decision": outcome.decision.as_dict(),
-        "p_within_cap": outcome.state.p_within_cap,
-        "label_cap": policy.label_cap,
-        "labeled": labeled,
-        "zero_shot": a.zero_shot,
-        "ceiling": a.ceiling,
-        "ceiling_source": "human score (or the best score if higher)" if args.human_score is not None
-        else "posterior median (no human score given)",
-        "auc": post.auc_summary() if post is not None else {"median": a.prediction.auc},
-        "prior": {"auc": a.prediction.auc, "labels_needed": a.prediction.as_dict()["labels_needed"]},
-        "calibration": {"family": cal.family, "coef": cal.coef, "intercept": cal.intercept},
-        "curve_model": args.curve_model,
-        "measured": {str(b): s for b, s in measured.items()},
-    })
+    _print_json(
+        {
+            "labels_needed": needs_table(outcome),
+            "decision": outcome.decision.as_dict(),
+            "p_within_cap": outcome.state.p_within_cap,
+            "label_cap": policy.label_cap,
+            "labeled": labeled,
+            "zero_shot": a.zero_shot,
+            "ceiling": a.ceiling,
+            "ceiling_source": "human score (or the best score if higher)"
+            if args.human_score is not None
+            else "posterior median (no human score given)",
+            "auc": post.auc_summary() if post is not None else {"median": a.prediction.auc},
+            "prior": {"auc": a.prediction.auc, "labels_needed": a.prediction.as_dict()["labels_needed"]},
+            "calibration": {"family": cal.family, "coef": cal.coef, "intercept": cal.intercept},
+            "curve_model": args.curve_model,
+            "measured": {str(b): s for b, s in measured.items()},
+        }
+    )
     return 0
 
 
@@ -183,8 +208,13 @@ def cmd_confidence(args) -> int:
 
     examples = read_examples(args.data, require_answer=False)
     loaded = _load(args)
-    scores = score_confidence(loaded, examples=examples, batch_size=args.batch_size,
-                              max_new_tokens=args.max_new_tokens, chat_template=args.chat_template)
+    scores = score_confidence(
+        loaded,
+        examples=examples,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        chat_template=args.chat_template,
+    )
     rows = [s.as_dict() if hasattr(s, "as_dict") else _json_default(s) for s in scores]
     write_jsonl(args.out, rows)
     summary = {"scored": len(rows), "out": str(args.out)}
@@ -212,11 +242,22 @@ def cmd_coslow(args) -> int:
 
     examples = read_examples(args.data)
     loaded = _load(args)
-    lora = LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                        target_modules=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()))
-    res = compute_coslow(loaded, examples, lora=lora, seed=args.seed, draws=args.draws,
-                         chat_template=args.chat_template, batch_size=args.batch_size,
-                         projection_dim=args.projection_dim)
+    lora = LoraSettings(
+        r=args.lora_r,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        target_modules=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+    )
+    res = compute_coslow(
+        loaded,
+        examples,
+        lora=lora,
+        seed=args.seed,
+        draws=args.draws,
+        chat_template=args.chat_template,
+        batch_size=args.batch_size,
+        projection_dim=args.projection_dim,
+    )
     out = res.as_dict() if hasattr(res, "as_dict") else _json_default(res)
     out["model"] = loaded.name
     _print_json(out)
@@ -231,8 +272,9 @@ def cmd_finetune(args) -> int:
     evals = read_examples(args.eval)
     labels = tuple(l for l in args.labels.split(",") if l) if args.labels else None
     task = TaskSpec(name=Path(args.train).stem, labels=labels, metric=args.metric)
-    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                                chat_template=args.chat_template)
+    settings = FinetuneSettings(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, chat_template=args.chat_template
+    )
     loaded = _load(args)
     res = run_finetune(loaded, train, evals, task, args.budget, settings, adapter_dir=args.adapter_dir)
     _print_json(res.as_dict() if hasattr(res, "as_dict") else res)
@@ -277,27 +319,56 @@ def cmd_study(args) -> int:
             name = ""
         if not sep or not name:
             raise DataError(f"--human-score {item!r}: write TASK=SCORE, e.g. sports_understanding=0.7")
+
     def given(**kw) -> dict:
         return {k: v for k, v in kw.items() if v is not None}
 
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
-    finetune = FinetuneSettings(**given(r=args.ft_r, alpha=args.ft_alpha, lr=args.lr, epochs=args.epochs,
-                                        batch_size=args.batch_size, max_steps=args.max_steps, target_modules=targets))
+    finetune = FinetuneSettings(
+        **given(
+            r=args.ft_r,
+            alpha=args.ft_alpha,
+            lr=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_steps=args.max_steps,
+            target_modules=targets,
+        )
+    )
     settings = StudySettings(
-        model=args.model, tasks=tasks, budgets=_int_list(args.budgets, "budgets"), seeds=_int_list(args.seeds, "seeds"),
-        eval_size=args.eval_size, draws=args.draws, k=args.k, max_pool=args.max_pool or None,
-        max_budget=args.max_budget, human_scores=human, chat_template=args.chat_template, device=args.device,
-        dtype=args.dtype, lora=LoraSettings(**given(r=args.lora_r, alpha=args.lora_alpha, target_modules=targets)),
-        finetune=finetune, name=args.name, family=args.family)
+        model=args.model,
+        tasks=tasks,
+        budgets=_int_list(args.budgets, "budgets"),
+        seeds=_int_list(args.seeds, "seeds"),
+        eval_size=args.eval_size,
+        draws=args.draws,
+        k=args.k,
+        max_pool=args.max_pool or None,
+        max_budget=args.max_budget,
+        human_scores=human,
+        chat_template=args.chat_template,
+        device=args.device,
+        dtype=args.dtype,
+        lora=LoraSettings(**given(r=args.lora_r, alpha=args.lora_alpha, target_modules=targets)),
+        finetune=finetune,
+        name=args.name,
+        family=args.family,
+    )
     if args.tracking_uri:
         tracker = Tracker(args.tracking_uri)
     else:
         from dataeff.project import dataeff_home
 
         tracker = Tracker.local(dataeff_home())
-    summary = run_study(settings, tracker, out=args.out, calibration_out=args.calibration_out,
-                        progress=not args.no_progress, command="dataeff " + shlex.join(sys.argv[1:]),
-                        results_dir=args.results)
+    summary = run_study(
+        settings,
+        tracker,
+        out=args.out,
+        calibration_out=args.calibration_out,
+        progress=not args.no_progress,
+        command="dataeff " + shlex.join(sys.argv[1:]),
+        results_dir=args.results,
+    )
     _print_json(summary)
     return 0
 
@@ -351,35 +422,64 @@ def cmd_bench(args) -> int:
 def _calibration_args(p: argparse.ArgumentParser) -> None:
     """``--coef C I`` or ``--calibration NAME|FILE`` (read by :func:`_calibration_from_args`)."""
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I")
+    g.add_argument(
+        "--coef", type=float, nargs=2, metavar=("C", "I"), default=None, help="calibration AUC = C * CoS-Low + I"
+    )
     g.add_argument("--calibration", default=CALIBRATION, help="built-in calibration name or a calibration JSON file")
 
 
 def _model_args(p: argparse.ArgumentParser, chat_default: bool) -> None:
-    p.add_argument("--model", default="smollm2",
-                   help="'smollm2' (offline SmolLM2-135M-Instruct), a local model folder, a .gguf file or a hub id (default: smollm2)")
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="'smollm2' (offline SmolLM2-135M-Instruct), a local model folder, a .gguf file or a hub id (default: smollm2)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: fp32 everywhere: calibrations are fp32 and bf16 moves CoS-Low by ~0.1)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        help="fp32, bf16 or fp16 (default: fp32 everywhere: calibrations are fp32 and bf16 moves CoS-Low by ~0.1)",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--chat-template", dest="chat_template", action="store_true", default=chat_default,
-                   help=f"wrap prompts in the model's chat template{' (default)' if chat_default else ''}")
-    g.add_argument("--no-chat-template", dest="chat_template", action="store_false",
-                   help=f"use prompts as they are{' (default)' if not chat_default else ''}")
+    g.add_argument(
+        "--chat-template",
+        dest="chat_template",
+        action="store_true",
+        default=chat_default,
+        help=f"wrap prompts in the model's chat template{' (default)' if chat_default else ''}",
+    )
+    g.add_argument(
+        "--no-chat-template",
+        dest="chat_template",
+        action="store_false",
+        help=f"use prompts as they are{' (default)' if not chat_default else ''}",
+    )
 
 
 def _project_commands(add) -> None:
     """The annotation-loop commands (Label Studio + MLflow + Prefect)."""
-    p = add("project", None, "annotation projects: create one (Label Studio project, pool import, MLflow experiment, saved config)")
+    p = add(
+        "project",
+        None,
+        "annotation projects: create one (Label Studio project, pool import, MLflow experiment, saved config)",
+    )
     psub = p.add_subparsers(dest="project_command", metavar="ACTION", required=True)
-    cp = psub.add_parser("create", help="create or update a project (idempotent: re-running imports nothing twice)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    cp = psub.add_parser(
+        "create",
+        help="create or update a project (idempotent: re-running imports nothing twice)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     cp.set_defaults(func=cmd_project)
     cp.add_argument("--name", required=True, help="project name (Label Studio title, MLflow experiment)")
     src = cp.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="unlabeled pool JSONL/CSV with 'prompt' (and optional 'id')")
     src.add_argument("--bigbench", metavar="TASK", help="use a BIG-bench task from the offline archive as the pool")
-    cp.add_argument("--labels", default=None, help="file with one label per line (a choice task); omit for free-text answers")
-    cp.add_argument("--eval", default=None, help="labeled held-out JSONL/CSV; without it the team labels --eval-size pool items")
+    cp.add_argument(
+        "--labels", default=None, help="file with one label per line (a choice task); omit for free-text answers"
+    )
+    cp.add_argument(
+        "--eval", default=None, help="labeled held-out JSONL/CSV; without it the team labels --eval-size pool items"
+    )
     cp.add_argument("--metric", choices=["exact_match", "f1"], default="exact_match")
     cp.add_argument("--model", default="smollm2", help="model source (see `dataeff confidence --help`)")
     cp.add_argument("--calibration", default=CALIBRATION, help="calibration name or JSON file of the model family")
@@ -390,55 +490,97 @@ def _project_commands(add) -> None:
     cp.add_argument("--eval-size", type=int, default=100, help="held-out items the team labels once")
     cp.add_argument("--max-examples", type=int, default=None, help="with --bigbench: use a seeded subset")
     cp.add_argument("--label-studio-url", default="http://127.0.0.1:8080")
-    cp.add_argument("--token-env", default="LABEL_STUDIO_API_KEY", help="NAME of the env var holding the Label Studio token")
+    cp.add_argument(
+        "--token-env", default="LABEL_STUDIO_API_KEY", help="NAME of the env var holding the Label Studio token"
+    )
     cp.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under $DATAEFF_HOME)")
     cp.add_argument("--seed", type=int, default=0)
-    cp.add_argument("--strict", action="store_true",
-                    help="all or nothing: any bad row of --data/--eval stops the import (every bad row is named); "
-                         "without it the good rows are imported and each bad row is reported (line, id, why)")
+    cp.add_argument(
+        "--strict",
+        action="store_true",
+        help="all or nothing: any bad row of --data/--eval stops the import (every bad row is named); "
+        "without it the good rows are imported and each bad row is reported (line, id, why)",
+    )
     from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS
 
-    cp.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
-                    help="longest prompt the model is run on (tokens, chat template included); longer items are "
-                         "skipped at bootstrap and reported by id")
-    cp.add_argument("--max-answer-tokens", type=int, default=DEFAULT_MAX_ANSWER_TOKENS,
-                    help="longest gold answer used for CoS-Low (tokens); longer labeled answers are left out and reported")
+    cp.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=DEFAULT_MAX_PROMPT_TOKENS,
+        help="longest prompt the model is run on (tokens, chat template included); longer items are "
+        "skipped at bootstrap and reported by id",
+    )
+    cp.add_argument(
+        "--max-answer-tokens",
+        type=int,
+        default=DEFAULT_MAX_ANSWER_TOKENS,
+        help="longest gold answer used for CoS-Low (tokens); longer labeled answers are left out and reported",
+    )
 
-    p = add("bootstrap", cmd_bootstrap, "score the pool's confidence and queue the low-confidence batch (+ eval split) in Label Studio")
+    p = add(
+        "bootstrap",
+        cmd_bootstrap,
+        "score the pool's confidence and queue the low-confidence batch (+ eval split) in Label Studio",
+    )
     p.add_argument("project", help="project name (from `dataeff project create`)")
     p.add_argument("--batch-size", type=int, default=16, help="generation batch size")
 
-    p = add("loop", cmd_loop, "run one loop iteration: pull labels, estimate, fine-tune due budgets, log, decide, request labels",
-            epilog="One iteration per project at a time: a second one waits (saying for whom) up to --lock-timeout. "
-                   "A killed iteration's lock frees itself within 60 s; `dataeff unlock PROJECT` frees it at once.")
+    p = add(
+        "loop",
+        cmd_loop,
+        "run one loop iteration: pull labels, estimate, fine-tune due budgets, log, decide, request labels",
+        epilog="One iteration per project at a time: a second one waits (saying for whom) up to --lock-timeout. "
+        "A killed iteration's lock frees itself within 60 s; `dataeff unlock PROJECT` frees it at once.",
+    )
     p.add_argument("project")
-    p.add_argument("--lock-timeout", type=float, default=3600,
-                   help="seconds to wait while another iteration of the project runs")
+    p.add_argument(
+        "--lock-timeout", type=float, default=3600, help="seconds to wait while another iteration of the project runs"
+    )
 
-    p = add("unlock", cmd_unlock, "release a project's loop lock left by a killed iteration (refuses while its holder runs)")
+    p = add(
+        "unlock", cmd_unlock, "release a project's loop lock left by a killed iteration (refuses while its holder runs)"
+    )
     p.add_argument("project")
     p.add_argument("--force", action="store_true", help="release even if the recorded holder process is still running")
 
-    p = add("serve", cmd_serve, "serve the loop as Prefect deployments on an interval schedule (one run per project at a time)")
+    p = add(
+        "serve",
+        cmd_serve,
+        "serve the loop as Prefect deployments on an interval schedule (one run per project at a time)",
+    )
     p.add_argument("projects", nargs="*", help="project names (default: every saved project)")
     p.add_argument("--interval", type=int, default=900, help="seconds between iterations")
 
-    p = add("demo", cmd_demo, "the whole loop on this machine: local Label Studio + MLflow UI, SmolLM2, a simulated annotator")
+    p = add(
+        "demo",
+        cmd_demo,
+        "the whole loop on this machine: local Label Studio + MLflow UI, SmolLM2, a simulated annotator",
+    )
     p.add_argument("--task", default="intent_recognition", help="BIG-bench task")
     p.add_argument("--quick", action="store_true", help="smaller pool and budgets (a smoke run, not the real demo)")
-    p.add_argument("--label-cap", type=int, default=None, help="stop after this many labels (default: the demo's grid end)")
+    p.add_argument(
+        "--label-cap", type=int, default=None, help="stop after this many labels (default: the demo's grid end)"
+    )
     p.add_argument("--noise", type=float, default=0.0, help="share of simulated labels that are wrong")
     p.add_argument("--delay", type=float, default=0.0, help="seconds the simulated annotator waits per label")
     p.add_argument("--workdir", default=".demo", help="where servers keep their data")
     p.add_argument("--label-studio-port", type=int, default=8080)
     p.add_argument("--mlflow-port", type=int, default=5000)
-    p.add_argument("--keep-running", action="store_true", help="leave Label Studio and the MLflow UI running at the end")
+    p.add_argument(
+        "--keep-running", action="store_true", help="leave Label Studio and the MLflow UI running at the end"
+    )
 
-    p = add("calibrate-family", cmd_calibrate_family, "fit a model family's calibration from projects' MLflow runs (measured curves + CoS-Low)")
+    p = add(
+        "calibrate-family",
+        cmd_calibrate_family,
+        "fit a model family's calibration from projects' MLflow runs (measured curves + CoS-Low)",
+    )
     p.add_argument("--family", required=True)
     p.add_argument("--projects", nargs="+", required=True)
     p.add_argument("--tracking-uri", default=None)
-    p.add_argument("--out", default=None, help="save the calibration JSON here (default: $DATAEFF_HOME/calibrations/<family>.json)")
+    p.add_argument(
+        "--out", default=None, help="save the calibration JSON here (default: $DATAEFF_HOME/calibrations/<family>.json)"
+    )
 
 
 def cmd_label_studio(args) -> int:
@@ -470,7 +612,9 @@ def _service_commands(add) -> None:
     """Local services dataeff manages for the user (Label Studio in its own virtualenv)."""
     from integrations.ls_server import DEFAULT_DATA_DIR, DEFAULT_PORT
 
-    p = add("label-studio", cmd_label_studio, "install, start, stop or check the local Label Studio server (own virtualenv)")
+    p = add(
+        "label-studio", cmd_label_studio, "install, start, stop or check the local Label Studio server (own virtualenv)"
+    )
     p.add_argument("action", choices=["install", "start", "stop", "status"])
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
@@ -484,84 +628,140 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dataeff",
         description="How many labels does this task need before a LoRA fine-tune reaches the target? "
-                    "CoS-Low (Je & Raffel 2025) from 32 low-confidence labels, checked against real fine-tunes as labels arrive.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "CoS-Low (Je & Raffel 2025) from 32 low-confidence labels, checked against real fine-tunes as labels arrive.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"dataeff {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name, func, help_, **kw):
-        p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw)
+        p = sub.add_parser(
+            name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kw
+        )
         p.set_defaults(func=func)
         return p
 
     p = add("auc", cmd_auc, "data-efficiency AUC of a learning curve in the paper's results format")
-    p.add_argument("results", help='JSON {"<budget>": {"accuracy"|"exact_string_match_accuracy"|"f1": score}}; budget 0 = zero-shot')
+    p.add_argument(
+        "results",
+        help='JSON {"<budget>": {"accuracy"|"exact_string_match_accuracy"|"f1": score}}; budget 0 = zero-shot',
+    )
     p.add_argument("--human-score", type=float, default=None, help="ceiling score if known (else the best observed)")
     p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
-    p.add_argument("--metric", choices=["accuracy", "f1"], default=None, help="which score key to read (default: the one present)")
+    p.add_argument(
+        "--metric", choices=["accuracy", "f1"], default=None, help="which score key to read (default: the one present)"
+    )
 
     p = add("predict", cmd_predict, "predicted AUC, curve and labels needed per target from a CoS-Low value")
     p.add_argument("--coslow", type=float, required=True, help="measured CoS-Low")
     _calibration_args(p)
-    p.add_argument("--target", type=float, nargs="+", default=list(TARGETS), help="normalised targets (share of the way from zero-shot to ceiling)")
+    p.add_argument(
+        "--target",
+        type=float,
+        nargs="+",
+        default=list(TARGETS),
+        help="normalised targets (share of the way from zero-shot to ceiling)",
+    )
     p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
     p.add_argument("--level", type=float, default=0.8, help="prediction interval level")
 
-    p = add("assess", cmd_assess,
-            "labels needed and the loop's next decision from CoS-Low plus the fine-tunes measured so far",
-            epilog="example: dataeff assess --coslow 0.327 --measured 0:0.117 50:0.133 100:0.183 --n-eval 60 "
-                   "--primary-target 0.8 --label-cap 633 --labeled 192\n"
-                   "Prints JSON: labels_needed per target (posterior median, 80%% interval, P(never)), the decision "
-                   "(request_labels | finetune | stop) with its reason, P(target within the cap) and the ceiling assumed. "
-                   "The same step the annotation loop runs (dataeff.step.step).")
+    p = add(
+        "assess",
+        cmd_assess,
+        "labels needed and the loop's next decision from CoS-Low plus the fine-tunes measured so far",
+        epilog="example: dataeff assess --coslow 0.327 --measured 0:0.117 50:0.133 100:0.183 --n-eval 60 "
+        "--primary-target 0.8 --label-cap 633 --labeled 192\n"
+        "Prints JSON: labels_needed per target (posterior median, 80%% interval, P(never)), the decision "
+        "(request_labels | finetune | stop) with its reason, P(target within the cap) and the ceiling assumed. "
+        "The same step the annotation loop runs (dataeff.step.step).",
+    )
     p.add_argument("--coslow", type=float, required=True, help="measured CoS-Low of the 32 low-confidence examples")
     _calibration_args(p)
-    p.add_argument("--measured", nargs="+", metavar="LABELS:SCORE", default=None,
-                   help="fine-tune scores on the eval split, 0 = zero-shot, e.g. 0:0.117 50:0.133 100:0.183")
-    p.add_argument("--n-eval", type=int, default=None, help="eval-split size (sets each score's binomial noise; default 200)")
+    p.add_argument(
+        "--measured",
+        nargs="+",
+        metavar="LABELS:SCORE",
+        default=None,
+        help="fine-tune scores on the eval split, 0 = zero-shot, e.g. 0:0.117 50:0.133 100:0.183",
+    )
+    p.add_argument(
+        "--n-eval", type=int, default=None, help="eval-split size (sets each score's binomial noise; default 200)"
+    )
     p.add_argument("--human-score", type=float, default=None, help="known ceiling score; else the ceiling is estimated")
     p.add_argument("--target", type=float, nargs="+", default=list(TARGETS), help="normalised targets to report")
     p.add_argument("--primary-target", type=float, default=0.8, help="the target the decision is about")
     p.add_argument("--label-cap", type=int, default=None, help="most training labels the team can give (default 5000)")
-    p.add_argument("--labeled", type=int, default=None, help="training labels given so far (default: the largest measured budget)")
-    p.add_argument("--budgets", type=int, nargs="+", default=None, help="fine-tune budget grid (default 0 50 100 200 500 1000 2500 5000)")
-    p.add_argument("--curve-model", choices=["beta", "xp"], default="beta",
-                   help="posterior curve family: beta (S-shaped; default) or xp (the paper's x^p, the pre-replay model)")
-    p.add_argument("--seed-noise", type=float, default=0.03, help="fine-tune seed-to-seed noise sd assumed (score units)")
+    p.add_argument(
+        "--labeled", type=int, default=None, help="training labels given so far (default: the largest measured budget)"
+    )
+    p.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="fine-tune budget grid (default 0 50 100 200 500 1000 2500 5000)",
+    )
+    p.add_argument(
+        "--curve-model",
+        choices=["beta", "xp"],
+        default="beta",
+        help="posterior curve family: beta (S-shaped; default) or xp (the paper's x^p, the pre-replay model)",
+    )
+    p.add_argument(
+        "--seed-noise", type=float, default=0.03, help="fine-tune seed-to-seed noise sd assumed (score units)"
+    )
     p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
     p.add_argument("--level", type=float, default=0.8, help="interval coverage")
 
-    p = add("calibrate", cmd_calibrate, "fit a model family's calibration AUC = c * CoS-Low + I from task,coslow,auc rows")
+    p = add(
+        "calibrate", cmd_calibrate, "fit a model family's calibration AUC = c * CoS-Low + I from task,coslow,auc rows"
+    )
     p.add_argument("pairs", help="CSV with columns task,coslow,auc (one row per task)")
     p.add_argument("--family", required=True, help="model family name, e.g. qwen2.5-7b-instruct")
-    p.add_argument("--fit-kind", choices=["full", "lora"], default="lora", help="fine-tuning kind the AUCs were measured with")
+    p.add_argument(
+        "--fit-kind", choices=["full", "lora"], default="lora", help="fine-tuning kind the AUCs were measured with"
+    )
     p.add_argument("--out", default=None, help="save the calibration JSON here")
 
     add("calibrations", cmd_calibrations, "list the built-in calibrations")
 
-    p = add("study", cmd_study,
-            "calibrate a model family: CoS-Low and LoRA learning curves on several tasks, then the fit (resumable via MLflow)",
-            epilog="example: dataeff study --model smollm2 --tasks intent_recognition,sports_understanding,data/spam.jsonl "
-                   "--budgets 0,50,100,200,500,1000 --seeds 0,1 --out docs/study.md\n"
-                   "Per task: confidence over the pool, CoS-Low of k low-confidence and k random examples over --draws "
-                   "LoRA draws, fine-tunes on the grid x seeds scored on a held-out split, the paper's AUC. Every run goes "
-                   "to MLflow keyed by its inputs: re-running resumes an interrupted study and writes nothing for a "
-                   "finished one. Prints a JSON summary; writes --out (markdown) and the calibration JSON.")
+    p = add(
+        "study",
+        cmd_study,
+        "calibrate a model family: CoS-Low and LoRA learning curves on several tasks, then the fit (resumable via MLflow)",
+        epilog="example: dataeff study --model smollm2 --tasks intent_recognition,sports_understanding,data/spam.jsonl "
+        "--budgets 0,50,100,200,500,1000 --seeds 0,1 --out docs/study.md\n"
+        "Per task: confidence over the pool, CoS-Low of k low-confidence and k random examples over --draws "
+        "LoRA draws, fine-tunes on the grid x seeds scored on a held-out split, the paper's AUC. Every run goes "
+        "to MLflow keyed by its inputs: re-running resumes an interrupted study and writes nothing for a "
+        "finished one. Prints a JSON summary; writes --out (markdown) and the calibration JSON.",
+    )
     _model_args(p, chat_default=False)
-    p.add_argument("--tasks", required=True, help="comma-separated BIG-bench task names, corpora (bbc_news, tweet_sentiment, spam_assassin) or labeled JSONL/CSV files (prompt, answer)")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated BIG-bench task names, corpora (bbc_news, tweet_sentiment, spam_assassin) or labeled JSONL/CSV files (prompt, answer)",
+    )
     p.add_argument("--budgets", default="0,50,100,200,500,1000", help="fine-tune budget grid, 0 = zero-shot")
     p.add_argument("--seeds", default="0,1", help="fine-tune seeds per budget")
     p.add_argument("--eval-size", type=int, default=200, help="held-out evaluation examples per task")
     p.add_argument("--draws", type=int, default=3, help="LoRA initialisations CoS-Low is computed over")
     p.add_argument("--k", type=int, default=32, help="examples CoS-Low is computed on (low-confidence and random)")
     p.add_argument("--max-pool", type=int, default=2000, help="pool limit per task (seeded subset; 0 = no limit)")
-    p.add_argument("--max-budget", type=int, default=None, help="AUC cut-off N (default: the largest budget; the paper: 5000)")
+    p.add_argument(
+        "--max-budget", type=int, default=None, help="AUC cut-off N (default: the largest budget; the paper: 5000)"
+    )
     p.add_argument("--human-score", nargs="*", metavar="TASK=SCORE", default=None, help="known ceiling scores")
     # Defaults: None = LoraSettings / FinetuneSettings (their one home; not imported here to keep --help fast).
     p.add_argument("--lora-r", type=int, default=None, help="CoS-Low LoRA rank (default: LoraSettings, the paper's 64)")
     p.add_argument("--lora-alpha", type=int, default=None, help="CoS-Low LoRA alpha (default: LoraSettings)")
-    p.add_argument("--lora-targets", default=None, help="comma-separated LoRA target modules, both LoRAs (default: all linear)")
-    p.add_argument("--ft-r", type=int, default=None, help="fine-tune LoRA rank (default: FinetuneSettings, as the loop)")
+    p.add_argument(
+        "--lora-targets", default=None, help="comma-separated LoRA target modules, both LoRAs (default: all linear)"
+    )
+    p.add_argument(
+        "--ft-r", type=int, default=None, help="fine-tune LoRA rank (default: FinetuneSettings, as the loop)"
+    )
     p.add_argument("--ft-alpha", type=int, default=None, help="fine-tune LoRA alpha (default: FinetuneSettings)")
     p.add_argument("--lr", type=float, default=None, help="fine-tune learning rate (default: FinetuneSettings)")
     p.add_argument("--epochs", type=int, default=None, help="fine-tune epochs (default: FinetuneSettings)")
@@ -570,11 +770,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="study name = MLflow experiment (default: study-<model folder name>)")
     p.add_argument("--family", default=None, help="calibration family name (default: the model's folder name)")
     p.add_argument("--out", default="docs/study.md", help="markdown report")
-    p.add_argument("--calibration-out", default=None, help="calibration JSON (default: $DATAEFF_HOME/calibrations/<family>.json)")
+    p.add_argument(
+        "--calibration-out", default=None, help="calibration JSON (default: $DATAEFF_HOME/calibrations/<family>.json)"
+    )
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///$DATAEFF_HOME/mlflow.db)")
-    p.add_argument("--results", default=None, metavar="DIR",
-                   help="keep each finished task's result here as <task>.json (commit it with the report): a study "
-                        "resumed on another machine or MLflow store takes those tasks from there")
+    p.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="keep each finished task's result here as <task>.json (commit it with the report): a study "
+        "resumed on another machine or MLflow store takes those tasks from there",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
     p = add("confidence", cmd_confidence, "greedy answers and per-answer confidence for an unlabeled pool (batched)")
@@ -600,13 +806,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labeled JSONL/CSV: prompt, answer")
     p.add_argument("--lora-r", type=int, default=64, help="LoRA rank (the paper's setting)")
     p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha; the update is alpha/r * B A")
-    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (inactive: the model is in eval mode)")
-    p.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                   help="comma-separated linear layers that get adapters")
+    p.add_argument(
+        "--lora-dropout", type=float, default=0.05, help="LoRA dropout (inactive: the model is in eval mode)"
+    )
+    p.add_argument(
+        "--lora-targets",
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        help="comma-separated linear layers that get adapters",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of LoRA A's initialisation (draw d uses seed+d)")
     p.add_argument("--draws", type=int, default=1, help="LoRA initialisations to average over (reports the spread)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per forward/backward pass")
-    p.add_argument("--projection-dim", type=int, default=None, help="random-projection size (bounds memory for 7B+ models); exact when omitted")
+    p.add_argument(
+        "--projection-dim",
+        type=int,
+        default=None,
+        help="random-projection size (bounds memory for 7B+ models); exact when omitted",
+    )
 
     p = add("finetune", cmd_finetune, "LoRA fine-tune on a seeded subset of N labels and evaluate on a held-out set")
     _model_args(p, chat_default=True)
@@ -623,8 +839,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("data", None, "task data helpers")
     dsub = p.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
-    bp = dsub.add_parser("bigbench", help="export a BIG-bench task (offline archive) as pool.jsonl + eval.jsonl",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bp = dsub.add_parser(
+        "bigbench",
+        help="export a BIG-bench task (offline archive) as pool.jsonl + eval.jsonl",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     bp.set_defaults(func=cmd_data_bigbench)
     bp.add_argument("task", help="task name, e.g. sports_understanding, intent_recognition")
     bp.add_argument("--out", default=None, help="output folder (default: data/<task>)")

@@ -57,21 +57,36 @@ def project(args) -> int:
         task = TaskSpec(name=args.name, labels=labels, metric=args.metric)
     tracking = args.tracking_uri or f"sqlite:///{dataeff_home() / 'mlflow.db'}"
     dataeff_home().mkdir(parents=True, exist_ok=True)
-    cfg = ProjectConfig(name=args.name, task=task, model=args.model, calibration=args.calibration,
-                        chat_template=args.chat_template, targets=tuple(args.target), primary_target=args.primary_target,
-                        label_cap=args.label_cap, eval_size=args.eval_size, seed=args.seed,
-                        label_studio_url=args.label_studio_url, label_studio_token_env=args.token_env,
-                        tracking_uri=tracking, max_prompt_tokens=args.max_prompt_tokens,
-                        max_answer_tokens=args.max_answer_tokens)
+    cfg = ProjectConfig(
+        name=args.name,
+        task=task,
+        model=args.model,
+        calibration=args.calibration,
+        chat_template=args.chat_template,
+        targets=tuple(args.target),
+        primary_target=args.primary_target,
+        label_cap=args.label_cap,
+        eval_size=args.eval_size,
+        seed=args.seed,
+        label_studio_url=args.label_studio_url,
+        label_studio_token_env=args.token_env,
+        tracking_uri=tracking,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_answer_tokens=args.max_answer_tokens,
+    )
     if rejected and args.strict:
-        raise DataError(f"--strict: {len(rejected)} bad row(s), nothing imported; fix or remove them "
-                        f"(or drop --strict to import the good rows):\n" + "\n".join(f"  {r}" for r in rejected))
+        raise DataError(
+            f"--strict: {len(rejected)} bad row(s), nothing imported; fix or remove them "
+            f"(or drop --strict to import the good rows):\n" + "\n".join(f"  {r}" for r in rejected)
+        )
     for row in rejected:
         print(f"skipped {row}", file=sys.stderr)
     for item_id, chars in likely_too_long([*pool, *eval_labeled], cfg.max_prompt_tokens):
-        print(f"warning: item {item_id!r} has a {chars:,}-character prompt, far beyond max_prompt_tokens="
-              f"{cfg.max_prompt_tokens:,}; bootstrap will skip it (shorten it or raise --max-prompt-tokens)",
-              file=sys.stderr)
+        print(
+            f"warning: item {item_id!r} has a {chars:,}-character prompt, far beyond max_prompt_tokens="
+            f"{cfg.max_prompt_tokens:,}; bootstrap will skip it (shorten it or raise --max-prompt-tokens)",
+            file=sys.stderr,
+        )
     try:
         cfg.label_studio_project_id = ProjectConfig.load(args.name).label_studio_project_id
     except DataError:
@@ -89,8 +104,17 @@ def bootstrap(args) -> int:
     return 0
 
 
-LOOP_OUTPUT = ("project", "labeled", "measured", "decision", "requested", "new_runs", "errors", "unmanaged_task_ids",
-               "warnings")
+LOOP_OUTPUT = (
+    "project",
+    "labeled",
+    "measured",
+    "decision",
+    "requested",
+    "new_runs",
+    "errors",
+    "unmanaged_task_ids",
+    "warnings",
+)
 """Keys of the iteration summary ``dataeff loop`` prints (the full summary is in MLflow's decision.json)."""
 
 
@@ -140,8 +164,16 @@ def demo(args) -> int:
     from flows.demo import DemoSettings, run_demo
 
     settings = DemoSettings.quick(args.task) if args.quick else DemoSettings(task=args.task)
-    result = run_demo(settings, workdir=Path(args.workdir), ls_port=args.label_studio_port, mlflow_port=args.mlflow_port,
-                      noise=args.noise, delay=args.delay, keep_running=args.keep_running, label_cap=args.label_cap)
+    result = run_demo(
+        settings,
+        workdir=Path(args.workdir),
+        ls_port=args.label_studio_port,
+        mlflow_port=args.mlflow_port,
+        noise=args.noise,
+        delay=args.delay,
+        keep_running=args.keep_running,
+        label_cap=args.label_cap,
+    )
     return 0 if result.get("final") else 1
 
 

@@ -32,8 +32,13 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS)
     parser.add_argument("--threads", type=int, help="torch threads per worker")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in dict(device=args.device, model=args.model, task=args.task, reps=args.reps,
-                                       threads=args.threads).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            device=args.device, model=args.model, task=args.task, reps=args.reps, threads=args.threads
+        ).items()
+        if v is not None
+    }
     if args.sections:
         overrides["sections"] = tuple(args.sections)
     cfg = BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)

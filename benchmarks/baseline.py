@@ -12,7 +12,7 @@ the baseline of benchmarks). Deliberately slow: do not use them in the product.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -56,8 +56,15 @@ def naive_pairwise_cosines(grads: list[dict]) -> np.ndarray:
     return np.asarray(cosines)
 
 
-def naive_coslow(model, tokenizer, examples: Sequence[Example], *, lora: LoraSettings = LoraSettings(), seed: int = 0,
-                 chat_template: bool = False) -> float:
+def naive_coslow(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    lora: LoraSettings = LoraSettings(),
+    seed: int = 0,
+    chat_template: bool = False,
+) -> float:
     """CoS-Low the reference way: median of the pairwise cosines of per-example LoRA gradients.
 
     ``model`` is left without adapters afterwards (peft ``unload``).
@@ -74,29 +81,31 @@ def naive_coslow(model, tokenizer, examples: Sequence[Example], *, lora: LoraSet
 
 
 @torch.inference_mode()
-def naive_confidence(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 30,
-                     chat_template: bool = True) -> list[tuple[list[int], list[float]]]:
+def naive_confidence(
+    model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 30, chat_template: bool = True
+) -> list[tuple[list[int], list[float]]]:
     """Per prompt: greedy answer tokens (end tokens excluded) and each one's probability from a second forward pass."""
     from transformers import GenerationConfig
 
     device = model_device(model)
     ends = end_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=sorted(ends), pad_token_id=pad_id)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=sorted(ends), pad_token_id=pad_id
+    )
     out = []
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt, chat_template)
         input_ids = torch.tensor([ids], device=device)
         seq = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
-        answer = seq[0, len(ids):].tolist()
+        answer = seq[0, len(ids) :].tolist()
         n = next((k for k, t in enumerate(answer) if t in ends), len(answer))
         answer = answer[:n]
         if not answer:
             out.append(([], []))
             continue
         full = torch.tensor([ids + answer], device=device)
-        logits = model(input_ids=full).logits[0, len(ids) - 1:len(ids) - 1 + n].float()
+        logits = model(input_ids=full).logits[0, len(ids) - 1 : len(ids) - 1 + n].float()
         probs = torch.softmax(logits, dim=-1).gather(-1, torch.tensor(answer, device=device).unsqueeze(-1)).squeeze(-1)
         out.append((answer, probs.cpu().tolist()))
     return out

@@ -58,29 +58,48 @@ def run(device: str, task: str, n: int, seeds: list[int], model_source: str = "s
             seconds = time.perf_counter() - t0
             peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
             base = value if variant == "fp32" else base
-            rows.append({"task": task, "sample_seed": seed, "n": n, "device": device, "variant": variant,
-                         "coslow": value, "diff_vs_fp32": value - base, "seconds": seconds, "peak_mb": peak})
-            print(f"{task} seed {seed} {variant:>12}: CoS-Low {value:.4f} (diff {value - base:+.4f}) {seconds:.1f} s",
-                  file=sys.stderr, flush=True)
+            rows.append(
+                {
+                    "task": task,
+                    "sample_seed": seed,
+                    "n": n,
+                    "device": device,
+                    "variant": variant,
+                    "coslow": value,
+                    "diff_vs_fp32": value - base,
+                    "seconds": seconds,
+                    "peak_mb": peak,
+                }
+            )
+            print(
+                f"{task} seed {seed} {variant:>12}: CoS-Low {value:.4f} (diff {value - base:+.4f}) {seconds:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     return rows
 
 
 def to_markdown(rows: list[dict], command: str) -> str:
-    lines = [f"# CoS-Low by dtype\n\n`{command}`\n",
-             "| task | sample seed | device | variant | CoS-Low | diff vs fp32 | seconds | peak GPU MB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# CoS-Low by dtype\n\n`{command}`\n",
+        "| task | sample seed | device | variant | CoS-Low | diff vs fp32 | seconds | peak GPU MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
-        lines.append(f"| {r['task']} | {r['sample_seed']} | {r['device']} | {r['variant']} | {r['coslow']:.4f} | "
-                     f"{r['diff_vs_fp32']:+.4f} | {r['seconds']:.1f} | {peak} |")
+        lines.append(
+            f"| {r['task']} | {r['sample_seed']} | {r['device']} | {r['variant']} | {r['coslow']:.4f} | "
+            f"{r['diff_vs_fp32']:+.4f} | {r['seconds']:.1f} | {peak} |"
+        )
     worst = {v: max(abs(r["diff_vs_fp32"]) for r in rows if r["variant"] == v) for v in VARIANTS}
     lines.append("\nLargest |difference| to fp32: " + ", ".join(f"{v} {worst[v]:.4f}" for v in VARIANTS[1:]) + ".")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks dtype", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks dtype", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--task", default="intent_recognition")
     parser.add_argument("--n", type=int, default=32, help="examples per sample")

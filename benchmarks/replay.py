@@ -28,11 +28,11 @@ from dataeff.efficiency import AUC_CLIP, BUDGET_GRID
 from dataeff.policy import PolicySettings
 from dataeff.replay import (
     PAPER_PRIOR_SD,
-    PolicyResult,
     STAGES,
     TARGETS,
     Curve,
     NoiseModel,
+    PolicyResult,
     estimate_stages,
     load_paper_curves,
     observe_curve,
@@ -43,8 +43,10 @@ from dataeff.step import StepSettings
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "paper-results"
 #: The demo task (intent_recognition, SmolLM2-135M-Instruct + LoRA, demo settings, 60 eval items),
 #: measured on a GPU with two seeds (issue 8); the truth is the mean of the seeds.
-DEMO_CURVE = {"seed0": {0: 0.117, 50: 0.167, 100: 0.167, 200: 0.500, 400: 0.683, 633: 0.733},
-              "seed1": {0: 0.117, 50: 0.150, 100: 0.150, 200: 0.500, 400: 0.683, 633: 0.833}}
+DEMO_CURVE = {
+    "seed0": {0: 0.117, 50: 0.167, 100: 0.167, 200: 0.500, 400: 0.683, 633: 0.733},
+    "seed1": {0: 0.117, 50: 0.150, 100: 0.150, 200: 0.500, 400: 0.683, 633: 0.833},
+}
 DEMO_GRID = (0, 50, 100, 200, 400, 633)
 #: Seed-to-seed sd of the demo curve: the two seeds on the same eval set differ by
 #: 0.017, 0.017, 0, 0, 0.1 -> sd of one seed sqrt(mean(d^2) / 2) = 0.046.
@@ -55,9 +57,11 @@ def methods(cap: int, grid=BUDGET_GRID) -> dict[str, StepSettings]:
     """The product after this study (``dataeff``) and before it (``dataeff_before``)."""
     return {
         "dataeff": StepSettings(policy=PolicySettings(primary_target=0.8, label_cap=cap, budget_grid=grid)),
-        "dataeff_before": StepSettings(curve_model="xp", reached_ceiling_quantile=0.5,
-                                       policy=PolicySettings.legacy(primary_target=0.8, label_cap=cap,
-                                                                    budget_grid=grid)),
+        "dataeff_before": StepSettings(
+            curve_model="xp",
+            reached_ceiling_quantile=0.5,
+            policy=PolicySettings.legacy(primary_target=0.8, label_cap=cap, budget_grid=grid),
+        ),
     }
 
 
@@ -68,8 +72,9 @@ def _with_target(st: StepSettings, target: float) -> StepSettings:
 def demo_curve() -> Curve:
     mean = {b: (DEMO_CURVE["seed0"][b] + DEMO_CURVE["seed1"][b]) / 2 for b in DEMO_GRID}
     b = tuple(sorted(mean))
-    return Curve("smollm2/intent_recognition (demo)", b, tuple(np.maximum.accumulate([mean[k] for k in b])), None,
-                 "smollm2")
+    return Curve(
+        "smollm2/intent_recognition (demo)", b, tuple(np.maximum.accumulate([mean[k] for k in b])), None, "smollm2"
+    )
 
 
 def trivial_priors(curves: list[Curve]) -> dict[str, tuple[float, float]]:
@@ -111,8 +116,12 @@ def run_curve(job: dict) -> dict:
 
 def _key(job: dict) -> str:
     c = job["curve"]
-    payload = json.dumps({k: v for k, v in job.items() if k not in ("curve", "index")} |
-                         {"curve": [c.name, c.budgets, c.scores, c.human], "v": 1}, sort_keys=True, default=str)
+    payload = json.dumps(
+        {k: v for k, v in job.items() if k not in ("curve", "index")}
+        | {"curve": [c.name, c.budgets, c.scores, c.human], "v": 1},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -128,8 +137,10 @@ def run_jobs(jobs: list[dict], cache: Path | None, workers: int, desc: str) -> l
     if todo:
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-        with ProcessPoolExecutor(max_workers=workers) as pool, tqdm(total=len(jobs), initial=len(jobs) - len(todo),
-                                                                    desc=desc, unit="curve") as bar:
+        with (
+            ProcessPoolExecutor(max_workers=workers) as pool,
+            tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=desc, unit="curve") as bar,
+        ):
             for job, result in zip(todo, pool.map(run_curve, todo)):
                 done[_key(job)] = result
                 if cache:
@@ -153,12 +164,17 @@ def summarize(results: list[dict], prior: str = "coslow") -> dict:
         at = [r for r in rows if r["stage"] == stage]
         if not at:
             continue
-        entry = {"labels": stage, "n": len(at),
-                 "median_abs_log2_error": {m: _median(r["errors"].get(m) for r in at) for m in names},
-                 "coverage_80_by_method": {m: round(float(np.mean([r["covered"][m] for r in at])), 3)
-                                           for m in names if m in at[0]["covered"]},
-                 "by_target": {str(t): {m: _median(r["errors"].get(m) for r in at if r["target"] == t) for m in names}
-                               for t in TARGETS}}
+        entry = {
+            "labels": stage,
+            "n": len(at),
+            "median_abs_log2_error": {m: _median(r["errors"].get(m) for r in at) for m in names},
+            "coverage_80_by_method": {
+                m: round(float(np.mean([r["covered"][m] for r in at])), 3) for m in names if m in at[0]["covered"]
+            },
+            "by_target": {
+                str(t): {m: _median(r["errors"].get(m) for r in at if r["target"] == t) for m in names} for t in TARGETS
+            },
+        }
         entry["coverage_80"] = entry["coverage_80_by_method"].get("dataeff")
         stages.append(entry)
     by_method = summarize_policy(results)
@@ -200,98 +216,179 @@ def summarize_policy(results: list[dict]) -> dict:
 
 
 def to_markdown(summary: dict, trivial: dict | None, demo: dict, command: str, settings: dict) -> str:
-    lines = ["# Estimation quality on real learning curves (replay)", "",
-             f"Made by `{command}` ({settings['when']}, {settings['seconds']:.0f} s). "
-             "How it works and how to read it: docs/method-notes.md, section 6.", "",
-             f"Noise: eval set of {settings['n_eval']} items (binomial) + seed noise sd {settings['seed_noise']}; "
-             f"{settings['draws']} noise draws per curve; {settings['curves']} curves; targets 0.5, 0.8, 0.9 of the gain.",
-             "Prior: AUC' drawn from Normal(true AUC, 0.108) (the paper's 8.6% mean absolute error); "
-             "trivial prior: mean AUC of the family's other tasks.", ""]
+    lines = [
+        "# Estimation quality on real learning curves (replay)",
+        "",
+        f"Made by `{command}` ({settings['when']}, {settings['seconds']:.0f} s). "
+        "How it works and how to read it: docs/method-notes.md, section 6.",
+        "",
+        f"Noise: eval set of {settings['n_eval']} items (binomial) + seed noise sd {settings['seed_noise']}; "
+        f"{settings['draws']} noise draws per curve; {settings['curves']} curves; targets 0.5, 0.8, 0.9 of the gain.",
+        "Prior: AUC' drawn from Normal(true AUC, 0.108) (the paper's 8.6% mean absolute error); "
+        "trivial prior: mean AUC of the family's other tasks.",
+        "",
+    ]
 
     def stage_table(s: dict, title: str) -> None:
         names = ["prior", "curve_fit", "dataeff_before", "dataeff"]
-        lines.extend([f"## {title}", "",
-                      "| labels seen | " + " | ".join(f"median abs log2 err: {n}" for n in names)
-                      + " | 80% coverage: before | 80% coverage: dataeff |",
-                      "|---|" + "---|" * (len(names) + 2)])
+        lines.extend(
+            [
+                f"## {title}",
+                "",
+                "| labels seen | "
+                + " | ".join(f"median abs log2 err: {n}" for n in names)
+                + " | 80% coverage: before | 80% coverage: dataeff |",
+                "|---|" + "---|" * (len(names) + 2),
+            ]
+        )
         for e in s["stages"]:
             errs = [e["median_abs_log2_error"].get(n) for n in names]
             cov = e["coverage_80_by_method"]
-            lines.append(f"| {e['labels']} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in errs)
-                         + f" | {cov.get('dataeff_before', 0):.0%} | {cov.get('dataeff', 0):.0%} |")
+            lines.append(
+                f"| {e['labels']} | "
+                + " | ".join("–" if v is None else f"{v:.2f}" for v in errs)
+                + f" | {cov.get('dataeff_before', 0):.0%} | {cov.get('dataeff', 0):.0%} |"
+            )
         lines.append("")
 
     stage_table(summary, "Labels needed: CoS-Low prior (AUC' within the paper's error)")
     if trivial:
         stage_table(trivial, "Labels needed: trivial prior (family mean AUC)")
-    lines.extend(["## The loop's decisions under a label cap (CoS-Low prior)", "",
-                  "| method @ cap | replays | reachable | stopped too early | missed | overshoot | labels vs oracle "
-                  "(median) | declared reached but not | labels spent when unreachable | unreachable: stopped |",
-                  "|---|---|---|---|---|---|---|---|---|---|"])
+    lines.extend(
+        [
+            "## The loop's decisions under a label cap (CoS-Low prior)",
+            "",
+            "| method @ cap | replays | reachable | stopped too early | missed | overshoot | labels vs oracle "
+            "(median) | declared reached but not | labels spent when unreachable | unreachable: stopped |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+    )
     for k, p in summary["policy"]["by_method"].items():
+
         def f(v, pct=True):
             return "–" if v is None else (f"{v:.1%}" if pct else f"{v:g}")
-        lines.append(f"| {k} | {p['replays']} | {p['reachable']} | {f(p['stopped_too_early'])} | {f(p['missed'])} | "
-                     f"{f(p['overshoot'])} | {f(p['labels_vs_oracle'], False)} | {f(p['false_reached'])} | "
-                     f"{f(p['unreachable_labels_mean'], False)} | {f(p['unreachable_stopped_beyond_cap'])} |")
-    lines.extend(["", "## The demo task's measured curve (SmolLM2 + LoRA, intent_recognition, 60 eval items)", "",
-                  f"Truth (mean of 2 seeds): {demo['truth']}; target 0.8 of the gain; cap 633; grid {list(DEMO_GRID)}; "
-                  f"seed noise {DEMO_SEED_NOISE}; {demo['draws']} noise draws.", "",
-                  "| method | stopped too early | reached (declared) | labels spent (median) | oracle |",
-                  "|---|---|---|---|---|"])
+
+        lines.append(
+            f"| {k} | {p['replays']} | {p['reachable']} | {f(p['stopped_too_early'])} | {f(p['missed'])} | "
+            f"{f(p['overshoot'])} | {f(p['labels_vs_oracle'], False)} | {f(p['false_reached'])} | "
+            f"{f(p['unreachable_labels_mean'], False)} | {f(p['unreachable_stopped_beyond_cap'])} |"
+        )
+    lines.extend(
+        [
+            "",
+            "## The demo task's measured curve (SmolLM2 + LoRA, intent_recognition, 60 eval items)",
+            "",
+            f"Truth (mean of 2 seeds): {demo['truth']}; target 0.8 of the gain; cap 633; grid {list(DEMO_GRID)}; "
+            f"seed noise {DEMO_SEED_NOISE}; {demo['draws']} noise draws.",
+            "",
+            "| method | stopped too early | reached (declared) | labels spent (median) | oracle |",
+            "|---|---|---|---|---|",
+        ]
+    )
     for k, p in demo["policy"].items():
-        lines.append(f"| {k} | {p['stopped_too_early']:.0%} | {1 - (p['missed'] or 0):.0%} | "
-                     f"{p['labels_median']} | {p['oracle']} |")
+        lines.append(
+            f"| {k} | {p['stopped_too_early']:.0%} | {1 - (p['missed'] or 0):.0%} | "
+            f"{p['labels_median']} | {p['oracle']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def demo_replay(draws: int, workers: int, cache: Path | None) -> dict:
     curve = demo_curve()
-    job = {"curve": curve, "index": 999, "n_eval": 60, "seed_noise": DEMO_SEED_NOISE, "draws": draws,
-           "grid": DEMO_GRID, "caps": [633], "policy_targets": [0.8], "estimation": False}
+    job = {
+        "curve": curve,
+        "index": 999,
+        "n_eval": 60,
+        "seed_noise": DEMO_SEED_NOISE,
+        "draws": draws,
+        "grid": DEMO_GRID,
+        "caps": [633],
+        "policy_targets": [0.8],
+        "estimation": False,
+    }
     res = run_jobs([job], cache, workers, "demo curve")[0]
     pol = summarize_policy([res])
     out = {}
     for k, p in pol.items():
         ps = [q for q in res["policy"] if f"{q['method']}@{q['cap']}" == k]
-        out[k] = {**p, "labels_median": _median(q["spent"] for q in ps), "oracle": ps[0]["oracle"],
-                  "rules": {r: sum(q["rule"] == r for q in ps) for r in sorted({q["rule"] for q in ps})}}
-    return {"truth": {int(b): round(float(s), 3) for b, s in zip(curve.budgets, curve.scores)}, "draws": draws,
-            "policy": out}
+        out[k] = {
+            **p,
+            "labels_median": _median(q["spent"] for q in ps),
+            "oracle": ps[0]["oracle"],
+            "rules": {r: sum(q["rule"] == r for q in ps) for r in sorted({q["rule"] for q in ps})},
+        }
+    return {
+        "truth": {int(b): round(float(s), 3) for b, s in zip(curve.budgets, curve.scores)},
+        "draws": draws,
+        "policy": out,
+    }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dataeff bench replay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
-                        help="folder with finetune_results/ and human_eval.json (default: ../shared/reference/paper-results)")
+    parser = argparse.ArgumentParser(
+        prog="dataeff bench replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=DEFAULT_REFERENCE,
+        help="folder with finetune_results/ and human_eval.json (default: ../shared/reference/paper-results)",
+    )
     parser.add_argument("--draws", type=int, default=3, help="noise draws per curve (default 3)")
-    parser.add_argument("--n-eval", type=int, default=200, help="eval-set size of the replayed measurements (default 200)")
-    parser.add_argument("--seed-noise", type=float, default=0.03,
-                        help="seed-to-seed sd of a replayed score (default 0.03: the pooled residual of the 100 "
-                             "published curves around their monotone fit)")
+    parser.add_argument(
+        "--n-eval", type=int, default=200, help="eval-set size of the replayed measurements (default 200)"
+    )
+    parser.add_argument(
+        "--seed-noise",
+        type=float,
+        default=0.03,
+        help="seed-to-seed sd of a replayed score (default 0.03: the pooled residual of the 100 "
+        "published curves around their monotone fit)",
+    )
     parser.add_argument("--caps", type=int, nargs="+", default=[1000], help="label caps of the policy replay")
     parser.add_argument("--curves", type=int, default=None, help="only the first N curves (a quick look)")
     parser.add_argument("--no-trivial", action="store_true", help="skip the trivial-prior replay")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--cache", type=Path, default=Path(".cache/replay.jsonl"),
-                        help="per-curve results; a re-run resumes from it (default .cache/replay.jsonl)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(".cache/replay.jsonl"),
+        help="per-curve results; a re-run resumes from it (default .cache/replay.jsonl)",
+    )
     parser.add_argument("--out", type=Path, help="write the summary JSON here")
     parser.add_argument("--md", type=Path, help="write the markdown tables here (e.g. docs/estimation.md)")
     args = parser.parse_args(argv)
     t0 = time.time()
     curves = load_paper_curves(args.reference)[: args.curves]
     trivial = trivial_priors(load_paper_curves(args.reference)) if not args.no_trivial else {}
-    jobs = [{"curve": c, "index": i, "n_eval": args.n_eval, "seed_noise": args.seed_noise, "draws": args.draws,
-             "grid": BUDGET_GRID, "caps": args.caps, "policy_targets": list(TARGETS), "estimation": True,
-             "trivial": trivial.get(c.name)} for i, c in enumerate(curves)]
+    jobs = [
+        {
+            "curve": c,
+            "index": i,
+            "n_eval": args.n_eval,
+            "seed_noise": args.seed_noise,
+            "draws": args.draws,
+            "grid": BUDGET_GRID,
+            "caps": args.caps,
+            "policy_targets": list(TARGETS),
+            "estimation": True,
+            "trivial": trivial.get(c.name),
+        }
+        for i, c in enumerate(curves)
+    ]
     results = run_jobs(jobs, args.cache, args.workers, "paper curves")
     demo = demo_replay(max(args.draws, 10), args.workers, args.cache)
     summary = summarize(results, "coslow")
     triv = summarize(results, "trivial") if trivial else None
     command = "dataeff bench replay " + " ".join(sys.argv[2:] if argv is None else argv)
-    settings = {"n_eval": args.n_eval, "seed_noise": args.seed_noise, "draws": args.draws, "curves": len(curves),
-                "seconds": time.time() - t0, "when": time.strftime("%Y-%m-%d")}
+    settings = {
+        "n_eval": args.n_eval,
+        "seed_noise": args.seed_noise,
+        "draws": args.draws,
+        "curves": len(curves),
+        "seconds": time.time() - t0,
+        "when": time.strftime("%Y-%m-%d"),
+    }
     report = {**summary, "trivial_prior": triv, "demo": demo, "settings": settings, "command": command}
     print(json.dumps({"stages": summary["stages"], "policy": summary["policy"], "demo": demo["policy"]}, indent=1))
     if args.out:

@@ -40,7 +40,7 @@ def load_examples(task: str, n: int, offset: int = 0):
         from dataeff.bigbench import load_bigbench_task
 
         examples = load_bigbench_task(task)[1]
-    chosen = examples[offset:offset + n]
+    chosen = examples[offset : offset + n]
     if len(chosen) < n:
         raise SystemExit(f"{task}: only {len(chosen)} examples after offset {offset}, {n} requested")
     return chosen
@@ -55,7 +55,9 @@ def measure(spec: dict) -> dict:
     dtype = "fp32" if device == "cpu" else spec.get("dtype", "bf16")
     loaded = load_model(spec["model"], device=device, dtype=dtype)
     examples = load_examples(spec["task"], int(spec["n_examples"]), int(spec.get("offset", 0)))
-    lora = LoraSettings(r=int(spec.get("rank", 64)), alpha=int(spec.get("alpha", 32)), target_modules=ALL_LINEAR_TARGETS)
+    lora = LoraSettings(
+        r=int(spec.get("rank", 64)), alpha=int(spec.get("alpha", 32)), target_modules=ALL_LINEAR_TARGETS
+    )
     seed = int(spec.get("seed", 0))
     chat = bool(spec.get("chat_template", False))
     cuda = loaded.device.type == "cuda"
@@ -69,13 +71,23 @@ def measure(spec: dict) -> dict:
         if spec["variant"] == "naive":
             from benchmarks.baseline import naive_coslow
 
-            out["coslow"] = naive_coslow(loaded.model, loaded.tokenizer, examples, lora=lora, seed=seed, chat_template=chat)
+            out["coslow"] = naive_coslow(
+                loaded.model, loaded.tokenizer, examples, lora=lora, seed=seed, chat_template=chat
+            )
         else:
             from dataeff.coslow import compute_coslow
 
             proj = spec.get("projection_dim") if spec["variant"] == "projection" else None
-            res = compute_coslow(loaded, examples, lora=lora, seed=seed, chat_template=chat,
-                                 batch_size=int(spec.get("batch_size", 8)), projection_dim=proj, progress=False)
+            res = compute_coslow(
+                loaded,
+                examples,
+                lora=lora,
+                seed=seed,
+                chat_template=chat,
+                batch_size=int(spec.get("batch_size", 8)),
+                projection_dim=proj,
+                progress=False,
+            )
             out["coslow"] = res.coslow
     elif spec["workload"] == "confidence":
         prompts = [e.prompt for e in examples]
@@ -88,8 +100,15 @@ def measure(spec: dict) -> dict:
         else:
             from dataeff.confidence import score_confidence
 
-            scores = score_confidence(loaded, None, prompts, batch_size=int(spec.get("batch_size", 16)),
-                                      max_new_tokens=max_new, chat_template=chat, progress=False)
+            scores = score_confidence(
+                loaded,
+                None,
+                prompts,
+                batch_size=int(spec.get("batch_size", 16)),
+                max_new_tokens=max_new,
+                chat_template=chat,
+                progress=False,
+            )
             out["confidences"] = [s.confidence for s in scores]
     else:
         raise SystemExit(f"unknown workload {spec['workload']!r}")

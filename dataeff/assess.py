@@ -8,13 +8,13 @@ measured ``(labels, score)`` point.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from dataeff.calibration import Calibration
 from dataeff.defaults import TARGETS
-from dataeff.errors import DataError
 from dataeff.efficiency import LabelsNeeded, Prediction, target_key
+from dataeff.errors import DataError
 from dataeff.posterior import CurvePosterior, Observation, PosteriorSettings, fit_posterior
 from dataeff.posterior_flex import FlexPosterior, FlexSettings, fit_flex_posterior
 
@@ -23,10 +23,11 @@ from dataeff.posterior_flex import FlexPosterior, FlexSettings, fit_flex_posteri
 #: posterior before the replay study; kept as the baseline of ``dataeff bench replay``).
 CURVE_MODELS = {
     "beta": lambda prior_auc, prior_sd, s0, points, human_score, level, noise, n_max: fit_flex_posterior(
-        prior_auc, prior_sd, s0, points, human_score,
-        FlexSettings(level=level, seed_noise_sd=noise, max_budget=n_max)),
+        prior_auc, prior_sd, s0, points, human_score, FlexSettings(level=level, seed_noise_sd=noise, max_budget=n_max)
+    ),
     "xp": lambda prior_auc, prior_sd, s0, points, human_score, level, noise, n_max: fit_posterior(
-        prior_auc, prior_sd, s0, points, human_score, PosteriorSettings(level=level, max_budget=n_max)),
+        prior_auc, prior_sd, s0, points, human_score, PosteriorSettings(level=level, max_budget=n_max)
+    ),
 }
 DEFAULT_CURVE_MODEL = "beta"
 #: Fine-tune seed-to-seed noise assumed on top of the eval set's binomial noise (score units):
@@ -114,8 +115,9 @@ def assess(
         needs = {t: prediction.need(t) for t in targets}
         return Assessment(prediction, None, needs, s0, human_score, measured)
     points = [Observation(n=b, score=s, n_eval=n_eval) for b, s in sorted(measured.items()) if b > 0]
-    posterior = CURVE_MODELS[curve_model](prediction.auc, calibration.predict_sd(coslow), s0, points,
-                                          human_score, level, seed_noise, max_budget)
+    posterior = CURVE_MODELS[curve_model](
+        prediction.auc, calibration.predict_sd(coslow), s0, points, human_score, level, seed_noise, max_budget
+    )
     needs = {t: posterior.labels_needed(t) for t in targets}
     # the paper's ceiling is max(human score, best score): the posterior's h covers both cases
     ceiling = posterior.h_summary()["median"]

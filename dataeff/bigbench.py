@@ -28,9 +28,9 @@ import re
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -87,8 +87,19 @@ def fetch_bigbench_archive(*, download: bool = True) -> Path:
     if not download:
         raise DataError(f"BIG-bench archive not found in {dest}; run fetch_bigbench_archive() or set ${ARCHIVE_ENV}")
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "bigbench==1.0.0", "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "bigbench==1.0.0",
+        "-d",
+        str(dest),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = dest / ARCHIVE_NAME
     if proc.returncode != 0 or not path.is_file():
@@ -198,7 +209,7 @@ class TaskFormat:
 
     def render(self, text: str, labels: Sequence[str] | None) -> str:
         if self.strip_prefix and text.startswith(self.strip_prefix):
-            text = text[len(self.strip_prefix):]
+            text = text[len(self.strip_prefix) :]
         return self.template.format(input=text.strip(), options=", ".join(labels or ()))
 
     def answer(self, raw: str) -> str:
@@ -339,7 +350,9 @@ def load_bigbench_task(name: str, *, max_examples: int | None = None, seed: int 
             targets = [target] if isinstance(target, str) else [str(t) for t in (target or [])]
             targets = [fmt.answer(t) for t in targets if str(t).strip()]
             if not targets:
-                raise DataError(f"{where}: neither 'target_scores' nor a non-empty 'target'; this task cannot be loaded")
+                raise DataError(
+                    f"{where}: neither 'target_scores' nor a non-empty 'target'; this task cannot be loaded"
+                )
             answer = fmt.pick_target(targets) if fmt.pick_target else targets[0]
             prompt = fmt.render(text, None)
         meta = {"task": name, "index": int(i), "targets": targets}
@@ -351,7 +364,9 @@ def load_bigbench_task(name: str, *, max_examples: int | None = None, seed: int 
     return task, examples
 
 
-def split_examples(examples: Sequence[Example], eval_size: int | float, seed: int = 0) -> tuple[list[Example], list[Example]]:
+def split_examples(
+    examples: Sequence[Example], eval_size: int | float, seed: int = 0
+) -> tuple[list[Example], list[Example]]:
     """Deterministic split into an unlabeled/training pool and a held-out evaluation set.
 
     Args:
@@ -375,7 +390,9 @@ def split_examples(examples: Sequence[Example], eval_size: int | float, seed: in
     return pool, ev
 
 
-def export_task(name: str, out_dir: str | Path, *, eval_size: int | float = 100, max_examples: int | None = None, seed: int = 0) -> dict[str, Path]:
+def export_task(
+    name: str, out_dir: str | Path, *, eval_size: int | float = 100, max_examples: int | None = None, seed: int = 0
+) -> dict[str, Path]:
     """Write a BIG-bench task as ``pool.jsonl``, ``eval.jsonl`` and ``task.json`` (the TaskSpec).
 
     Returns:
@@ -388,8 +405,12 @@ def export_task(name: str, out_dir: str | Path, *, eval_size: int | float = 100,
         "pool": write_jsonl(out / "pool.jsonl", (example_to_row(e) for e in pool)),
         "eval": write_jsonl(out / "eval.jsonl", (example_to_row(e) for e in ev)),
     }
-    spec = {"name": task.name, "labels": list(task.labels) if task.labels else None,
-            "metric": task.metric, "instructions": task.instructions}
+    spec = {
+        "name": task.name,
+        "labels": list(task.labels) if task.labels else None,
+        "metric": task.metric,
+        "instructions": task.instructions,
+    }
     (out / "task.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
     paths["task"] = out / "task.json"
     return paths

@@ -15,8 +15,8 @@ What is counted:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from dataeff.data import Example
 from dataeff.errors import DataError
@@ -62,13 +62,20 @@ def _check_limit(name: str, value: int) -> int:
 
 
 def _reason(what: str, tokens: int, limit: int, setting: str) -> str:
-    return (f"{what} is {tokens:,} tokens; the limit is {limit:,} ({setting} in the project config): "
-            f"shorten it or raise the limit")
+    return (
+        f"{what} is {tokens:,} tokens; the limit is {limit:,} ({setting} in the project config): "
+        f"shorten it or raise the limit"
+    )
 
 
-def split_by_token_bounds(tokenizer, examples: Sequence[Example], *, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
-                          max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
-                          chat_template: bool = True) -> tuple[list[Example], list[RejectedItem]]:
+def split_by_token_bounds(
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+    chat_template: bool = True,
+) -> tuple[list[Example], list[RejectedItem]]:
     """Split ``examples`` into those within the token bounds and those beyond (one tokenization each).
 
     Args:
@@ -95,21 +102,36 @@ def split_by_token_bounds(tokenizer, examples: Sequence[Example], *, max_prompt_
         ex_id = str(ex.id) if ex.id is not None else str(i)
         n_prompt = len(encode_prompt(tokenizer, ex.prompt, chat_template))
         if n_prompt > max_prompt_tokens:
-            rejected.append(RejectedItem(ex_id, "prompt", n_prompt, max_prompt_tokens,
-                                         _reason("prompt", n_prompt, max_prompt_tokens, "max_prompt_tokens")))
+            rejected.append(
+                RejectedItem(
+                    ex_id,
+                    "prompt",
+                    n_prompt,
+                    max_prompt_tokens,
+                    _reason("prompt", n_prompt, max_prompt_tokens, "max_prompt_tokens"),
+                )
+            )
             continue
         if ex.answer is not None:
             n_answer = len(tokenizer(ex.answer, add_special_tokens=False)["input_ids"])
             if n_answer > max_answer_tokens:
-                rejected.append(RejectedItem(ex_id, "answer", n_answer, max_answer_tokens,
-                                             _reason("answer", n_answer, max_answer_tokens, "max_answer_tokens")))
+                rejected.append(
+                    RejectedItem(
+                        ex_id,
+                        "answer",
+                        n_answer,
+                        max_answer_tokens,
+                        _reason("answer", n_answer, max_answer_tokens, "max_answer_tokens"),
+                    )
+                )
                 continue
         kept.append(ex)
     return kept, rejected
 
 
-def likely_too_long(examples: Sequence[Example], max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
-                    factor: int = 2) -> list[tuple[str, int]]:
+def likely_too_long(
+    examples: Sequence[Example], max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, factor: int = 2
+) -> list[tuple[str, int]]:
     """Items whose prompt is obviously beyond ``max_prompt_tokens``, judged by characters alone.
 
     No tokenizer needed (for an early warning at import). "Obviously": more than ``factor`` times
@@ -121,5 +143,8 @@ def likely_too_long(examples: Sequence[Example], max_prompt_tokens: int = DEFAUL
     """
     _check_limit("max_prompt_tokens", max_prompt_tokens)
     threshold = factor * CHARS_PER_TOKEN_HINT * max_prompt_tokens
-    return [(str(ex.id) if ex.id is not None else str(i), len(ex.prompt))
-            for i, ex in enumerate(examples) if len(ex.prompt) > threshold]
+    return [
+        (str(ex.id) if ex.id is not None else str(i), len(ex.prompt))
+        for i, ex in enumerate(examples)
+        if len(ex.prompt) > threshold
+    ]

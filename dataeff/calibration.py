@@ -18,11 +18,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-from numbers import Real
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from numbers import Real
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -30,8 +30,8 @@ from sklearn.dummy import DummyRegressor
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import LeaveOneOut, cross_val_predict
 
-from dataeff.efficiency import MAX_BUDGET, Prediction, clip_auc, predict
 from dataeff.defaults import TARGETS
+from dataeff.efficiency import MAX_BUDGET, Prediction, clip_auc, predict
 from dataeff.errors import DataError
 
 #: The paper's reported error of predicted data efficiency (8.6%), read as a mean absolute error.
@@ -43,7 +43,7 @@ FIT_KINDS = ("full", "lora")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -184,7 +184,7 @@ class Calibration:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str, where: str = "calibration JSON") -> "Calibration":
+    def from_json(cls, text: str, where: str = "calibration JSON") -> Calibration:
         """Parse :meth:`to_json` output. Raises :class:`DataError` naming ``where`` on bad input."""
         try:
             data = json.loads(text)
@@ -210,7 +210,7 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path) -> Calibration:
         """Read a calibration saved with :meth:`save`."""
         path = Path(path)
         try:
@@ -325,9 +325,11 @@ def dtype_warning(calibration: Calibration, dtype: str | None) -> str | None:
     """
     if calibration.dtype is None or dtype is None or dtype == calibration.dtype:
         return None
-    return (f"CoS-Low was computed in {dtype} but calibration {calibration.family!r} was fitted on {calibration.dtype} "
-            f"values; the dtype alone moves CoS-Low by more than the calibration's error (SmolLM2: fp32 0.39, bf16 0.29). "
-            f"Load the model in {calibration.dtype}.")
+    return (
+        f"CoS-Low was computed in {dtype} but calibration {calibration.family!r} was fitted on {calibration.dtype} "
+        f"values; the dtype alone moves CoS-Low by more than the calibration's error (SmolLM2: fp32 0.39, bf16 0.29). "
+        f"Load the model in {calibration.dtype}."
+    )
 
 
 def baseline_loo_mae(aucs: Sequence[float]) -> float:

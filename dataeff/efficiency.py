@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import json
 import math
-from numbers import Real
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
-from dataeff.errors import DataError
 from dataeff.defaults import TARGETS
+from dataeff.errors import DataError
 
 #: The paper's fine-tuning budgets (0 = zero-shot).
 BUDGET_GRID: tuple[int, ...] = (0, 50, 100, 200, 500, 1000, 2500, 5000)

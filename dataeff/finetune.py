@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,16 @@ from tqdm.auto import tqdm
 from dataeff.data import Example, TaskSpec, require_labeled
 from dataeff.errors import DataError
 from dataeff.metrics import score_predictions
-from dataeff.models import (ALL_LINEAR_TARGETS, LoadedModel, LoraSettings, attach_lora, dtype_name, encode_prompt_answer,
-                            model_device, resolve_dtype)
+from dataeff.models import (
+    ALL_LINEAR_TARGETS,
+    LoadedModel,
+    LoraSettings,
+    attach_lora,
+    dtype_name,
+    encode_prompt_answer,
+    model_device,
+    resolve_dtype,
+)
 
 
 @dataclass(frozen=True)
@@ -76,10 +84,18 @@ class FinetuneSettings:
     stop_at_newline: bool = True
 
     def __post_init__(self) -> None:
-        checks = {"r": self.r >= 1, "alpha": self.alpha > 0, "dropout": 0 <= self.dropout < 1, "lr": self.lr > 0,
-                  "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-                  "max_steps": self.max_steps is None or self.max_steps >= 1, "max_length": self.max_length >= 2,
-                  "eval_batch_size": self.eval_batch_size >= 1, "max_new_tokens": self.max_new_tokens >= 1}
+        checks = {
+            "r": self.r >= 1,
+            "alpha": self.alpha > 0,
+            "dropout": 0 <= self.dropout < 1,
+            "lr": self.lr > 0,
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "max_length": self.max_length >= 2,
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "max_new_tokens": self.max_new_tokens >= 1,
+        }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise DataError(f"FinetuneSettings: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
@@ -184,7 +200,9 @@ def nested_subset(examples: Sequence[Example], budget: int, seed: int = 0) -> li
     if budget < 0:
         raise DataError(f"budget must be >= 0, got {budget}")
     if budget > len(examples):
-        raise DataError(f"budget {budget} exceeds the {len(examples)} labeled examples available; label {budget - len(examples)} more or lower the budget")
+        raise DataError(
+            f"budget {budget} exceeds the {len(examples)} labeled examples available; label {budget - len(examples)} more or lower the budget"
+        )
     return [examples[i] for i in _order(examples, seed)[:budget]]
 
 
@@ -197,7 +215,9 @@ def _answer_text(prompt: str, answer: str, chat_template: bool) -> str:
     return " " + answer
 
 
-def encode_training_example(tokenizer, example: Example, chat_template: bool, max_length: int) -> tuple[list[int], list[int]]:
+def encode_training_example(
+    tokenizer, example: Example, chat_template: bool, max_length: int
+) -> tuple[list[int], list[int]]:
     """Token ids and labels of one training example.
 
     Returns:
@@ -206,20 +226,22 @@ def encode_training_example(tokenizer, example: Example, chat_template: bool, ma
     """
     if example.answer is None or not str(example.answer).strip():
         raise DataError(f"example {example.id!r} has no answer; only labeled examples can be trained on")
-    ids, n_prompt = encode_prompt_answer(tokenizer, example.prompt, _answer_text(example.prompt, example.answer, chat_template), chat_template)
+    ids, n_prompt = encode_prompt_answer(
+        tokenizer, example.prompt, _answer_text(example.prompt, example.answer, chat_template), chat_template
+    )
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     prompt_ids, answer_ids = ids[:n_prompt], ids[n_prompt:]
     answer_ids = answer_ids[: max_length - 1]
     keep = min(len(prompt_ids), max_length - len(answer_ids))
-    prompt_ids = prompt_ids[len(prompt_ids) - keep:]
+    prompt_ids = prompt_ids[len(prompt_ids) - keep :]
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
 def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (sorted by length, then chunked)."""
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), i))
-    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
 def _collate(encoded, idx: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -245,7 +267,9 @@ def _autocast(device: torch.device, dtype: str | None):
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def finetune_lora(loaded: LoadedModel, train: Sequence[Example], settings: FinetuneSettings | None = None, progress: bool = True):
+def finetune_lora(
+    loaded: LoadedModel, train: Sequence[Example], settings: FinetuneSettings | None = None, progress: bool = True
+):
     """Attach fresh LoRA adapters to ``loaded.model`` and train them on ``train``.
 
     The adapters are injected into the loaded model itself (peft wraps it in place): call
@@ -291,7 +315,9 @@ def finetune_lora(loaded: LoadedModel, train: Sequence[Example], settings: Finet
                 with _autocast(device, settings.dtype):
                     loss = peft_model(**batch).loss
                 if not torch.isfinite(loss):
-                    raise DataError(f"training loss became {loss.item()} at step {step + 1}; lower lr (now {settings.lr})")
+                    raise DataError(
+                        f"training loss became {loss.item()} at step {step + 1}; lower lr (now {settings.lr})"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -305,7 +331,7 @@ def finetune_lora(loaded: LoadedModel, train: Sequence[Example], settings: Finet
     finally:
         bar.close()
         peft_model.eval()
-    tail = losses[-len(batches):]
+    tail = losses[-len(batches) :]
     peft_model.dataeff_steps = len(losses)
     peft_model.dataeff_final_loss = float(np.mean(tail)) if tail else math.nan
     return peft_model
@@ -337,12 +363,23 @@ def gold_answers(examples: Sequence[Example]) -> list[list[str]]:
     for e in examples:
         if e.answer is None or not str(e.answer).strip():
             raise DataError(f"evaluation example {e.id!r} has no answer; the held-out set must be labeled")
-        extra = [str(t) for t in e.meta.get("targets", []) if str(t) != e.answer] if isinstance(e.meta.get("targets"), list) else []
+        extra = (
+            [str(t) for t in e.meta.get("targets", []) if str(t) != e.answer]
+            if isinstance(e.meta.get("targets"), list)
+            else []
+        )
         golds.append([e.answer, *extra])
     return golds
 
 
-def evaluate(model, tokenizer, eval_examples: Sequence[Example], task: TaskSpec, settings: FinetuneSettings | None = None, progress: bool = True) -> EvalResult:
+def evaluate(
+    model,
+    tokenizer,
+    eval_examples: Sequence[Example],
+    task: TaskSpec,
+    settings: FinetuneSettings | None = None,
+    progress: bool = True,
+) -> EvalResult:
     """Greedy answers to the evaluation prompts, scored with the task's metric.
 
     Args:
@@ -368,9 +405,16 @@ def evaluate(model, tokenizer, eval_examples: Sequence[Example], task: TaskSpec,
     was_training = model.training
     model.eval()
     try:
-        gens = generate_answers(model, tokenizer, [e.prompt for e in eval_examples], batch_size=settings.eval_batch_size,
-                                max_new_tokens=settings.max_new_tokens, chat_template=settings.chat_template, progress=progress,
-                                stop_strings=("\n",) if settings.stop_at_newline else None)
+        gens = generate_answers(
+            model,
+            tokenizer,
+            [e.prompt for e in eval_examples],
+            batch_size=settings.eval_batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            chat_template=settings.chat_template,
+            progress=progress,
+            stop_strings=("\n",) if settings.stop_at_newline else None,
+        )
     finally:
         model.train(was_training)
     preds = [g.text for g in gens]
@@ -381,8 +425,16 @@ def evaluate(model, tokenizer, eval_examples: Sequence[Example], task: TaskSpec,
 # --------------------------------------------------------------------------------------------
 # One curve point
 # --------------------------------------------------------------------------------------------
-def run_finetune(loaded: LoadedModel, train: Sequence[Example], eval: Sequence[Example], task: TaskSpec, budget: int,
-                 settings: FinetuneSettings | None = None, adapter_dir: str | Path | None = None, progress: bool = True) -> FinetuneResult:
+def run_finetune(
+    loaded: LoadedModel,
+    train: Sequence[Example],
+    eval: Sequence[Example],
+    task: TaskSpec,
+    budget: int,
+    settings: FinetuneSettings | None = None,
+    adapter_dir: str | Path | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
     """Fine-tune on a nested subset of ``budget`` examples of ``train`` and evaluate on ``eval``.
 
     Budget 0 evaluates the base model without training (the zero-shot point). The loaded model is
@@ -427,7 +479,19 @@ def run_finetune(loaded: LoadedModel, train: Sequence[Example], eval: Sequence[E
         remove_adapters(model, loaded, flags)
         if target != home:
             loaded.model.to(home)
-    return FinetuneResult(budget=budget, score=result.score, zero_shot=budget == 0, n_train=len(subset), n_eval=result.n,
-                          seconds_train=seconds_train, seconds_eval=seconds_eval, adapter_dir=saved,
-                          settings=settings.as_dict(), steps=steps, final_loss=final_loss, predictions=result.predictions,
-                          dtype=dtype_name(loaded.dtype), device=target.type)
+    return FinetuneResult(
+        budget=budget,
+        score=result.score,
+        zero_shot=budget == 0,
+        n_train=len(subset),
+        n_eval=result.n,
+        seconds_train=seconds_train,
+        seconds_eval=seconds_eval,
+        adapter_dir=saved,
+        settings=settings.as_dict(),
+        steps=steps,
+        final_loss=final_loss,
+        predictions=result.predictions,
+        dtype=dtype_name(loaded.dtype),
+        device=target.type,
+    )

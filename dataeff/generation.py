@@ -15,8 +15,8 @@ the strings (that token is kept, as ``generate`` keeps it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -46,8 +46,11 @@ class Generation:
 def end_token_ids(model, tokenizer) -> set[int]:
     """Ids that end an answer: eos (tokenizer and model generation config), pad, and known end-of-turn tokens."""
     ids: set[int] = set()
-    for value in (tokenizer.eos_token_id, tokenizer.pad_token_id,
-                  getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+    for value in (
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+    ):
         if value is None:
             continue
         ids.update(value if isinstance(value, (list, tuple)) else [value])
@@ -61,7 +64,7 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def _answer_length(ids: list[int], ends: set[int], tokenizer, stop_strings: Sequence[str] | None) -> int:
@@ -80,9 +83,17 @@ def _answer_length(ids: list[int], ends: set[int], tokenizer, stop_strings: Sequ
 
 
 @torch.inference_mode()
-def generate_answers(model, tokenizer, prompts: Sequence[str], *, batch_size: int = 16, max_new_tokens: int = 30,
-                     chat_template: bool = True, progress: bool = True,
-                     stop_strings: Sequence[str] | None = None) -> list[Generation]:
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 30,
+    chat_template: bool = True,
+    progress: bool = True,
+    stop_strings: Sequence[str] | None = None,
+) -> list[Generation]:
     """Greedy answers to ``prompts`` with the probability of each chosen token.
 
     Args:
@@ -113,8 +124,13 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, batch_size: in
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=sorted(ends),
-        pad_token_id=pad_id, output_logits=True, return_dict_in_generate=True,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(ends),
+        pad_token_id=pad_id,
+        output_logits=True,
+        return_dict_in_generate=True,
         stop_strings=list(stop_strings) if stop_strings else None,
     )
     encoded = [encode_prompt(tokenizer, p, chat_template) for p in prompts]
@@ -130,23 +146,32 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, batch_size: in
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
                 ids = encoded[i]
-                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                attention[row, width - len(ids):] = 1
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 generation_config=config, tokenizer=tokenizer if stop_strings else None)
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[row, width - len(ids) :] = 1
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=config,
+                tokenizer=tokenizer if stop_strings else None,
+            )
             new_tokens = out.sequences[:, width:].cpu()
             # (steps, batch, vocab) -> probability of the token actually chosen at each step, fp32 softmax.
             steps = new_tokens.to(device)
-            chosen = torch.stack([
-                torch.softmax(step.float(), dim=-1).gather(-1, steps[:, t:t + 1]).squeeze(-1)
-                for t, step in enumerate(out.logits)
-            ], dim=1).cpu()
+            chosen = torch.stack(
+                [
+                    torch.softmax(step.float(), dim=-1).gather(-1, steps[:, t : t + 1]).squeeze(-1)
+                    for t, step in enumerate(out.logits)
+                ],
+                dim=1,
+            ).cpu()
             for row, i in enumerate(batch):
                 ids = new_tokens[row].tolist()
                 n = _answer_length(ids, ends, tokenizer, stop_strings)
                 results[i] = Generation(
                     text=tokenizer.decode(ids[:n], skip_special_tokens=True).strip(),
-                    token_ids=ids[:n], token_probs=chosen[row, :n].tolist(), n_tokens=n,
+                    token_ids=ids[:n],
+                    token_probs=chosen[row, :n].tolist(),
+                    n_tokens=n,
                 )
             bar.update(len(batch))
     finally:

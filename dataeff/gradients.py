@@ -44,8 +44,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,8 +55,7 @@ from tqdm.auto import tqdm
 from dataeff.data import Example
 from dataeff.errors import DataError
 from dataeff.generation import length_batches
-from dataeff.models import model_device
-from dataeff.models import encode_prompt_answer
+from dataeff.models import encode_prompt_answer, model_device
 
 
 @dataclass(frozen=True)
@@ -101,17 +100,23 @@ def lora_layers(peft_model, adapter: str = "default") -> list[tuple[str, torch.n
         if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_B", {}):
             continue
         if adapter in getattr(module, "lora_variant", {}):
-            raise ValueError(f"{name}: LoRA variant {type(module.lora_variant[adapter]).__name__} is not supported; "
-                             "use plain LoRA (no DoRA) for CoS-Low")
+            raise ValueError(
+                f"{name}: LoRA variant {type(module.lora_variant[adapter]).__name__} is not supported; "
+                "use plain LoRA (no DoRA) for CoS-Low"
+            )
         lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
         if not (isinstance(lora_a, torch.nn.Linear) and isinstance(lora_b, torch.nn.Linear)):
             raise ValueError(f"{name}: only LoRA on linear layers is supported, got {type(lora_b).__name__}")
         if torch.count_nonzero(lora_b.weight).item():
-            raise ValueError(f"{name}: LoRA B is not zero; gradients must be taken at the un-trained initialisation "
-                             "(attach a fresh adapter)")
+            raise ValueError(
+                f"{name}: LoRA B is not zero; gradients must be taken at the un-trained initialisation "
+                "(attach a fresh adapter)"
+            )
         found.append((name, module))
     if not found:
-        raise ValueError(f"the model has no LoRA layers with adapter {adapter!r}; attach one with dataeff.models.attach_lora")
+        raise ValueError(
+            f"the model has no LoRA layers with adapter {adapter!r}; attach one with dataeff.models.attach_lora"
+        )
     return found
 
 
@@ -151,7 +156,9 @@ class CountSketch:
         return torch.bmm(gs.transpose(1, 2), u).reshape(b, -1)
 
 
-def _answer_loss(base_model, input_ids: torch.Tensor, attention: torch.Tensor, batch: Sequence[EncodedExample]) -> torch.Tensor:
+def _answer_loss(
+    base_model, input_ids: torch.Tensor, attention: torch.Tensor, batch: Sequence[EncodedExample]
+) -> torch.Tensor:
     """Sum over the batch of each example's mean cross-entropy on its answer tokens.
 
     The input embeddings are a leaf that requires grad (so every activation gets a gradient while
@@ -185,8 +192,7 @@ class _GramAccumulator:
     Rows are filled in processing order (``start:stop`` slices); :meth:`gram` undoes the order.
     """
 
-    def __init__(self, n: int, sizes: Sequence[int], device: torch.device, one_batch: bool,
-                 sketch: CountSketch | None):
+    def __init__(self, n: int, sizes: Sequence[int], device: torch.device, one_batch: bool, sketch: CountSketch | None):
         self.n, self.sizes, self.one_batch, self.sketch = n, list(sizes), one_batch, sketch
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.gram = torch.zeros((n, n), dtype=torch.float64, device=device)
@@ -211,7 +217,7 @@ class _GramAccumulator:
         ``g``: fp32 ``(batch, T, out)`` output gradients; ``u``: fp32 ``(batch, T, r)`` inputs of lora_B.
         """
         if self.sketch is not None:
-            self.store[self.start:self.stop] += self.sketch.sketch(module, g, u).mul_(scale).double()
+            self.store[self.start : self.stop] += self.sketch.sketch(module, g, u).mul_(scale).double()
             return
         block = torch.bmm(g.transpose(1, 2), u).mul_(scale).reshape(g.shape[0], -1)
         if self.spill is not None:
@@ -220,7 +226,7 @@ class _GramAccumulator:
         elif self.store is None:
             self.gram.add_((block @ block.T).double())
         else:
-            self.store[self.start:self.stop, int(self.offsets[module]):int(self.offsets[module + 1])] = block
+            self.store[self.start : self.stop, int(self.offsets[module]) : int(self.offsets[module + 1])] = block
 
     def result(self, order: Sequence[int]) -> np.ndarray:
         """The ``(n, n)`` float64 Gram matrix in input order; ``order[p]`` = input index of processed row ``p``."""
@@ -238,7 +244,7 @@ class _GramAccumulator:
         elif self.store is not None:
             gram = self.gram
             for a, b in zip(self.offsets[:-1], self.offsets[1:]):
-                block = self.store[:, int(a):int(b)]
+                block = self.store[:, int(a) : int(b)]
                 gram += (block @ block.T).double()
         else:
             gram = self.gram
@@ -246,9 +252,18 @@ class _GramAccumulator:
         return gram.cpu().numpy()[np.ix_(inverse, inverse)]
 
 
-def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, chat_template: bool = False,
-                       batch_size: int = 8, projection_dim: int | None = None, seed: int = 0,
-                       progress: bool = True, adapter: str = "default") -> np.ndarray:
+def lora_gradient_gram(
+    peft_model,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    chat_template: bool = False,
+    batch_size: int = 8,
+    projection_dim: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    adapter: str = "default",
+) -> np.ndarray:
     """Gram matrix of the examples' LoRA gradients at the un-trained initialisation.
 
     Args:
@@ -282,8 +297,9 @@ def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, ch
         ranks = {m.lora_B[adapter].in_features for _, m in layers}
         if len(ranks) != 1:
             raise ValueError(f"projection mode needs one LoRA rank for every layer, got {sorted(ranks)}")
-        sketch = CountSketch([m.lora_B[adapter].out_features for _, m in layers], ranks.pop(), projection_dim,
-                             seed, device)
+        sketch = CountSketch(
+            [m.lora_B[adapter].out_features for _, m in layers], ranks.pop(), projection_dim, seed, device
+        )
     acc = _GramAccumulator(n, sizes, device, one_batch=batch_size >= n, sketch=sketch)
     mask: dict = {}
 
@@ -321,8 +337,8 @@ def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, ch
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
                 attention = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, ex in enumerate(batch):  # right padding: pads come after every real token
-                    input_ids[row, :len(ex.ids)] = torch.tensor(ex.ids)
-                    attention[row, :len(ex.ids)] = 1
+                    input_ids[row, : len(ex.ids)] = torch.tensor(ex.ids)
+                    attention[row, : len(ex.ids)] = 1
                 input_ids, attention = input_ids.to(device), attention.to(device)
                 mask["rows"] = attention.unsqueeze(-1)
                 acc.start, acc.stop = len(order), len(order) + len(batch)
@@ -337,4 +353,3 @@ def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], *, ch
         for p, flag in saved_flags:
             p.requires_grad_(flag)
     return acc.result(order)
-

@@ -18,7 +18,7 @@ import difflib
 import re
 import string
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -121,7 +121,9 @@ def token_f1(pred: str, gold: Gold) -> float:
     return best
 
 
-def score_predictions(preds: Sequence[str], golds: Sequence[Gold], metric: str = "exact_match", *, prefix: bool = True) -> float:
+def score_predictions(
+    preds: Sequence[str], golds: Sequence[Gold], metric: str = "exact_match", *, prefix: bool = True
+) -> float:
     """Mean score of predictions against gold answers.
 
     Args:

@@ -61,7 +61,12 @@ class LoraSettings:
         )
 
     def as_dict(self) -> dict:
-        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "target_modules": ",".join(self.target_modules)}
+        return {
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "target_modules": ",".join(self.target_modules),
+        }
 
 
 def attach_lora(model, settings: LoraSettings, seed: int | None = 0):
@@ -111,8 +116,14 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
     """:data:`DEFAULT_DTYPE` (fp32) on every device; an explicit value (``"fp32"``, ``"bf16"``, ``"fp16"`` or a dtype) wins."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype is not None:
         if dtype not in names:
             raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
@@ -175,7 +186,9 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if real_missing or unexpected:
-        raise ModelLoadError(f"converting {gguf_file}: weights do not match (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelLoadError(
+            f"converting {gguf_file}: weights do not match (missing {real_missing[:3]}, unexpected {unexpected[:3]})"
+        )
     # Write beside the target and rename: concurrent first uses never see a half-written folder.
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     plain.save_pretrained(tmp)
@@ -207,14 +220,20 @@ def resolve_source(source: str) -> tuple[str, dict]:
         return str(path.parent), {"gguf_file": path.name}
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"{path} is not a model folder (no config.json); pass a folder from save_pretrained, a .gguf file, a hub id or 'smollm2'")
+            raise ModelLoadError(
+                f"{path} is not a model folder (no config.json); pass a folder from save_pretrained, a .gguf file, a hub id or 'smollm2'"
+            )
         return str(path), {}
     if source.count("/") == 1 and not source.startswith((".", "/", "~")):
         return source, {}  # hub id
-    raise ModelLoadError(f"model {source!r} not found: pass a local folder, a .gguf file, a hub id (org/name) or 'smollm2'")
+    raise ModelLoadError(
+        f"model {source!r} not found: pass a local folder, a .gguf file, a hub id (org/name) or 'smollm2'"
+    )
 
 
-def load_model(source: str, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
+def load_model(
+    source: str, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> LoadedModel:
     """Load a causal LM and tokenizer, in eval mode, on the chosen device and dtype."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -240,7 +259,9 @@ def encode_prompt(tokenizer, prompt: str, chat_template: bool) -> list[int]:
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
             raise ModelLoadError("this tokenizer has no chat template; pass --no-chat-template")
-        out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        out = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
         return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 

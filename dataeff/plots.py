@@ -8,15 +8,15 @@ backend and no global state, so they are safe in servers and flows. Save with
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
-from dataeff.efficiency import BUDGET_GRID, Prediction, absolute_score, normalized_log_size, predicted_curve
 from dataeff.defaults import TARGETS
+from dataeff.efficiency import BUDGET_GRID, Prediction, absolute_score, normalized_log_size, predicted_curve
 from dataeff.errors import DataError
 from dataeff.posterior import CurvePosterior, GridPosterior
 
@@ -154,8 +154,12 @@ def plot_confidence(
     edges = np.linspace(0.0, 1.0, bins + 1)
     ax.hist(np.asarray(confidences, dtype=float), bins=edges, color="#9aa7b8", label=f"pool ({len(confidences)})")
     if len(highlight):
-        ax.hist(np.asarray(highlight, dtype=float), bins=edges, color="#d1495b",
-                label=f"low-confidence batch ({len(highlight)})")
+        ax.hist(
+            np.asarray(highlight, dtype=float),
+            bins=edges,
+            color="#d1495b",
+            label=f"low-confidence batch ({len(highlight)})",
+        )
     decile = float(np.quantile(np.asarray(confidences, dtype=float), 0.1))
     ax.axvline(decile, color="#333333", linestyle="--", linewidth=1, label=f"bottom decile ({decile:.2f})")
     ax.set_xlabel("confidence (mean probability of the answer tokens)")

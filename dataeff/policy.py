@@ -31,8 +31,8 @@ need is beyond the cap); ``dataeff bench replay`` reports both.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from dataeff.defaults import TARGETS
 from dataeff.efficiency import BUDGET_GRID, MAX_BUDGET, LabelsNeeded
@@ -79,7 +79,7 @@ class PolicySettings:
     reached_p_min: float = 0.3
 
     @classmethod
-    def legacy(cls, **kw) -> "PolicySettings":
+    def legacy(cls, **kw) -> PolicySettings:
         """The rule before the replay study (see the module docstring), for comparisons."""
         return cls(stop_p_within_cap=0.5, stop_min_coverage=0.0, request_to_need=True, reached_p_min=0.0, **kw)
 

@@ -27,15 +27,15 @@ prediction ``labels_needed(AUC', t)`` exactly.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from numbers import Real
 
 import numpy as np
 from scipy.special import logsumexp
 
-from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, LabelsNeeded, normalized_log_size, target_key
 from dataeff.defaults import TARGETS
+from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, LabelsNeeded, normalized_log_size, target_key
 from dataeff.errors import DataError
 
 

@@ -36,14 +36,14 @@ A normalised target ``t`` is reached where ``s(n) = s0 + t (h - s0)``, i.e. wher
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy.special import betainc, betaincinv, logsumexp
 
-from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, normalized_log_size, target_key
 from dataeff.defaults import TARGETS
+from dataeff.efficiency import AUC_CLIP, MAX_BUDGET, normalized_log_size, target_key
 from dataeff.errors import DataError
 from dataeff.posterior import GridPosterior, Observation, _as_observations, check_prior
 
@@ -87,7 +87,9 @@ class FlexSettings:
 
     def __post_init__(self) -> None:
         if self.n_auc < 3 or self.n_beta < 1 or self.n_top < 1:
-            raise DataError(f"grid too small: n_auc={self.n_auc} (>= 3), n_beta={self.n_beta}, n_top={self.n_top} (>= 1)")
+            raise DataError(
+                f"grid too small: n_auc={self.n_auc} (>= 3), n_beta={self.n_beta}, n_top={self.n_top} (>= 1)"
+            )
         if not 0 < self.auc_min < self.auc_max < 1:
             raise DataError(f"need 0 < auc_min < auc_max < 1, got {self.auc_min}, {self.auc_max}")
         if not 0 < self.beta_min <= self.beta_max:
@@ -276,8 +278,18 @@ def fit_flex_posterior(
     lo_top = max(best, s0) + 1e-3
     top_grid = np.array([st.score_max]) if lo_top >= st.score_max else np.linspace(lo_top, st.score_max, st.n_top)
 
-    post = FlexPosterior(a_grid, beta_grid, top_grid, np.ones((a_grid.size, beta_grid.size, top_grid.size)),
-                         float(s0), mu0, float(prior_sd), used, st, human)
+    post = FlexPosterior(
+        a_grid,
+        beta_grid,
+        top_grid,
+        np.ones((a_grid.size, beta_grid.size, top_grid.size)),
+        float(s0),
+        mu0,
+        float(prior_sd),
+        used,
+        st,
+        human,
+    )
     log_w = -0.5 * ((post.task_auc_grid() - mu0) / prior_sd) ** 2  # (A, 1, T)
     log_w = log_w - 0.5 * (np.log(beta_grid) / st.beta_prior_sd)[None, :, None] ** 2  # (A, B, T)
     if used:

@@ -117,7 +117,7 @@ class ProjectConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ProjectConfig":
+    def from_dict(cls, d: dict) -> ProjectConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -131,7 +131,7 @@ class ProjectConfig:
         return path
 
     @classmethod
-    def load(cls, name_or_path: str, home: Path | None = None) -> "ProjectConfig":
+    def load(cls, name_or_path: str, home: Path | None = None) -> ProjectConfig:
         path = Path(name_or_path)
         if not path.suffix == ".json":
             path = (home or dataeff_home()) / "projects" / f"{name_or_path}.json"

@@ -8,7 +8,7 @@ below both, so "sort by priority" is always the order dataeff wants. Unrequested
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 UNREQUESTED = 0
 """Priority of an item nobody asked for yet (set on import)."""

@@ -20,13 +20,14 @@ Errors are ``|log2(predicted / true)|`` with both sides clipped into ``[ERROR_FL
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from dataeff.calibration import Calibration
+from dataeff.defaults import TARGETS
 from dataeff.efficiency import (
     AUC_CLIP,
     MAX_BUDGET,
@@ -37,7 +38,6 @@ from dataeff.efficiency import (
     read_human_scores,
     read_results,
 )
-from dataeff.defaults import TARGETS
 from dataeff.errors import DataError
 from dataeff.step import StepInputs, StepSettings, step
 
@@ -66,8 +66,9 @@ class Curve:
     family: str = ""
 
     @classmethod
-    def from_results(cls, name: str, results: Mapping[int, float], human: float | None = None,
-                     family: str = "") -> "Curve":
+    def from_results(
+        cls, name: str, results: Mapping[int, float], human: float | None = None, family: str = ""
+    ) -> Curve:
         """Clean ``{budget: score}`` as the paper's AUC does (budget 0 required)."""
         if 0 not in results:
             raise DataError(f"curve {name}: no zero-shot score (budget 0)")
@@ -152,7 +153,9 @@ class NoiseModel:
         return float(rng.binomial(self.n_eval, p) / self.n_eval)
 
 
-def observe_curve(curve: Curve, budgets: Sequence[int], noise: NoiseModel, rng: np.random.Generator) -> dict[int, float]:
+def observe_curve(
+    curve: Curve, budgets: Sequence[int], noise: NoiseModel, rng: np.random.Generator
+) -> dict[int, float]:
     """One noisy measurement per budget (one fine-tune seed, one eval set)."""
     return {int(b): noise.observe(curve.score_at(b), rng) for b in sorted(set(budgets) | {0})}
 
@@ -162,8 +165,13 @@ def identity_calibration(prior_sd: float) -> Calibration:
 
     The published curves carry no CoS-Low; the replay draws AUC' and feeds it where CoS-Low goes.
     """
-    return Calibration(family="replay-identity", coef=1.0, intercept=0.0, default_sd=float(prior_sd),
-                       source="replay: AUC' fed as CoS-Low")
+    return Calibration(
+        family="replay-identity",
+        coef=1.0,
+        intercept=0.0,
+        default_sd=float(prior_sd),
+        source="replay: AUC' fed as CoS-Low",
+    )
 
 
 def _clip(labels: float) -> float:
@@ -203,9 +211,15 @@ def curve_fit_need(observed: Mapping[int, float], target: float, human: float | 
     return labels_needed(auc, target)
 
 
-def estimate_stages(curve: Curve, observed: Mapping[int, float], prior_auc: float, prior_sd: float,
-                    settings: Mapping[str, StepSettings], stages: Sequence[int] = STAGES,
-                    targets: Sequence[float] = TARGETS) -> list[dict]:
+def estimate_stages(
+    curve: Curve,
+    observed: Mapping[int, float],
+    prior_auc: float,
+    prior_sd: float,
+    settings: Mapping[str, StepSettings],
+    stages: Sequence[int] = STAGES,
+    targets: Sequence[float] = TARGETS,
+) -> list[dict]:
     """Errors of every method at every stage for one noisy replay of ``curve``.
 
     Args:
@@ -223,8 +237,13 @@ def estimate_stages(curve: Curve, observed: Mapping[int, float], prior_auc: floa
     for stage in stages:
         seen = {b: s for b, s in observed.items() if b <= stage}
         outcomes = {
-            name: step(StepInputs(labeled=max(stage, 32), coslow=prior_auc, measured=seen, n_eval=None,
-                                  human_score=curve.human), cal, st)
+            name: step(
+                StepInputs(
+                    labeled=max(stage, 32), coslow=prior_auc, measured=seen, n_eval=None, human_score=curve.human
+                ),
+                cal,
+                st,
+            )
             for name, st in settings.items()
         }
         for t in targets:
@@ -238,8 +257,15 @@ def estimate_stages(curve: Curve, observed: Mapping[int, float], prior_auc: floa
                 need = out.assessment.need(t)
                 errors[name] = log2_error(need.median, true)
                 covered[name] = covers(need.lo, need.hi, true)
-            rows.append({"stage": stage, "target": t, "true": true if math.isfinite(true) else None,
-                         "errors": errors, "covered": covered})
+            rows.append(
+                {
+                    "stage": stage,
+                    "target": t,
+                    "true": true if math.isfinite(true) else None,
+                    "errors": errors,
+                    "covered": covered,
+                }
+            )
     return rows
 
 
@@ -288,8 +314,17 @@ class PolicyResult:
         return self.rule == "target_reached" and (self.reached_true_share or 0.0) < self.target - 1e-9
 
 
-def replay_policy(curve: Curve, observed: Mapping[int, float], prior_auc: float, prior_sd: float, target: float,
-                  settings: StepSettings, n_eval: int, lowconf: int = 32, max_iterations: int = 100) -> PolicyResult:
+def replay_policy(
+    curve: Curve,
+    observed: Mapping[int, float],
+    prior_auc: float,
+    prior_sd: float,
+    target: float,
+    settings: StepSettings,
+    n_eval: int,
+    lowconf: int = 32,
+    max_iterations: int = 100,
+) -> PolicyResult:
     """Run the loop's decision step on a replayed curve until it stops.
 
     Each iteration measures every grid budget the labels cover (as the flow does), calls
@@ -317,10 +352,28 @@ def replay_policy(curve: Curve, observed: Mapping[int, float], prior_auc: float,
     reached_share = None
     if d.rule == "target_reached":
         reached_share = curve.share_at(d.budget)
-    return PolicyResult(labeled, d.rule, curve.oracle_budget(target, grid, pol.label_cap), reached_share,
-                        tuple(sorted(b for b in measured if b > 0)), target)
+    return PolicyResult(
+        labeled,
+        d.rule,
+        curve.oracle_budget(target, grid, pol.label_cap),
+        reached_share,
+        tuple(sorted(b for b in measured if b > 0)),
+        target,
+    )
 
 
-__all__ = ["Curve", "NoiseModel", "PolicyResult", "STAGES", "TARGETS", "covers", "curve_fit_need",
-           "estimate_stages", "identity_calibration", "load_paper_curves", "log2_error", "observe_curve",
-           "replay_policy"]
+__all__ = [
+    "Curve",
+    "NoiseModel",
+    "PolicyResult",
+    "STAGES",
+    "TARGETS",
+    "covers",
+    "curve_fit_need",
+    "estimate_stages",
+    "identity_calibration",
+    "load_paper_curves",
+    "log2_error",
+    "observe_curve",
+    "replay_policy",
+]

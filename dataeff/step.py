@@ -10,16 +10,16 @@ benchmark (``dataeff bench replay``) all call :func:`step`; none of them holds a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from dataeff.assess import DEFAULT_CURVE_MODEL, DEFAULT_SEED_NOISE, Assessment, assess
 from dataeff.calibration import Calibration
 from dataeff.efficiency import MAX_BUDGET, target_key
 from dataeff.errors import DataError
 from dataeff.iteration import next_batch
-from dataeff.queue import batch_base
 from dataeff.policy import Decision, LoopState, PolicySettings, decide
+from dataeff.queue import batch_base
 
 
 @dataclass(frozen=True)
@@ -121,14 +121,24 @@ def step(inputs: StepInputs, calibration: Calibration | None, settings: StepSett
         if calibration is None:
             raise DataError("a calibration is needed to turn CoS-Low into a prediction")
         targets = tuple(dict.fromkeys((*pol.targets, *(() if pol.absolute_target else (pol.primary_target,)))))
-        assessment = assess(inputs.coslow, calibration, inputs.measured, n_eval=inputs.n_eval, targets=targets,
-                            max_budget=st.max_budget, human_score=inputs.human_score, level=st.level,
-                            curve_model=st.curve_model, seed_noise=st.seed_noise)
+        assessment = assess(
+            inputs.coslow,
+            calibration,
+            inputs.measured,
+            n_eval=inputs.n_eval,
+            targets=targets,
+            max_budget=st.max_budget,
+            human_score=inputs.human_score,
+            level=st.level,
+            curve_model=st.curve_model,
+            seed_noise=st.seed_noise,
+        )
         post = assessment.posterior
         if post is not None:
             budgets = [int(b) for b in inputs.measured if b > 0]
-            p_in, *p_budgets = post.reach_probabilities(pol.primary_target, [pol.label_cap, *budgets],
-                                                        pol.absolute_target)
+            p_in, *p_budgets = post.reach_probabilities(
+                pol.primary_target, [pol.label_cap, *budgets], pol.absolute_target
+            )
             p_reached = dict(zip(budgets, p_budgets))
     need = None
     if assessment is not None:
@@ -200,10 +210,15 @@ def plan_request(
 
 def settings_for(project, n_lowconf: int) -> StepSettings:
     """:class:`StepSettings` of a :class:`dataeff.project.ProjectConfig` (its targets, cap, grid, batch bounds)."""
-    policy = PolicySettings(targets=project.targets, primary_target=project.primary_target,
-                            label_cap=project.label_cap, batch_size_min=project.batch_min,
-                            batch_size_max=project.batch_max, low_conf_batch_size=max(n_lowconf, 1),
-                            budget_grid=project.budgets)
+    policy = PolicySettings(
+        targets=project.targets,
+        primary_target=project.primary_target,
+        label_cap=project.label_cap,
+        batch_size_min=project.batch_min,
+        batch_size_max=project.batch_max,
+        low_conf_batch_size=max(n_lowconf, 1),
+        budget_grid=project.budgets,
+    )
     return StepSettings(policy=policy, max_budget=project.max_budget)
 
 
@@ -211,9 +226,19 @@ def needs_table(outcome: StepOutcome) -> dict:
     """``{"0.8": {"median", "lo", "hi", "p_never"}}`` of the outcome's assessment (empty before CoS-Low)."""
     if outcome.assessment is None:
         return {}
-    return {target_key(t): {k: v for k, v in n.as_dict().items() if k in ("median", "lo", "hi", "p_never")}
-            for t, n in outcome.assessment.needs.items()}
+    return {
+        target_key(t): {k: v for k, v in n.as_dict().items() if k in ("median", "lo", "hi", "p_never")}
+        for t, n in outcome.assessment.needs.items()
+    }
 
 
-__all__ = ["RequestPlan", "StepInputs", "StepOutcome", "StepSettings", "needs_table", "plan_request",
-           "settings_for", "step"]
+__all__ = [
+    "RequestPlan",
+    "StepInputs",
+    "StepOutcome",
+    "StepSettings",
+    "needs_table",
+    "plan_request",
+    "settings_for",
+    "step",
+]

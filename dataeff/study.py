@@ -23,9 +23,9 @@ import json
 import math
 import warnings
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -208,8 +208,10 @@ def load_task(task: str, *, seed: int = 0) -> tuple[TaskSpec, list[Example], str
     if _is_file_task(task):
         path = Path(task)
         if not path.is_file():
-            raise DataError(f"task {task!r}: no such file; give a BIG-bench task name or a labeled JSONL/CSV "
-                            "file with 'prompt' and 'answer'")
+            raise DataError(
+                f"task {task!r}: no such file; give a BIG-bench task name or a labeled JSONL/CSV "
+                "file with 'prompt' and 'answer'"
+            )
         examples = read_examples(path)
         labels = sorted({e.answer for e in examples})
         spec = TaskSpec(name=path.stem, labels=tuple(labels) if len(labels) <= MAX_CHOICE_LABELS else None)
@@ -228,7 +230,9 @@ def load_task(task: str, *, seed: int = 0) -> tuple[TaskSpec, list[Example], str
     return spec, examples, f"bigbench:{task}"
 
 
-def prepare_task(task: str, settings: StudySettings, *, loaded: tuple[TaskSpec, list[Example], str] | None = None) -> PreparedTask:
+def prepare_task(
+    task: str, settings: StudySettings, *, loaded: tuple[TaskSpec, list[Example], str] | None = None
+) -> PreparedTask:
     """Split a task into pool and eval split and decide which budgets it can serve.
 
     The eval split is ``eval_size`` examples (seeded); the pool is the rest, a seeded subset of at
@@ -243,8 +247,10 @@ def prepare_task(task: str, settings: StudySettings, *, loaded: tuple[TaskSpec, 
     spec, examples, source = loaded if loaded is not None else load_task(task, seed=settings.split_seed)
     n = len(examples)
     if n < settings.eval_size + settings.k:
-        raise DataError(f"task {spec.name!r} has {n} examples: too few for an eval split of {settings.eval_size} "
-                        f"plus {settings.k} pool examples for CoS-Low; lower --eval-size or add examples")
+        raise DataError(
+            f"task {spec.name!r} has {n} examples: too few for an eval split of {settings.eval_size} "
+            f"plus {settings.k} pool examples for CoS-Low; lower --eval-size or add examples"
+        )
     ids = [e.id for e in examples]
     dupes = sorted(str(i) for i, c in Counter(ids).items() if c > 1)
     if None in ids or dupes:
@@ -258,8 +264,16 @@ def prepare_task(task: str, settings: StudySettings, *, loaded: tuple[TaskSpec, 
     budgets, dropped = split_budgets(settings.budgets, len(pool))
     if dropped:
         messages.append(budget_message(spec.name, len(pool), budgets, dropped))
-    return PreparedTask(name=spec.name, source=source, spec=spec, pool=pool, eval=ev, budgets=budgets,
-                        dropped=dropped, messages=messages)
+    return PreparedTask(
+        name=spec.name,
+        source=source,
+        spec=spec,
+        pool=pool,
+        eval=ev,
+        budgets=budgets,
+        dropped=dropped,
+        messages=messages,
+    )
 
 
 def split_budgets(budgets: Sequence[int], pool_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -270,8 +284,10 @@ def split_budgets(budgets: Sequence[int], pool_size: int) -> tuple[tuple[int, ..
 
 def budget_message(task: str, pool_size: int, kept: Sequence[int], dropped: Sequence[int]) -> str:
     """The message for budgets a task is too small for."""
-    return (f"task {task!r}: its pool of {pool_size} examples is too small for budget(s) "
-            f"{', '.join(map(str, dropped))} (dropped); measured: {', '.join(map(str, kept)) or 'none'}")
+    return (
+        f"task {task!r}: its pool of {pool_size} examples is too small for budget(s) "
+        f"{', '.join(map(str, dropped))} (dropped); measured: {', '.join(map(str, kept)) or 'none'}"
+    )
 
 
 def random_sample(pool: Sequence[Example], k: int, seed: int) -> list[Example]:
@@ -331,7 +347,9 @@ def task_auc(means: Mapping[int, float], cutoff: int = MAX_BUDGET, human_score: 
     small = sorted(b for b in means if 0 < b < MIN_FINETUNE_BUDGET)
     notes = []
     if small:
-        notes.append(f"budget(s) {', '.join(map(str, small))} below {MIN_FINETUNE_BUDGET} are not part of the paper's AUC")
+        notes.append(
+            f"budget(s) {', '.join(map(str, small))} below {MIN_FINETUNE_BUDGET} are not part of the paper's AUC"
+        )
     if 0 not in means:
         notes.append("no zero-shot score")
         out["note"] = "; ".join(notes)
@@ -390,10 +408,13 @@ class TaskResult:
 
     def sds(self) -> dict[int, float]:
         """Sample sd over seeds (0 for one seed)."""
-        return {b: float(np.std(list(s.values()), ddof=1)) if len(s) > 1 else 0.0
-                for b, s in sorted(self.scores.items()) if s}
+        return {
+            b: float(np.std(list(s.values()), ddof=1)) if len(s) > 1 else 0.0
+            for b, s in sorted(self.scores.items())
+            if s
+        }
 
-    def finish(self, human_score: float | None = None) -> "TaskResult":
+    def finish(self, human_score: float | None = None) -> TaskResult:
         """Fill ``auc``, ``ceiling`` and ``auc_note`` from the measured means."""
         res = task_auc(self.means(), self.cutoff, human_score)
         self.auc, self.ceiling, self.auc_note = res["auc"], res["ceiling"], res["note"]
@@ -405,7 +426,7 @@ class TaskResult:
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "TaskResult":
+    def from_dict(cls, data: Mapping) -> TaskResult:
         d = dict(data)
         d["scores"] = {int(b): {int(s): float(v) for s, v in seeds.items()} for b, seeds in d.get("scores", {}).items()}
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})

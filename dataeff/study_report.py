@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -35,8 +35,12 @@ class StudyFit:
     note: str = ""
 
     def as_dict(self) -> dict:
-        return {"calibration": self.calibration.to_dict() if self.calibration else None,
-                "rows": [list(r) for r in self.rows], "correlations": self.correlations, "note": self.note}
+        return {
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "rows": [list(r) for r in self.rows],
+            "correlations": self.correlations,
+            "note": self.note,
+        }
 
 
 def fit_rows(results: Sequence[TaskResult], which: str = "low") -> list[tuple[str, float, float]]:
@@ -59,8 +63,14 @@ def _correlation(rows: Sequence[tuple[str, float, float]]) -> dict:
     return {"pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0]), "n": len(rows)}
 
 
-def fit_study(results: Sequence[TaskResult], family: str, settings: StudySettings, *, provenance: Mapping | None = None,
-              source: str = "") -> StudyFit:
+def fit_study(
+    results: Sequence[TaskResult],
+    family: str,
+    settings: StudySettings,
+    *,
+    provenance: Mapping | None = None,
+    source: str = "",
+) -> StudyFit:
     """Fit ``AUC = c * CoS-Low + I`` (scikit-learn OLS, leave-one-task-out errors) on a study's tasks.
 
     CoS-Low of a task is the mean over its LoRA draws of the low-confidence statistic.
@@ -70,11 +80,21 @@ def fit_study(results: Sequence[TaskResult], family: str, settings: StudySetting
     rows = fit_rows(results, "low")
     corr = {"low": _correlation(rows), "random": _correlation(fit_rows(results, "random"))}
     if len(rows) < MIN_FIT_TASKS:
-        return StudyFit(None, rows, corr, f"fit skipped: {len(rows)} task(s) with both an AUC and CoS-Low, "
-                                          f"at least {MIN_FIT_TASKS} needed")
+        return StudyFit(
+            None,
+            rows,
+            corr,
+            f"fit skipped: {len(rows)} task(s) with both an AUC and CoS-Low, at least {MIN_FIT_TASKS} needed",
+        )
     try:
-        cal = fit_calibration(rows, family, source=source or f"dataeff study {settings.study_name}",
-                              fit_kind="lora", dtype=settings.dtype, provenance=dict(provenance or {}))
+        cal = fit_calibration(
+            rows,
+            family,
+            source=source or f"dataeff study {settings.study_name}",
+            fit_kind="lora",
+            dtype=settings.dtype,
+            provenance=dict(provenance or {}),
+        )
     except DataError as exc:
         return StudyFit(None, rows, corr, f"fit skipped: {exc}")
     return StudyFit(cal, rows, corr)
@@ -95,26 +115,42 @@ def _interval(iv) -> str:
     return "" if not iv else f" [{iv[0]:.3f}, {iv[1]:.3f}]"
 
 
-def render_markdown(results: Sequence[TaskResult], settings: StudySettings, fit: StudyFit, *,
-                    provenance: Mapping | None = None) -> str:
+def render_markdown(
+    results: Sequence[TaskResult], settings: StudySettings, fit: StudyFit, *, provenance: Mapping | None = None
+) -> str:
     """``docs/study.md``: one row per task, then the fit (or why it was skipped) and the settings."""
     prov = dict(provenance or {})
     budgets = list(settings.budgets)
     lines = [f"# Calibration study: {settings.model}", ""]
-    lines.append(f"Model `{settings.model}`" + (f" (family `{prov['family']}`)" if prov.get("family") else "")
-                 + f", dtype {prov.get('dtype') or settings.dtype or 'default'}, device {prov.get('device') or settings.device or 'default'}. "
-                 f"Budgets {', '.join(map(str, budgets))}; seeds {', '.join(map(str, settings.seeds))}; "
-                 f"eval split {settings.eval_size}; CoS-Low on k={settings.k} examples over {settings.draws} LoRA draws "
-                 f"(r={settings.lora.r}, alpha={settings.lora.alpha}).")
+    lines.append(
+        f"Model `{settings.model}`"
+        + (f" (family `{prov['family']}`)" if prov.get("family") else "")
+        + f", dtype {prov.get('dtype') or settings.dtype or 'default'}, device {prov.get('device') or settings.device or 'default'}. "
+        f"Budgets {', '.join(map(str, budgets))}; seeds {', '.join(map(str, settings.seeds))}; "
+        f"eval split {settings.eval_size}; CoS-Low on k={settings.k} examples over {settings.draws} LoRA draws "
+        f"(r={settings.lora.r}, alpha={settings.lora.alpha})."
+    )
     lines.append("")
-    lines.append(f"AUC as the paper computes it: N = {settings.cutoff} (normalised log size axis "
-                 f"x = log2(max(n, 1)) / log2(N)); budgets 1-49 are not part of the curve; grid budgets up to N "
-                 f"without a result count as the best score so far; ceiling h = max(human score, best mean score), "
-                 f"the best mean score where no human score is given. Scores: mean ± sd over seeds on the eval split "
-                 f"(zero-shot is greedy and seed-free, measured once).")
+    lines.append(
+        f"AUC as the paper computes it: N = {settings.cutoff} (normalised log size axis "
+        f"x = log2(max(n, 1)) / log2(N)); budgets 1-49 are not part of the curve; grid budgets up to N "
+        f"without a result count as the best score so far; ceiling h = max(human score, best mean score), "
+        f"the best mean score where no human score is given. Scores: mean ± sd over seeds on the eval split "
+        f"(zero-shot is greedy and seed-free, measured once)."
+    )
     lines.append("")
-    head = ["task", "pool / eval", "chance", "majority", *[("zero-shot" if b == 0 else str(b)) for b in budgets],
-            "AUC", "ceiling", "CoS-Low low-conf", "CoS-Low random", "seconds"]
+    head = [
+        "task",
+        "pool / eval",
+        "chance",
+        "majority",
+        *[("zero-shot" if b == 0 else str(b)) for b in budgets],
+        "AUC",
+        "ceiling",
+        "CoS-Low low-conf",
+        "CoS-Low random",
+        "seconds",
+    ]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join("---" for _ in head) + "|")
     for r in results:
@@ -128,12 +164,20 @@ def render_markdown(results: Sequence[TaskResult], settings: StudySettings, fit:
             else:
                 cells.append("failed" if any(f["budget"] == b for f in r.failures) else "–")
         low = r.coslow_low or {}
-        cells += [_num(r.auc), _num(r.ceiling), _pm(low.get("mean"), low.get("std", 0.0)) if low else "–",
-                  _num(coslow_mean(r.coslow_random)), f"{r.seconds:.0f}"]
+        cells += [
+            _num(r.auc),
+            _num(r.ceiling),
+            _pm(low.get("mean"), low.get("std", 0.0)) if low else "–",
+            _num(coslow_mean(r.coslow_random)),
+            f"{r.seconds:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"- {r.task}: {m}" for r in results for m in [*r.messages, r.auc_note] if m]
-    notes += [f"- {r.task}: fine-tune at budget {f['budget']}, seed {f['seed']} failed: {f['error']}"
-              for r in results for f in r.failures]
+    notes += [
+        f"- {r.task}: fine-tune at budget {f['budget']}, seed {f['seed']} failed: {f['error']}"
+        for r in results
+        for f in r.failures
+    ]
     if notes:
         lines += ["", "Notes:", *notes]
     lines += ["", "## Calibration fit", ""]
@@ -151,7 +195,9 @@ def render_markdown(results: Sequence[TaskResult], settings: StudySettings, fit:
         ]
     for which, label in (("low", "CoS-Low low-confidence"), ("random", "CoS-Low random (ablation)")):
         c = fit.correlations.get(which) or {}
-        lines.append(f"- correlation of {label} with AUC across {c.get('n', 0)} tasks: Pearson {_num(c.get('pearson'))}, "
-                     f"Spearman {_num(c.get('spearman'))}")
+        lines.append(
+            f"- correlation of {label} with AUC across {c.get('n', 0)} tasks: Pearson {_num(c.get('pearson'))}, "
+            f"Spearman {_num(c.get('spearman'))}"
+        )
     lines.append(f"- N = {settings.cutoff}; ceiling = max(human score, best mean score)")
     return "\n".join(lines) + "\n"

@@ -23,14 +23,13 @@ from prefect import flow, task
 from dataeff.bounds import RejectedItem, split_by_token_bounds
 from dataeff.confidence import score_confidence, select_low_confidence
 from dataeff.data import Example
-from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities
 from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, ROLE_TOO_LONG, choose_eval_split
 from dataeff.metrics import match_label
 from dataeff.plots import plot_confidence
 from dataeff.project import ProjectConfig
+from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities
 from flows.loop import RETRY, _logger
 from flows.services import Services, get_model, open_services
-
 
 
 @task(name="read-pool", persist_result=False, **RETRY)
@@ -42,29 +41,45 @@ def read_pool(svc: Services) -> list[Example]:
 def check_bounds(svc: Services, pool: list[Example]) -> tuple[list[Example], list[RejectedItem]]:
     """``(kept, skipped)``: pool items within ``max_prompt_tokens`` and those beyond (tokenized once, never run)."""
     cfg = svc.config
-    return split_by_token_bounds(get_model(cfg.model).tokenizer, pool, max_prompt_tokens=cfg.max_prompt_tokens,
-                                 max_answer_tokens=cfg.max_answer_tokens, chat_template=cfg.chat_template)
+    return split_by_token_bounds(
+        get_model(cfg.model).tokenizer,
+        pool,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_answer_tokens=cfg.max_answer_tokens,
+        chat_template=cfg.chat_template,
+    )
 
 
 @task(name="score-confidence", persist_result=False)
 def score_pool(svc: Services, pool: list[Example], batch_size: int) -> list:
     cfg = svc.config
     loaded = get_model(cfg.model)
-    return score_confidence(loaded, examples=pool, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens,
-                            chat_template=cfg.chat_template, stop_strings=None if cfg.chat_template else ("\n",))
+    return score_confidence(
+        loaded,
+        examples=pool,
+        batch_size=batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        chat_template=cfg.chat_template,
+        stop_strings=None if cfg.chat_template else ("\n",),
+    )
 
 
 @task(name="queue-batches", persist_result=False, **RETRY)
 def queue(svc: Services, roles: dict, answers: dict[str, tuple[str, float]]) -> None:
     cfg = svc.config
     svc.ls.ensure_priority_view(svc.project_id)
-    svc.ls.push_priorities(svc.project_id, {**priorities(roles[ROLE_LOWCONF], LOWCONF_PRIORITY),
-                                            **priorities(roles[ROLE_EVAL], EVAL_PRIORITY)})
+    svc.ls.push_priorities(
+        svc.project_id,
+        {**priorities(roles[ROLE_LOWCONF], LOWCONF_PRIORITY), **priorities(roles[ROLE_EVAL], EVAL_PRIORITY)},
+    )
     if answers:
         svc.ls.push_predictions(svc.project_id, answers, model_version=f"dataeff-{cfg.model}")
     k, e = len(roles[ROLE_LOWCONF]), len(roles[ROLE_EVAL])
-    svc.ls.set_status(svc.project_id, f"dataeff needs the {k} hard examples first (top of the 'dataeff priority' tab), "
-                                      f"then {e} held-out examples for evaluation; then batches as requested")
+    svc.ls.set_status(
+        svc.project_id,
+        f"dataeff needs the {k} hard examples first (top of the 'dataeff priority' tab), "
+        f"then {e} held-out examples for evaluation; then batches as requested",
+    )
 
 
 def _pre_annotations(cfg: ProjectConfig, scores: list) -> dict[str, tuple[str, float]]:
@@ -92,8 +107,13 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
         pool, skipped = check_bounds(svc, read_pool(svc))
         for item in skipped:
             logger.warning("%s: skipped pool item %s: %s", cfg.name, item.id, item.reason)
-        logger.info("%s: scoring the confidence of %d pool items with %s (%d skipped as too long)", cfg.name,
-                    len(pool), cfg.model, len(skipped))
+        logger.info(
+            "%s: scoring the confidence of %d pool items with %s (%d skipped as too long)",
+            cfg.name,
+            len(pool),
+            cfg.model,
+            len(skipped),
+        )
         fixed = set(cfg.fixed_eval_ids)
         pool = [e for e in pool if e.id not in fixed]  # a labeled eval split is never a low-confidence candidate
         scores = score_pool(svc, pool, batch_size)
@@ -107,16 +127,27 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
         if too_long:
             roles[ROLE_TOO_LONG] = sorted(too_long)  # so the loop never asks the team to label them
         confs = [s.confidence for s in scores]
-        stats = {"pool": len(pool), "mean_confidence": sum(confs) / len(confs),
-                 "lowconf_max_confidence": max(s.confidence for s in scores if s.id in set(lowconf)),
-                 "empty_answers": sum(1 for s in scores if s.n_tokens == 0), "skipped_too_long": len(skipped)}
-        figure = plot_confidence([s.confidence for s in scores], highlight=[s.confidence for s in scores if s.id in set(lowconf)],
-                                 title=f"{cfg.name}: confidence of {cfg.model} over the pool")
+        stats = {
+            "pool": len(pool),
+            "mean_confidence": sum(confs) / len(confs),
+            "lowconf_max_confidence": max(s.confidence for s in scores if s.id in set(lowconf)),
+            "empty_answers": sum(1 for s in scores if s.n_tokens == 0),
+            "skipped_too_long": len(skipped),
+        }
+        figure = plot_confidence(
+            [s.confidence for s in scores],
+            highlight=[s.confidence for s in scores if s.id in set(lowconf)],
+            title=f"{cfg.name}: confidence of {cfg.model} over the pool",
+        )
         svc.tracker.log_bootstrap(cfg.name, cfg.model, roles, stats, [s.as_dict() for s in scores], figure=figure)
         answers = _pre_annotations(cfg, scores)
     queue(svc, roles, answers)
-    out = {"project": cfg.name, "lowconf": len(roles[ROLE_LOWCONF]), "eval": len(roles[ROLE_EVAL]),
-           "pre_annotations": len(answers)}
+    out = {
+        "project": cfg.name,
+        "lowconf": len(roles[ROLE_LOWCONF]),
+        "eval": len(roles[ROLE_EVAL]),
+        "pre_annotations": len(answers),
+    }
     if skipped is not None:
         out["scored"] = len(scores)
         out["skipped"] = [{"id": item.id, "reason": item.reason} for item in skipped]

@@ -7,8 +7,8 @@ leave-one-task-out error, logged to MLflow and saved as JSON for later projects 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from prefect import flow
 
@@ -27,16 +27,19 @@ def calibration_rows(projects: Sequence[ProjectConfig], tracker_for) -> list[tup
         est = tracker.latest_estimate(cfg.name, cfg.model)
         curve = tracker.finetuned_budgets(cfg.name, cfg.model)
         if not est or 0 not in curve or len(curve) < 2:
-            raise DataError(f"project {cfg.name}: needs a CoS-Low estimate and a measured curve "
-                            f"(zero-shot + at least one budget); has estimate={bool(est)}, budgets={sorted(curve)}")
+            raise DataError(
+                f"project {cfg.name}: needs a CoS-Low estimate and a measured curve "
+                f"(zero-shot + at least one budget); has estimate={bool(est)}, budgets={sorted(curve)}"
+            )
         auc = data_efficiency_auc(curve, human_score=cfg.human_score, max_budget=cfg.max_budget)
         rows.append((cfg.name, float(est["metrics"]["coslow"]), float(auc)))
     return rows
 
 
 @flow(name="dataeff-calibrate", log_prints=True)
-def calibrate_family(family: str, projects: Sequence[str], tracking_uri: str | None = None,
-                     out: str | None = None) -> dict:
+def calibrate_family(
+    family: str, projects: Sequence[str], tracking_uri: str | None = None, out: str | None = None
+) -> dict:
     """Fit ``AUC = c * CoS-Low + I`` for ``family`` from ``projects``; save and log it."""
     configs = [ProjectConfig.load(p) for p in projects]
     trackers: dict[str, Tracker] = {}
@@ -46,8 +49,12 @@ def calibrate_family(family: str, projects: Sequence[str], tracking_uri: str | N
         return trackers.setdefault(uri, Tracker(uri))
 
     rows = calibration_rows(configs, tracker_for)
-    cal = fit_calibration(rows, family=family, fit_kind="lora",
-                          source=f"dataeff loop: LoRA fine-tune curves of projects {', '.join(projects)}")
+    cal = fit_calibration(
+        rows,
+        family=family,
+        fit_kind="lora",
+        source=f"dataeff loop: LoRA fine-tune curves of projects {', '.join(projects)}",
+    )
     path = Path(out) if out else dataeff_home() / "calibrations" / f"{family}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     cal.save(path)

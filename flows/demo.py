@@ -21,8 +21,8 @@ from rich.table import Table
 
 from dataeff.bigbench import load_bigbench_task
 from dataeff.defaults import CALIBRATION
-from dataeff.queue import UNREQUESTED, requested_order
 from dataeff.project import ProjectConfig
+from dataeff.queue import UNREQUESTED, requested_order
 from flows.bootstrap import bootstrap
 from flows.loop import loop_iteration
 from flows.project import create_project
@@ -68,9 +68,17 @@ class DemoSettings:
     max_iterations: int = 12
 
     @classmethod
-    def quick(cls, task: str = "intent_recognition") -> "DemoSettings":
-        return cls(task=task, max_examples=200, budgets=(0, 50), label_cap=50, eval_size=30, coslow_draws=1,
-                   finetune={"epochs": 1, "batch_size": 16, "max_length": 96}, max_iterations=6)
+    def quick(cls, task: str = "intent_recognition") -> DemoSettings:
+        return cls(
+            task=task,
+            max_examples=200,
+            budgets=(0, 50),
+            label_cap=50,
+            eval_size=30,
+            coslow_draws=1,
+            finetune={"epochs": 1, "batch_size": 16, "max_length": 96},
+            max_iterations=6,
+        )
 
 
 @dataclass
@@ -114,8 +122,18 @@ class SimulatedAnnotator:
 def start_mlflow_ui(tracking_dir: Path, port: int) -> subprocess.Popen:
     """``mlflow ui`` on the demo's SQLite store (background; log in ``tracking_dir/mlflow-ui.log``)."""
     log = open(tracking_dir / "mlflow-ui.log", "ab")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tracking_dir / 'mlflow.db'}",
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{tracking_dir / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # ~10x faster requests on 2 cores
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
@@ -128,7 +146,9 @@ def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
     co = last.get("coslow") or {}
     if co:
         std = co.get("std")
-        table.add_row("CoS-Low", f"{co['coslow']:.4f}" + (f" (sd {std:.4f} over {len(co.get('draws', []))} draws)" if std else ""))
+        table.add_row(
+            "CoS-Low", f"{co['coslow']:.4f}" + (f" (sd {std:.4f} over {len(co.get('draws', []))} draws)" if std else "")
+        )
     a = last.get("assessment") or {}
     if a:
         p = a["prediction"]
@@ -137,25 +157,43 @@ def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
         first = next((h["assessment"] for h in history if h.get("assessment")), a)
         for t, n in a["labels_needed"].items():
             prior = first["prediction"]["labels_needed"].get(t)
+
             def fmt(v):
                 return "never" if v is None else f"{v:,}"
-            table.add_row(f"labels for {float(t):.0%} of the gain",
-                          f"{fmt(n['median'])} ({fmt(n['lo'])}-{fmt(n['hi'])}) [{a['source']}]; CoS-Low alone: {fmt(prior)}")
+
+            table.add_row(
+                f"labels for {float(t):.0%} of the gain",
+                f"{fmt(n['median'])} ({fmt(n['lo'])}-{fmt(n['hi'])}) [{a['source']}]; CoS-Low alone: {fmt(prior)}",
+            )
         if a.get("ceiling") is not None and a["source"] == "posterior":
             table.add_row("ceiling assumed", f"{a['ceiling']:.3f} (posterior median; no human score given)")
     for b, s in last["measured"].items():
         table.add_row(f"measured score @ {b} labels", f"{s:.3f}")
-    table.add_row("calibration assumed", f"{cfg.calibration} (borrowed; see docs/estimation.md for how far to trust it)")
+    table.add_row(
+        "calibration assumed", f"{cfg.calibration} (borrowed; see docs/estimation.md for how far to trust it)"
+    )
     if last.get("p_within_cap") is not None:
         table.add_row(f"P(target within the cap of {cfg.label_cap:,})", f"{last['p_within_cap']:.0%}")
     d = last["decision"]
     table.add_row("last decision", d["reason"])
-    table.add_row("labels given", f"{last['labeled']} ({last['lowconf']} low-confidence, {last['eval']} eval, {last['train']} train)")
+    table.add_row(
+        "labels given",
+        f"{last['labeled']} ({last['lowconf']} low-confidence, {last['eval']} eval, {last['train']} train)",
+    )
     return table
 
 
-def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlflow_port: int = 5000,
-             noise: float = 0.0, delay: float = 0.0, keep_running: bool = False, label_cap: int | None = None) -> dict:
+def run_demo(
+    settings: DemoSettings,
+    *,
+    workdir: Path,
+    ls_port: int = 8080,
+    mlflow_port: int = 5000,
+    noise: float = 0.0,
+    delay: float = 0.0,
+    keep_running: bool = False,
+    label_cap: int | None = None,
+) -> dict:
     t_start = time.perf_counter()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -170,13 +208,22 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
         spec, examples = load_bigbench_task(settings.task, max_examples=settings.max_examples, seed=0)
         gold = {str(e.id): e.answer for e in examples}
         cfg = ProjectConfig(
-            name=f"demo-{settings.task}".replace("_", "-"), task=spec, model="smollm2", chat_template=False,
+            name=f"demo-{settings.task}".replace("_", "-"),
+            task=spec,
+            model="smollm2",
+            chat_template=False,
             # The team's question: can the items we have reach 80% of the achievable gain?
-            primary_target=settings.primary_target, label_cap=len(examples) - settings.eval_size,
-            calibration=CALIBRATION, budgets=settings.budgets,
-            eval_size=settings.eval_size, low_confidence_k=settings.low_confidence_k,
-            coslow_draws=settings.coslow_draws, batch_min=settings.batch_min, batch_max=settings.batch_max,
-            label_studio_url=server.url, tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
+            primary_target=settings.primary_target,
+            label_cap=len(examples) - settings.eval_size,
+            calibration=CALIBRATION,
+            budgets=settings.budgets,
+            eval_size=settings.eval_size,
+            low_confidence_k=settings.low_confidence_k,
+            coslow_draws=settings.coslow_draws,
+            batch_min=settings.batch_min,
+            batch_max=settings.batch_max,
+            label_studio_url=server.url,
+            tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
             finetune=dict(settings.finetune),
         )
         try:
@@ -184,15 +231,23 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
             cfg.label_studio_project_id = saved.label_studio_project_id
         except Exception:  # noqa: BLE001 - first run: no saved config
             pass
-        console.print(f"project {cfg.name}: {len(examples)} items of BIG-bench {settings.task} -> Label Studio, "
-                      f"MLflow experiment {cfg.name}")
+        console.print(
+            f"project {cfg.name}: {len(examples)} items of BIG-bench {settings.task} -> Label Studio, "
+            f"MLflow experiment {cfg.name}"
+        )
         created = create_project(cfg, [e.__class__(prompt=e.prompt, id=e.id) for e in examples])
         console.print(f"  imported {created['imported']} new items ({created['already_there']} already there)")
         console.print("bootstrap: SmolLM2 answers every item once; the 32 least confident go first")
         bootstrap(cfg.name)
         cfg = ProjectConfig.load(cfg.name)
-        annotator = SimulatedAnnotator(LabelStudioClient(server.url, server.token), cfg.label_studio_project_id,
-                                       gold, spec.labels, noise=noise, delay=delay)
+        annotator = SimulatedAnnotator(
+            LabelStudioClient(server.url, server.token),
+            cfg.label_studio_project_id,
+            gold,
+            spec.labels,
+            noise=noise,
+            delay=delay,
+        )
         history = []
         cap = label_cap or settings.label_cap
         extra = cfg.eval_size  # training labels include the hard batch; the eval split comes on top
@@ -215,17 +270,26 @@ def run_demo(settings: DemoSettings, *, workdir: Path, ls_port: int = 8080, mlfl
         urls = Table(title="open these")
         urls.add_column("what")
         urls.add_column("where")
-        urls.add_row("Label Studio project", f"{server.url}/projects/{cfg.label_studio_project_id}/data "
-                                             f"(login {server.username}, password in {server.credentials_file})")
+        urls.add_row(
+            "Label Studio project",
+            f"{server.url}/projects/{cfg.label_studio_project_id}/data "
+            f"(login {server.username}, password in {server.credentials_file})",
+        )
         urls.add_row("MLflow experiment", f"http://127.0.0.1:{mlflow_port}/#/experiments (experiment {cfg.name})")
         urls.add_row("wall time", f"{wall / 60:.1f} minutes")
         console.print(urls)
-        return {"project": cfg.name, "iterations": len(history), "final": history[-1] if history else None,
-                "wall_seconds": wall}
+        return {
+            "project": cfg.name,
+            "iterations": len(history),
+            "final": history[-1] if history else None,
+            "wall_seconds": wall,
+        }
     finally:
         if keep_running:
-            console.print("Label Studio and the MLflow UI keep running (--keep-running); "
-                          f"stop them with: dataeff label-studio stop --port {ls_port} --data-dir {workdir / 'label-studio'}; kill {ui.pid}")
+            console.print(
+                "Label Studio and the MLflow UI keep running (--keep-running); "
+                f"stop them with: dataeff label-studio stop --port {ls_port} --data-dir {workdir / 'label-studio'}; kill {ui.pid}"
+            )
         else:
             ui.terminate()
             server.stop()

@@ -29,10 +29,10 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
@@ -157,8 +157,12 @@ def _leases_of(limit_id, expired_only: bool) -> list:
     storage = _local_lease_storage()
     if storage is None:
         return []
-    ids = run_coro_as_sync(storage.read_expired_lease_ids(limit=1000)) if expired_only else \
-        run_coro_as_sync(storage.read_active_lease_ids(limit=1000)) + run_coro_as_sync(storage.read_expired_lease_ids(limit=1000))
+    ids = (
+        run_coro_as_sync(storage.read_expired_lease_ids(limit=1000))
+        if expired_only
+        else run_coro_as_sync(storage.read_active_lease_ids(limit=1000))
+        + run_coro_as_sync(storage.read_expired_lease_ids(limit=1000))
+    )
     leases = [run_coro_as_sync(storage.read_lease(i)) for i in ids]
     return [l for l in leases if l is not None and limit_id in l.resource_ids]
 
@@ -188,15 +192,21 @@ def _slot_free(project: str) -> bool:
 def _wait_message(project: str, holder: Holder | None, waiting_since: datetime, timeout: float | None) -> str:
     who = f"another iteration ({holder.describe()})" if holder else "another run (no holder record)"
     limit = f"up to {timeout:.0f} s" if timeout is not None else "without a limit"
-    return (f"project {project}: waiting for its loop lock, held by {who}; waiting since "
-            f"{waiting_since:%H:%M:%S} UTC, {limit}. A killed holder's lock frees itself within "
-            f"{LEASE_SECONDS} s; if no iteration of {project} is running, `dataeff unlock {project}` releases it now.")
+    return (
+        f"project {project}: waiting for its loop lock, held by {who}; waiting since "
+        f"{waiting_since:%H:%M:%S} UTC, {limit}. A killed holder's lock frees itself within "
+        f"{LEASE_SECONDS} s; if no iteration of {project} is running, `dataeff unlock {project}` releases it now."
+    )
 
 
 @contextlib.contextmanager
-def project_slot(project: str, timeout_seconds: float | None = 3600, lease_seconds: float = LEASE_SECONDS,
-                 poll_seconds: float = POLL_SECONDS, logger: logging.Logger | logging.LoggerAdapter | None = None,
-                 ) -> Iterator[Holder]:
+def project_slot(
+    project: str,
+    timeout_seconds: float | None = 3600,
+    lease_seconds: float = LEASE_SECONDS,
+    poll_seconds: float = POLL_SECONDS,
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+) -> Iterator[Holder]:
     """Hold the project's single slot for the block; wait (saying for whom) while another run holds it.
 
     Args:
@@ -212,7 +222,7 @@ def project_slot(project: str, timeout_seconds: float | None = 3600, lease_secon
     logger = logger or log
     ensure_limit(project)
     started = time.monotonic()
-    waiting_since = datetime.now(timezone.utc)
+    waiting_since = datetime.now(UTC)
     last_announce = None
     flow_run_id = _current_flow_run_id()
     lease_holder = None
@@ -224,20 +234,33 @@ def project_slot(project: str, timeout_seconds: float | None = 3600, lease_secon
         while True:
             given_back = reclaim_expired_leases(project)
             if given_back:
-                logger.warning("project %s: gave back %d expired lock lease(s) of a holder that stopped renewing "
-                               "(killed?)", project, given_back)
+                logger.warning(
+                    "project %s: gave back %d expired lock lease(s) of a holder that stopped renewing (killed?)",
+                    project,
+                    given_back,
+                )
             elapsed = time.monotonic() - started
             if timeout_seconds is not None and elapsed >= timeout_seconds:
                 holder = read_holder(project)
-                raise LockTimeout(f"project {project}: its loop lock is still held after {elapsed:.0f} s by "
-                                  f"{holder.describe() if holder else 'another run'}; if no iteration is running, "
-                                  f"run `dataeff unlock {project}`")
+                raise LockTimeout(
+                    f"project {project}: its loop lock is still held after {elapsed:.0f} s by "
+                    f"{holder.describe() if holder else 'another run'}; if no iteration is running, "
+                    f"run `dataeff unlock {project}`"
+                )
             wait = poll_seconds if timeout_seconds is None else max(0.5, min(poll_seconds, timeout_seconds - elapsed))
             if _slot_free(project):  # ask first: a timed-out acquisition makes Prefect log an ERROR line
                 try:
-                    stack.enter_context(concurrency(limit_name(project), occupy=1, timeout_seconds=wait, strict=True,
-                                                    lease_duration=lease_seconds, holder=lease_holder,
-                                                    raise_on_lease_renewal_failure=False))
+                    stack.enter_context(
+                        concurrency(
+                            limit_name(project),
+                            occupy=1,
+                            timeout_seconds=wait,
+                            strict=True,
+                            lease_duration=lease_seconds,
+                            holder=lease_holder,
+                            raise_on_lease_renewal_failure=False,
+                        )
+                    )
                     break
                 except TimeoutError:  # another run took it first
                     pass
@@ -247,9 +270,14 @@ def project_slot(project: str, timeout_seconds: float | None = 3600, lease_secon
             if last_announce is None or now - last_announce >= ANNOUNCE_SECONDS:
                 logger.warning(_wait_message(project, read_holder(project), waiting_since, timeout_seconds))
                 last_announce = now
-        me = Holder(project=project, pid=os.getpid(), host=socket.gethostname(),
-                    since=datetime.now(timezone.utc).isoformat(timespec="seconds"), flow_run_id=flow_run_id,
-                    lease_seconds=lease_seconds)
+        me = Holder(
+            project=project,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            since=datetime.now(UTC).isoformat(timespec="seconds"),
+            flow_run_id=flow_run_id,
+            lease_seconds=lease_seconds,
+        )
         _write_holder(me)
         stack.callback(_clear_holder, project, os.getpid())
         yield me
@@ -270,15 +298,22 @@ def unlock(project: str, force: bool = False) -> dict:
     name = limit_name(project)
     holder = read_holder(project)
     if holder is not None and holder.alive_here() and not force:
-        raise DataEffError(f"project {project}: its lock is held by a running iteration ({holder.describe()}); "
-                           f"stop it first (kill {holder.pid}) or pass --force")
+        raise DataEffError(
+            f"project {project}: its lock is held by a running iteration ({holder.describe()}); "
+            f"stop it first (kill {holder.pid}) or pass --force"
+        )
     with get_client(sync_client=True) as client:
         try:
             limit = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             _clear_holder(project)
-            return {"project": project, "limit": name, "was_locked": False, "released_leases": 0,
-                    "holder": asdict(holder) if holder else None}
+            return {
+                "project": project,
+                "limit": name,
+                "was_locked": False,
+                "released_leases": 0,
+                "holder": asdict(holder) if holder else None,
+            }
         leases = _leases_of(limit.id, expired_only=False)
         for lease in leases:
             client.release_concurrency_slots_with_lease(lease.id)
@@ -286,5 +321,10 @@ def unlock(project: str, force: bool = False) -> dict:
         if client.read_global_concurrency_limit_by_name(name).active_slots > 0:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
     _clear_holder(project)
-    return {"project": project, "limit": name, "was_locked": was_locked, "released_leases": len(leases),
-            "holder": asdict(holder) if holder else None}
+    return {
+        "project": project,
+        "limit": name,
+        "was_locked": was_locked,
+        "released_leases": len(leases),
+        "holder": asdict(holder) if holder else None,
+    }

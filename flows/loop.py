@@ -33,10 +33,10 @@ from dataeff.iteration import (
 )
 from dataeff.models import LoraSettings
 from dataeff.plots import plot_curve
-from dataeff.queue import priorities
 from dataeff.policy import Decision
-from dataeff.step import StepInputs, plan_request, settings_for, step
 from dataeff.project import ProjectConfig
+from dataeff.queue import priorities
+from dataeff.step import StepInputs, plan_request, settings_for, step
 from flows import pending
 from flows.locks import project_slot
 from flows.services import Services, get_model, open_services, retry_on_unavailable, retry_tracking
@@ -70,11 +70,15 @@ def pull_warnings(pulled: PullResult) -> list[str]:
     """One line per thing the pull skipped: malformed items, then hand-made tasks (never counted)."""
     lines = [f"skipped item {e.dataeff_id} (task {e.task_id}): {e.reason}" for e in pulled.errors]
     if pulled.unmanaged_task_ids:
-        ids = ", ".join(map(str, pulled.unmanaged_task_ids[:20])) + (" ..." if len(pulled.unmanaged_task_ids) > 20 else "")
-        lines.append(f"skipped {len(pulled.unmanaged_task_ids)} annotated task(s) made by hand in Label Studio "
-                     f"(no dataeff_id; task ids {ids}): not counted, since dataeff cannot tell pool, eval or duplicate "
-                     f"apart. To count them, add the items to the pool file and re-run `dataeff project create`, then "
-                     f"delete the hand-made tasks.")
+        ids = ", ".join(map(str, pulled.unmanaged_task_ids[:20])) + (
+            " ..." if len(pulled.unmanaged_task_ids) > 20 else ""
+        )
+        lines.append(
+            f"skipped {len(pulled.unmanaged_task_ids)} annotated task(s) made by hand in Label Studio "
+            f"(no dataeff_id; task ids {ids}): not counted, since dataeff cannot tell pool, eval or duplicate "
+            f"apart. To count them, add the items to the pool file and re-run `dataeff project create`, then "
+            f"delete the hand-made tasks."
+        )
     return lines
 
 
@@ -87,9 +91,16 @@ def estimate(svc: Services, sets: LabeledSets) -> dict:
     if latest and latest.get("label_hash") == lhash and latest.get("coslow_result"):
         return latest["coslow_result"]
     loaded = get_model(cfg.model)
-    res = compute_coslow(loaded, sets.lowconf, lora=LoraSettings(), seed=cfg.seed, draws=cfg.coslow_draws,
-                         chat_template=cfg.chat_template, max_prompt_tokens=cfg.max_prompt_tokens,
-                         max_answer_tokens=cfg.max_answer_tokens)
+    res = compute_coslow(
+        loaded,
+        sets.lowconf,
+        lora=LoraSettings(),
+        seed=cfg.seed,
+        draws=cfg.coslow_draws,
+        chat_template=cfg.chat_template,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_answer_tokens=cfg.max_answer_tokens,
+    )
     for item in res.skipped:
         _logger().warning("%s: CoS-Low left out %s: %s", cfg.name, item["id"], item["reason"])
     return res.as_dict()
@@ -106,8 +117,12 @@ def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> dict:
     path = pending.pending_path(cfg.name, "finetune", _train_hash(cfg, sets, budget), budget)
     kept = pending.kept(path)
     if kept is not None:
-        _logger().info("%s: budget %d was measured before but not logged (MLflow was unreachable); logging the kept "
-                       "result instead of training again", cfg.name, budget)
+        _logger().info(
+            "%s: budget %d was measured before but not logged (MLflow was unreachable); logging the kept "
+            "result instead of training again",
+            cfg.name,
+            budget,
+        )
         return kept
     loaded = get_model(cfg.model)
     settings = FinetuneSettings(seed=cfg.seed, chat_template=cfg.chat_template, **cfg.finetune)
@@ -145,8 +160,7 @@ def log_estimate(svc: Services, sets: LabeledSets, coslow: dict, assessment: Ass
         "auc_lo": pred.auc_interval[0] if pred.auc_interval else None,
         "auc_hi": pred.auc_interval[1] if pred.auc_interval else None,
         "calibration": {"family": pred.extra.get("calibration"), "coef": pred.coef, "intercept": pred.intercept},
-        "targets": {t: {"n": n.median, "lo": n.lo, "hi": n.hi} for t, n in
-                    ((t, pred.need(t)) for t in cfg.targets)},
+        "targets": {t: {"n": n.median, "lo": n.lo, "hi": n.hi} for t, n in ((t, pred.need(t)) for t in cfg.targets)},
     }
     run = svc.tracker.log_estimate(cfg.name, cfg.model, label_set_hash(sets.lowconf), coslow, prediction, figure=figure)
     return bool(getattr(run, "created", False))
@@ -159,8 +173,14 @@ def request_next(svc: Services, decision: Decision, roles: dict, labeled_ids: se
         return []
     records = svc.ls.tasks(svc.project_id)
     too_long = set(roles.get(ROLE_TOO_LONG, []))
-    plan = plan_request(decision, roles.get(ROLE_LOWCONF, []), roles.get(ROLE_EVAL, []),
-                        [r.dataeff_id for r in records if r.dataeff_id not in too_long], labeled_ids, seed=svc.config.seed)
+    plan = plan_request(
+        decision,
+        roles.get(ROLE_LOWCONF, []),
+        roles.get(ROLE_EVAL, []),
+        [r.dataeff_id for r in records if r.dataeff_id not in too_long],
+        labeled_ids,
+        seed=svc.config.seed,
+    )
     svc.ls.push_priorities(svc.project_id, priorities(plan.ids, plan.priority_base))
     return plan.ids
 
@@ -193,10 +213,18 @@ def decision_key(pulled: PullResult, measured: dict, settings, cfg: ProjectConfi
     Changing the label cap, targets, policy or calibration makes a new decision run, so MLflow and
     Label Studio never disagree about the current decision.
     """
-    inputs = json.dumps({"settings": asdict(settings), "calibration": cfg.calibration, "human_score": cfg.human_score},
-                        sort_keys=True, default=str)
-    return "-".join([label_set_hash(pulled.examples), "-".join(map(str, sorted(measured))) or "none",
-                     hashlib.sha256(inputs.encode()).hexdigest()[:10]])
+    inputs = json.dumps(
+        {"settings": asdict(settings), "calibration": cfg.calibration, "human_score": cfg.human_score},
+        sort_keys=True,
+        default=str,
+    )
+    return "-".join(
+        [
+            label_set_hash(pulled.examples),
+            "-".join(map(str, sorted(measured))) or "none",
+            hashlib.sha256(inputs.encode()).hexdigest()[:10],
+        ]
+    )
 
 
 def run_iteration(svc: Services) -> dict:
@@ -217,9 +245,18 @@ def run_iteration(svc: Services) -> dict:
     sets = partition(list(pulled.examples), role_of)
     labeled_ids = {str(e.id) for e in pulled.examples}
     n_lowconf, n_eval = len(roles.get(ROLE_LOWCONF, [])), len(roles.get(ROLE_EVAL, []))
-    logger.info("%s: %d labeled (%d/%d low-confidence, %d/%d eval, %d train); %d changed, %d deleted",
-                cfg.name, len(labeled_ids), len(sets.lowconf), n_lowconf, len(sets.eval), n_eval,
-                len(sets.train), len(pulled.changed_ids), len(pulled.deleted_ids))
+    logger.info(
+        "%s: %d labeled (%d/%d low-confidence, %d/%d eval, %d train); %d changed, %d deleted",
+        cfg.name,
+        len(labeled_ids),
+        len(sets.lowconf),
+        n_lowconf,
+        len(sets.eval),
+        n_eval,
+        len(sets.train),
+        len(pulled.changed_ids),
+        len(pulled.deleted_ids),
+    )
 
     # Fine-tunes the labels now cover (zero-shot first), each logged as soon as it is measured.
     done = svc.tracker.finetuned_budgets(cfg.name, cfg.model)
@@ -239,15 +276,28 @@ def run_iteration(svc: Services) -> dict:
             logger.warning("%s: %s", cfg.name, mismatch)
     settings = settings_for(cfg, n_lowconf)
     outcome = step(
-        StepInputs(labeled=len(sets.train), lowconf_total=n_lowconf, lowconf_labeled=len(sets.lowconf),
-                   coslow=coslow_res["coslow"] if coslow_res else None, measured=done, n_eval=n_eval or None,
-                   human_score=cfg.human_score),
-        get_calibration(cfg.calibration) if coslow_res else None, settings)
+        StepInputs(
+            labeled=len(sets.train),
+            lowconf_total=n_lowconf,
+            lowconf_labeled=len(sets.lowconf),
+            coslow=coslow_res["coslow"] if coslow_res else None,
+            measured=done,
+            n_eval=n_eval or None,
+            human_score=cfg.human_score,
+        ),
+        get_calibration(cfg.calibration) if coslow_res else None,
+        settings,
+    )
     assessment, decision = outcome.assessment, outcome.decision
     if assessment is not None:
-        figure = plot_curve(assessment.posterior or assessment.prediction, measured=done, targets=cfg.targets,
-                            title=f"{cfg.name}: predicted vs measured ({assessment.source})",
-                            s0=assessment.zero_shot, h=assessment.ceiling)
+        figure = plot_curve(
+            assessment.posterior or assessment.prediction,
+            measured=done,
+            targets=cfg.targets,
+            title=f"{cfg.name}: predicted vs measured ({assessment.source})",
+            s0=assessment.zero_shot,
+            h=assessment.ceiling,
+        )
         estimate_logged = log_estimate(svc, sets, coslow_res, assessment, figure)
         if estimate_logged or finetuned_now:
             log_comparison(svc, figure, _comparison_rows(assessment, cfg))
@@ -269,8 +319,9 @@ def run_iteration(svc: Services) -> dict:
         "finetuned_now": finetuned_now,
         **outcome.summary(),  # assessment, p_within_cap, label_cap, curve_model, decision
     }
-    decision_run = log_decision(svc, decision_key(pulled, done, settings, cfg),
-                                {**decision.as_dict(), "summary": summary})
+    decision_run = log_decision(
+        svc, decision_key(pulled, done, settings, cfg), {**decision.as_dict(), "summary": summary}
+    )
     requested = request_next(svc, decision, roles, labeled_ids)
     update_status(svc, decision.status_text)
     if pulled.cursor.to_dict() != stored_cursor:
@@ -288,8 +339,10 @@ def _comparison_rows(assessment: Assessment, cfg: ProjectConfig) -> list[dict]:
         med, lo, hi = (list(map(float, a)) for a in assessment.posterior.curve_band(budgets))
     else:  # no zero-shot yet: scores cannot be predicted on the absolute scale
         med = lo = hi = [None] * len(budgets)
-    return [{"budget": b, "predicted": med[i], "lo": lo[i], "hi": hi[i], "actual": assessment.measured.get(b)}
-            for i, b in enumerate(budgets)]
+    return [
+        {"budget": b, "predicted": med[i], "lo": lo[i], "hi": hi[i], "actual": assessment.measured.get(b)}
+        for i, b in enumerate(budgets)
+    ]
 
 
 @flow(name="dataeff-loop", log_prints=True)

@@ -8,7 +8,7 @@ project's global concurrency slot taken inside the flow (covers runs started by 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from prefect import serve
 

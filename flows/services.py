@@ -47,8 +47,9 @@ def preflight(config: ProjectConfig, *, bootstrapped: bool = True) -> Services:
     try:
         svc.ls.project_info(svc.project_id)  # LabelStudioAuthError / ProjectNotFound / LabelStudioUnavailable
     except LabelStudioAuthError as exc:
-        raise LabelStudioAuthError(f"project {config.name}: {exc}; this project reads its token from "
-                                   f"${config.label_studio_token_env}") from None
+        raise LabelStudioAuthError(
+            f"project {config.name}: {exc}; this project reads its token from ${config.label_studio_token_env}"
+        ) from None
     if bootstrapped and not svc.tracker.read_bootstrap(config.name, config.model):
         from dataeff.errors import DataError
 
@@ -88,8 +89,13 @@ def retry_tracking(task, task_run, state) -> bool:
     except TrackingError as exc:
         attempt = getattr(task_run, "run_count", 0)
         why = str(exc) if len(str(exc)) <= 200 else str(exc)[:200] + "..."
-        _run_logger().warning("MLflow is unreachable (%s); the finished result is kept and logging will be retried "
-                              "(attempt %d of %d); nothing is measured again", why, attempt, (task.retries or 0) + 1)
+        _run_logger().warning(
+            "MLflow is unreachable (%s); the finished result is kept and logging will be retried "
+            "(attempt %d of %d); nothing is measured again",
+            why,
+            attempt,
+            (task.retries or 0) + 1,
+        )
         return True
     except Exception:  # noqa: BLE001 - a service error of another kind: also worth another try
         return True

@@ -16,9 +16,9 @@ import math
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -31,7 +31,13 @@ from dataeff.finetune import nested_subset, run_finetune
 from dataeff.iteration import label_set_hash
 from dataeff.models import LoadedModel, dtype_name, load_model, resolve_device, resolve_dtype
 from dataeff.study import (
-    PreparedTask, StudySettings, TaskResult, catch_warnings_as_messages, chance_level, majority_score, prepare_task,
+    PreparedTask,
+    StudySettings,
+    TaskResult,
+    catch_warnings_as_messages,
+    chance_level,
+    majority_score,
+    prepare_task,
     random_sample,
 )
 from dataeff.study_report import StudyFit, fit_study, render_markdown
@@ -64,8 +70,15 @@ class _Model:
 
 
 class _Study:
-    def __init__(self, settings: StudySettings, tracker: Tracker, model: _Model, progress: bool, on_run: OnRun | None,
-                 results_dir: Path | None = None):
+    def __init__(
+        self,
+        settings: StudySettings,
+        tracker: Tracker,
+        model: _Model,
+        progress: bool,
+        on_run: OnRun | None,
+        results_dir: Path | None = None,
+    ):
         self.s, self.tracker, self.model, self.progress, self.on_run = settings, tracker, model, progress, on_run
         self.results_dir = results_dir
         self.name = settings.study_name
@@ -77,23 +90,40 @@ class _Study:
         return {"study": self.name, "task": task.name, "model": self.s.model, "dtype": self.dtype}
 
     def tags(self, task: PreparedTask) -> dict:
-        return {"dataeff.study": self.name, "dataeff.task": task.name, "dataeff.model": self.s.model,
-                "dataeff.dtype": self.dtype, "dataeff.device": self.device}
+        return {
+            "dataeff.study": self.name,
+            "dataeff.task": task.name,
+            "dataeff.model": self.s.model,
+            "dataeff.dtype": self.dtype,
+            "dataeff.device": self.device,
+        }
 
     def _child(self, task, parent, done, key, kind, run_name, compute, *, params=None, event=None):
         """Stored data of a FINISHED child with ``key``, else ``compute()`` -> (data, metrics), logged."""
         if key in done:
-            data = self.tracker.read_run_json(done[key]["run_id"], COSLOW_JSON if kind == "study-coslow" else FINETUNE_JSON)
+            data = self.tracker.read_run_json(
+                done[key]["run_id"], COSLOW_JSON if kind == "study-coslow" else FINETUNE_JSON
+            )
             if data is not None:
                 return data
         data, metrics = compute()
         logged = self.tracker.log_study_run(
-            self.name, key=key, kind=kind, run_name=run_name, parent_run_id=parent, tags=self.tags(task),
-            params=params or {}, metrics=metrics, data=data,
-            artifact_file=COSLOW_JSON if kind == "study-coslow" else FINETUNE_JSON)
+            self.name,
+            key=key,
+            kind=kind,
+            run_name=run_name,
+            parent_run_id=parent,
+            tags=self.tags(task),
+            params=params or {},
+            metrics=metrics,
+            data=data,
+            artifact_file=COSLOW_JSON if kind == "study-coslow" else FINETUNE_JSON,
+        )
         self.written += int(logged.created)
         if self.on_run is not None:
-            self.on_run({"task": task.name, "kind": kind, "created": logged.created, "run_id": logged.run_id, **(event or {})})
+            self.on_run(
+                {"task": task.name, "kind": kind, "created": logged.created, "run_id": logged.run_id, **(event or {})}
+            )
         return data
 
     # ------------------------------------------------------------------ one task
@@ -103,14 +133,39 @@ class _Study:
         split_hash = label_set_hash([*task.pool, *task.eval])
         eval_hash = label_set_hash(task.eval)
         human = s.human_scores.get(task.name)
-        parent_key = run_key(kind="study-task", **self.base(task), split=split_hash, method=s.method_hash(),
-                             budgets=list(task.budgets), seeds=list(s.seeds), cutoff=s.cutoff, human=human)
-        params = {"task": task.name, "source": task.source, "n_pool": len(task.pool), "n_eval": len(task.eval),
-                  "budgets": list(task.budgets), "dropped_budgets": list(task.dropped) or None, "seeds": list(s.seeds),
-                  "metric": task.spec.metric, "k": s.k, "draws": s.draws, "cutoff": s.cutoff, "dtype": self.dtype,
-                  "device": self.device, "model": s.model}
-        parent, state = tracker.start_study_task(self.name, parent_key, run_name=f"task-{task.name}",
-                                                 tags={"dataeff.kind": "study-task", **self.tags(task)}, params=params)
+        parent_key = run_key(
+            kind="study-task",
+            **self.base(task),
+            split=split_hash,
+            method=s.method_hash(),
+            budgets=list(task.budgets),
+            seeds=list(s.seeds),
+            cutoff=s.cutoff,
+            human=human,
+        )
+        params = {
+            "task": task.name,
+            "source": task.source,
+            "n_pool": len(task.pool),
+            "n_eval": len(task.eval),
+            "budgets": list(task.budgets),
+            "dropped_budgets": list(task.dropped) or None,
+            "seeds": list(s.seeds),
+            "metric": task.spec.metric,
+            "k": s.k,
+            "draws": s.draws,
+            "cutoff": s.cutoff,
+            "dtype": self.dtype,
+            "device": self.device,
+            "model": s.model,
+        }
+        parent, state = tracker.start_study_task(
+            self.name,
+            parent_key,
+            run_name=f"task-{task.name}",
+            tags={"dataeff.kind": "study-task", **self.tags(task)},
+            params=params,
+        )
         self.written += int(state == "created")
         for m in task.messages:
             tqdm.write(f"{task.name}: {m}", file=sys.stderr)
@@ -121,26 +176,54 @@ class _Study:
                 return TaskResult.from_dict(stored)
         kept = self._kept_result(task, parent_key)
         if kept is not None:  # measured in an earlier session (another MLflow store): log it, do not measure again
-            tqdm.write(f"task {position} {task.name}: measured before, logged from {self._result_path(task)}",
-                       file=sys.stderr)
-            tracker.finish_study_task(parent, metrics=_task_metrics(kept), data=kept.as_dict(), artifact_file=TASK_JSON,
-                                      status="FINISHED", tags={"mlflow.note.content": _note(kept)})
+            tqdm.write(
+                f"task {position} {task.name}: measured before, logged from {self._result_path(task)}", file=sys.stderr
+            )
+            tracker.finish_study_task(
+                parent,
+                metrics=_task_metrics(kept),
+                data=kept.as_dict(),
+                artifact_file=TASK_JSON,
+                status="FINISHED",
+                tags={"mlflow.note.content": _note(kept)},
+            )
             return kept
-        result = TaskResult(task=task.name, source=task.source, n_pool=len(task.pool), n_eval=len(task.eval),
-                            metric=task.spec.metric, chance=chance_level(task.spec, task.eval),
-                            majority=majority_score(task.pool, task.eval, task.spec), budgets=list(task.budgets),
-                            dropped=list(task.dropped), cutoff=s.cutoff, messages=list(task.messages))
+        result = TaskResult(
+            task=task.name,
+            source=task.source,
+            n_pool=len(task.pool),
+            n_eval=len(task.eval),
+            metric=task.spec.metric,
+            chance=chance_level(task.spec, task.eval),
+            majority=majority_score(task.pool, task.eval, task.spec),
+            budgets=list(task.budgets),
+            dropped=list(task.dropped),
+            cutoff=s.cutoff,
+            messages=list(task.messages),
+        )
         units = [(b, seed) for b in task.budgets for seed in (s.seeds[:1] if b == 0 else s.seeds)]
         done = tracker.finished_study_runs(self.name)
-        bar = tqdm(total=3 + len(units), desc=f"{position} {task.name}", unit="step", file=sys.stderr,
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=3 + len(units),
+            desc=f"{position} {task.name}",
+            unit="step",
+            file=sys.stderr,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
         try:
             seconds = self._measure(task, result, parent, done, units, bar, eval_hash)
             result.seconds = seconds
             result.finish(human)
             status = "FAILED" if result.failures else "FINISHED"
-            tracker.finish_study_task(parent, metrics=_task_metrics(result), data=result.as_dict(),
-                                      artifact_file=TASK_JSON, status=status, tags={"mlflow.note.content": _note(result)})
+            tracker.finish_study_task(
+                parent,
+                metrics=_task_metrics(result),
+                data=result.as_dict(),
+                artifact_file=TASK_JSON,
+                status=status,
+                tags={"mlflow.note.content": _note(result)},
+            )
             if not result.failures:
                 self._keep_result(task, parent_key, result)
         except BaseException:
@@ -168,8 +251,9 @@ class _Study:
         path = self._result_path(task)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"key": key, "result": result.as_dict()}, indent=1, default=str) + "\n",
-                            encoding="utf-8")
+            path.write_text(
+                json.dumps({"key": key, "result": result.as_dict()}, indent=1, default=str) + "\n", encoding="utf-8"
+            )
 
     def _measure(self, task, result, parent, done, units, bar, eval_hash) -> float:
         s, tracker = self.s, self.tracker
@@ -179,39 +263,85 @@ class _Study:
         if cached is None or cached.get("pool") != pool_hash:
             bar.set_postfix_str("confidence")
             t0 = time.perf_counter()
-            scores = score_confidence(self.model.get(), examples=task.pool, batch_size=s.confidence_batch_size,
-                                      max_new_tokens=s.max_new_tokens, chat_template=s.chat_template, progress=False,
-                                      stop_strings=None if s.chat_template else ("\n",))
+            scores = score_confidence(
+                self.model.get(),
+                examples=task.pool,
+                batch_size=s.confidence_batch_size,
+                max_new_tokens=s.max_new_tokens,
+                chat_template=s.chat_template,
+                progress=False,
+                stop_strings=None if s.chat_template else ("\n",),
+            )
             cached = {"pool": pool_hash, "seconds": time.perf_counter() - t0, "scores": [x.as_dict() for x in scores]}
             tracker.log_run_json(parent, cached, CONFIDENCE_JSON)
         scores = [ConfidenceScore(**{**r, "perplexity": float(r["perplexity"])}) for r in cached["scores"]]
         seconds = float(cached.get("seconds") or 0.0)
         bar.update(1)
-        ids, msgs = catch_warnings_as_messages(select_low_confidence, scores, k=s.k, fraction=s.fraction, seed=s.split_seed)
+        ids, msgs = catch_warnings_as_messages(
+            select_low_confidence, scores, k=s.k, fraction=s.fraction, seed=s.split_seed
+        )
         result.messages += msgs
         by_id = {e.id: e for e in task.pool}
         samples = {"low": [by_id[i] for i in ids], "random": random_sample(task.pool, s.k, s.split_seed)}
         # 2. CoS-Low of the low-confidence and the random draws
         for which, examples in samples.items():
             bar.set_postfix_str(f"CoS-Low {which}")
-            key = run_key(kind="study-coslow", which=which, **self.base(task), labels=label_set_hash(examples),
-                          lora=s.lora.as_dict(), draws=s.draws, seed=s.coslow_seed, chat_template=s.chat_template)
+            key = run_key(
+                kind="study-coslow",
+                which=which,
+                **self.base(task),
+                labels=label_set_hash(examples),
+                lora=s.lora.as_dict(),
+                draws=s.draws,
+                seed=s.coslow_seed,
+                chat_template=s.chat_template,
+            )
 
             def compute(examples=examples, which=which):
                 res, warn = catch_warnings_as_messages(
-                    compute_coslow, self.model.get(), examples, lora=s.lora, seed=s.coslow_seed, draws=s.draws,
-                    chat_template=s.chat_template, batch_size=s.coslow_batch_size, progress=False)
+                    compute_coslow,
+                    self.model.get(),
+                    examples,
+                    lora=s.lora,
+                    seed=s.coslow_seed,
+                    draws=s.draws,
+                    chat_template=s.chat_template,
+                    batch_size=s.coslow_batch_size,
+                    progress=False,
+                )
                 data = {**res.as_dict(), "which": which, "ids": [e.id for e in examples], "warnings": warn}
-                metrics = {"coslow": res.coslow, "coslow_mean": res.mean, "coslow_std": res.std, "seconds": res.seconds,
-                           **{f"coslow_draw_{d}": v for d, v in enumerate(res.draws)}}
+                metrics = {
+                    "coslow": res.coslow,
+                    "coslow_mean": res.mean,
+                    "coslow_std": res.std,
+                    "seconds": res.seconds,
+                    **{f"coslow_draw_{d}": v for d, v in enumerate(res.draws)},
+                }
                 return data, metrics
 
-            data = self._child(task, parent, done, key, "study-coslow", f"coslow-{which}-{task.name}", compute,
-                               params={"which": which, "k": len(examples), "draws": s.draws, "lora_r": s.lora.r,
-                                       "lora_alpha": s.lora.alpha, "seed": s.coslow_seed},
-                               event={"which": which})
-            setattr(result, f"coslow_{which}", {k: data.get(k) for k in ("coslow", "draws", "mean", "std", "n_examples",
-                                                                         "seconds", "seed", "ids")})
+            data = self._child(
+                task,
+                parent,
+                done,
+                key,
+                "study-coslow",
+                f"coslow-{which}-{task.name}",
+                compute,
+                params={
+                    "which": which,
+                    "k": len(examples),
+                    "draws": s.draws,
+                    "lora_r": s.lora.r,
+                    "lora_alpha": s.lora.alpha,
+                    "seed": s.coslow_seed,
+                },
+                event={"which": which},
+            )
+            setattr(
+                result,
+                f"coslow_{which}",
+                {k: data.get(k) for k in ("coslow", "draws", "mean", "std", "n_examples", "seconds", "seed", "ids")},
+            )
             seconds += float(data.get("seconds") or 0.0)
             bar.update(1)
         # 3. fine-tunes on the grid
@@ -220,29 +350,72 @@ class _Study:
             fs = s.finetune_for(seed)
             fs_key = {k: v for k, v in fs.as_dict().items() if k != "device"}
             train_hash = label_set_hash(nested_subset(task.pool, budget, seed))
-            key = run_key(kind="study-finetune", **self.base(task), budget=budget, seed=seed if budget else None,
-                          train=train_hash, eval=eval_hash, settings=fs_key, spec=[task.spec.labels, task.spec.metric])
+            key = run_key(
+                kind="study-finetune",
+                **self.base(task),
+                budget=budget,
+                seed=seed if budget else None,
+                train=train_hash,
+                eval=eval_hash,
+                settings=fs_key,
+                spec=[task.spec.labels, task.spec.metric],
+            )
 
             def compute(budget=budget, fs=fs):
                 res = run_finetune(self.model.get(), task.pool, task.eval, task.spec, budget, fs, progress=False)
-                data = {**res.as_dict(), "predictions": res.predictions, "seconds": res.seconds_train + res.seconds_eval}
-                metrics = {"score": res.score, "seconds": data["seconds"], "seconds_train": res.seconds_train,
-                           "seconds_eval": res.seconds_eval, "train_loss": res.final_loss, "steps": res.steps}
+                data = {
+                    **res.as_dict(),
+                    "predictions": res.predictions,
+                    "seconds": res.seconds_train + res.seconds_eval,
+                }
+                metrics = {
+                    "score": res.score,
+                    "seconds": data["seconds"],
+                    "seconds_train": res.seconds_train,
+                    "seconds_eval": res.seconds_eval,
+                    "train_loss": res.final_loss,
+                    "steps": res.steps,
+                }
                 return data, metrics
 
-            params = {"budget": budget, "seed": seed, "n_eval": len(task.eval), "lr": fs.lr, "epochs": fs.epochs,
-                      "batch_size": fs.batch_size, "max_steps": fs.max_steps, "lora_r": fs.r, "lora_alpha": fs.alpha,
-                      "label_hash": train_hash}
+            params = {
+                "budget": budget,
+                "seed": seed,
+                "n_eval": len(task.eval),
+                "lr": fs.lr,
+                "epochs": fs.epochs,
+                "batch_size": fs.batch_size,
+                "max_steps": fs.max_steps,
+                "lora_r": fs.r,
+                "lora_alpha": fs.alpha,
+                "label_hash": train_hash,
+            }
             try:
-                data = self._child(task, parent, done, key, "study-finetune", f"finetune-{task.name}-{budget}-s{seed}",
-                                   compute, params=params, event={"budget": budget, "seed": seed})
+                data = self._child(
+                    task,
+                    parent,
+                    done,
+                    key,
+                    "study-finetune",
+                    f"finetune-{task.name}-{budget}-s{seed}",
+                    compute,
+                    params=params,
+                    event={"budget": budget, "seed": seed},
+                )
             except Exception as exc:  # noqa: BLE001 - one failing fine-tune must not stop the study
                 error = f"{type(exc).__name__}: {exc}"[:1000]
                 tqdm.write(f"{task.name}: fine-tune at budget {budget}, seed {seed} failed: {error}", file=sys.stderr)
                 result.failures.append({"budget": budget, "seed": seed, "error": error})
-                self.tracker.log_study_failure(self.name, key=key, kind="study-finetune", error=error, parent_run_id=parent,
-                                               run_name=f"finetune-{task.name}-{budget}-s{seed}", tags=self.tags(task),
-                                               params=params)
+                self.tracker.log_study_failure(
+                    self.name,
+                    key=key,
+                    kind="study-finetune",
+                    error=error,
+                    parent_run_id=parent,
+                    run_name=f"finetune-{task.name}-{budget}-s{seed}",
+                    tags=self.tags(task),
+                    params=params,
+                )
                 bar.update(1)
                 continue
             result.scores.setdefault(budget, {})[seed] = float(data["score"])
@@ -252,8 +425,14 @@ class _Study:
 
 
 def _task_metrics(result: TaskResult) -> dict:
-    metrics = {"auc": result.auc, "ceiling": result.ceiling, "chance": result.chance, "majority": result.majority,
-               "seconds": result.seconds, "n_failures": len(result.failures)}
+    metrics = {
+        "auc": result.auc,
+        "ceiling": result.ceiling,
+        "chance": result.chance,
+        "majority": result.majority,
+        "seconds": result.seconds,
+        "n_failures": len(result.failures),
+    }
     for b, m in result.means().items():
         metrics[f"score_mean_{b}"] = m
         metrics[f"score_sd_{b}"] = result.sds()[b]
@@ -280,9 +459,18 @@ def default_calibration_path(family: str) -> Path:
     return dataeff_home() / "calibrations" / f"{family}.json"
 
 
-def run_study(settings: StudySettings, tracker: Tracker, *, out: str | Path | None = None,
-              calibration_out: str | Path | None = None, loaded: LoadedModel | None = None, progress: bool = True,
-              on_run: OnRun | None = None, command: str | None = None, results_dir: str | Path | None = None) -> dict:
+def run_study(
+    settings: StudySettings,
+    tracker: Tracker,
+    *,
+    out: str | Path | None = None,
+    calibration_out: str | Path | None = None,
+    loaded: LoadedModel | None = None,
+    progress: bool = True,
+    on_run: OnRun | None = None,
+    command: str | None = None,
+    results_dir: str | Path | None = None,
+) -> dict:
     """Run (or resume) a calibration study; write the report and the calibration file.
 
     Args:
@@ -313,15 +501,25 @@ def run_study(settings: StudySettings, tracker: Tracker, *, out: str | Path | No
     names = [p.name for p in prepared]
     if len(set(names)) != len(names):
         raise DataError(f"study: two tasks share a name ({names}); rename one of the files")
-    study = _Study(settings, tracker, _Model(settings, loaded), progress, on_run,
-                   Path(results_dir) if results_dir is not None else None)
+    study = _Study(
+        settings,
+        tracker,
+        _Model(settings, loaded),
+        progress,
+        on_run,
+        Path(results_dir) if results_dir is not None else None,
+    )
     tracker.study_experiment(study.name, model=settings.model)
     results = [study.run_task(task, f"[{i + 1}/{len(prepared)}]") for i, task in enumerate(prepared)]
 
     family = settings.family_name
-    summary_key = run_key(kind="study-summary", study=study.name, method=settings.method_hash(),
-                          settings={k: v for k, v in settings.as_dict().items() if k not in ("device",)},
-                          results=[r.as_dict() for r in results])
+    summary_key = run_key(
+        kind="study-summary",
+        study=study.name,
+        method=settings.method_hash(),
+        settings={k: v for k, v in settings.as_dict().items() if k not in ("device",)},
+        results=[r.as_dict() for r in results],
+    )
     done = tracker.finished_study_runs(study.name)
     if summary_key in done:
         stored = tracker.read_run_json(done[summary_key]["run_id"], SUMMARY_JSON) or {}
@@ -330,35 +528,83 @@ def run_study(settings: StudySettings, tracker: Tracker, *, out: str | Path | No
         fit_dict = stored.get("fit", {})
     else:
         provenance = {
-            "study": study.name, "model": settings.model, "family": family, "dtype": study.dtype,
-            "device": study.device, "lora": settings.lora.as_dict(), "finetune": settings.finetune.as_dict(),
-            "budgets": list(settings.budgets), "seeds": list(settings.seeds), "eval_size": settings.eval_size,
-            "draws": settings.draws, "k": settings.k, "fraction": settings.fraction, "max_pool": settings.max_pool,
-            "cutoff_N": settings.cutoff, "ceiling": "max(human score, best mean score)",
-            "chat_template": settings.chat_template, "coslow": "mean over LoRA draws of the low-confidence statistic",
-            "tasks": [{"task": p.name, "source": p.source, "n_pool": len(p.pool), "n_eval": len(p.eval),
-                       "budgets": list(p.budgets), "dropped": list(p.dropped)} for p in prepared],
-            "tracking_uri": tracker.display_uri, "command": command, "dataeff_version": __version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "study": study.name,
+            "model": settings.model,
+            "family": family,
+            "dtype": study.dtype,
+            "device": study.device,
+            "lora": settings.lora.as_dict(),
+            "finetune": settings.finetune.as_dict(),
+            "budgets": list(settings.budgets),
+            "seeds": list(settings.seeds),
+            "eval_size": settings.eval_size,
+            "draws": settings.draws,
+            "k": settings.k,
+            "fraction": settings.fraction,
+            "max_pool": settings.max_pool,
+            "cutoff_N": settings.cutoff,
+            "ceiling": "max(human score, best mean score)",
+            "chat_template": settings.chat_template,
+            "coslow": "mean over LoRA draws of the low-confidence statistic",
+            "tasks": [
+                {
+                    "task": p.name,
+                    "source": p.source,
+                    "n_pool": len(p.pool),
+                    "n_eval": len(p.eval),
+                    "budgets": list(p.budgets),
+                    "dropped": list(p.dropped),
+                }
+                for p in prepared
+            ],
+            "tracking_uri": tracker.display_uri,
+            "command": command,
+            "dataeff_version": __version__,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        fit: StudyFit = fit_study(results, family, settings, provenance=provenance,
-                                  source=f"dataeff study {study.name}: LoRA fine-tune curves of {', '.join(names)}")
+        fit: StudyFit = fit_study(
+            results,
+            family,
+            settings,
+            provenance=provenance,
+            source=f"dataeff study {study.name}: LoRA fine-tune curves of {', '.join(names)}",
+        )
         cal, fit_dict = fit.calibration, fit.as_dict()
         markdown = render_markdown(results, settings, fit, provenance=provenance)
         metrics = {}
         if cal is not None:
-            metrics = {"coef": cal.coef, "intercept": cal.intercept, "loo_mae": cal.loo_mae,
-                       "baseline_loo_mae": cal.baseline_loo_mae, "loo_relative_error": cal.loo_relative_error}
+            metrics = {
+                "coef": cal.coef,
+                "intercept": cal.intercept,
+                "loo_mae": cal.loo_mae,
+                "baseline_loo_mae": cal.baseline_loo_mae,
+                "loo_relative_error": cal.loo_relative_error,
+            }
         for which in ("low", "random"):
             for kind in ("pearson", "spearman"):
                 metrics[f"{kind}_{which}"] = (fit.correlations.get(which) or {}).get(kind)
         logged = tracker.log_study_run(
-            study.name, key=summary_key, kind="study-summary", run_name="summary",
-            tags={"dataeff.study": study.name, "dataeff.family": family, "mlflow.note.content": fit.note or "calibration fitted"},
-            params={"family": family, "tasks": names, "n_tasks": len(names)}, metrics=metrics,
-            data={"markdown": markdown, "fit": fit_dict, "calibration": cal.to_dict() if cal else None,
-                  "tasks": [r.as_dict() for r in results], "provenance": provenance},
-            artifact_file=SUMMARY_JSON, texts={"study.md": markdown})
+            study.name,
+            key=summary_key,
+            kind="study-summary",
+            run_name="summary",
+            tags={
+                "dataeff.study": study.name,
+                "dataeff.family": family,
+                "mlflow.note.content": fit.note or "calibration fitted",
+            },
+            params={"family": family, "tasks": names, "n_tasks": len(names)},
+            metrics=metrics,
+            data={
+                "markdown": markdown,
+                "fit": fit_dict,
+                "calibration": cal.to_dict() if cal else None,
+                "tasks": [r.as_dict() for r in results],
+                "provenance": provenance,
+            },
+            artifact_file=SUMMARY_JSON,
+            texts={"study.md": markdown},
+        )
         study.written += int(logged.created)
         if cal is not None:
             tracker.log_calibration(family, cal.to_dict())
@@ -371,11 +617,19 @@ def run_study(settings: StudySettings, tracker: Tracker, *, out: str | Path | No
     if cal is not None:
         cal_file = cal.save(Path(calibration_out) if calibration_out else default_calibration_path(family))
     return {
-        "study": study.name, "family": family, "model": settings.model, "dtype": study.dtype, "device": study.device,
-        "cutoff_N": settings.cutoff, "ceiling": "max(human score, best mean score)",
-        "tasks": [_task_summary(r) for r in results], "fit": fit_dict,
-        "calibration_file": str(cal_file) if cal_file else None, "report_file": str(report) if report else None,
-        "runs_written": study.written, "tracking_uri": tracker.display_uri,
+        "study": study.name,
+        "family": family,
+        "model": settings.model,
+        "dtype": study.dtype,
+        "device": study.device,
+        "cutoff_N": settings.cutoff,
+        "ceiling": "max(human score, best mean score)",
+        "tasks": [_task_summary(r) for r in results],
+        "fit": fit_dict,
+        "calibration_file": str(cal_file) if cal_file else None,
+        "report_file": str(report) if report else None,
+        "runs_written": study.written,
+        "tracking_uri": tracker.display_uri,
     }
 
 
@@ -389,9 +643,22 @@ def _task_summary(r: TaskResult) -> dict:
     def clean(x):
         return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
-    return {"task": r.task, "n_pool": r.n_pool, "n_eval": r.n_eval, "chance": clean(r.chance), "majority": clean(r.majority),
-            "means": {str(b): m for b, m in r.means().items()}, "sds": {str(b): v for b, v in r.sds().items()},
-            "auc": clean(r.auc), "ceiling": clean(r.ceiling), "auc_note": r.auc_note,
-            "coslow_low": (r.coslow_low or {}).get("mean"), "coslow_low_std": (r.coslow_low or {}).get("std"),
-            "coslow_random": (r.coslow_random or {}).get("mean"), "dropped": r.dropped, "failures": r.failures,
-            "seconds": r.seconds, "messages": r.messages}
+    return {
+        "task": r.task,
+        "n_pool": r.n_pool,
+        "n_eval": r.n_eval,
+        "chance": clean(r.chance),
+        "majority": clean(r.majority),
+        "means": {str(b): m for b, m in r.means().items()},
+        "sds": {str(b): v for b, v in r.sds().items()},
+        "auc": clean(r.auc),
+        "ceiling": clean(r.ceiling),
+        "auc_note": r.auc_note,
+        "coslow_low": (r.coslow_low or {}).get("mean"),
+        "coslow_low_std": (r.coslow_low or {}).get("std"),
+        "coslow_random": (r.coslow_random or {}).get("mean"),
+        "dropped": r.dropped,
+        "failures": r.failures,
+        "seconds": r.seconds,
+        "messages": r.messages,
+    }

@@ -23,9 +23,10 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 from xml.sax.saxutils import quoteattr
 
 import httpx
@@ -49,7 +50,9 @@ _ANNOTATED_QUERY = json.dumps(
     {
         "filters": {
             "conjunction": "and",
-            "items": [{"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}],
+            "items": [
+                {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+            ],
         }
     }
 )
@@ -144,19 +147,23 @@ class Cursor:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, payload: Mapping) -> "Cursor":
+    def from_dict(cls, payload: Mapping) -> Cursor:
         try:
             seen = {str(k): (int(v[0]), str(v[1])) for k, v in payload.get("seen", {}).items()}
             return cls(updated_at=payload.get("updated_at"), seen=seen)
         except (TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise DataError(f"malformed Label Studio cursor ({exc}); pass since=None to pull everything again") from None
+            raise DataError(
+                f"malformed Label Studio cursor ({exc}); pass since=None to pull everything again"
+            ) from None
 
     @classmethod
-    def from_json(cls, text: str) -> "Cursor":
+    def from_json(cls, text: str) -> Cursor:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise DataError(f"malformed Label Studio cursor JSON ({exc.msg}); pass since=None to pull everything again") from None
+            raise DataError(
+                f"malformed Label Studio cursor JSON ({exc.msg}); pass since=None to pull everything again"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -188,7 +195,6 @@ class PullResult:
     def has_changes(self) -> bool:
         """Whether anything was added, edited or deleted since the cursor."""
         return bool(self.changed_ids or self.deleted_ids)
-
 
 
 @dataclass(frozen=True)
@@ -233,7 +239,7 @@ class _Schema:
     labels: tuple[str, ...] | None
 
     @classmethod
-    def parse(cls, config: str, project_id: int) -> "_Schema":
+    def parse(cls, config: str, project_id: int) -> _Schema:
         try:
             root = ET.fromstring(config)
         except ET.ParseError as exc:
@@ -349,15 +355,21 @@ class LabelStudioClient:
         self._users: dict[int, str] = {}
 
     @classmethod
-    def from_env(cls, **kwargs: Any) -> "LabelStudioClient":
+    def from_env(cls, **kwargs: Any) -> LabelStudioClient:
         """Build from ``LABEL_STUDIO_URL`` (default ``http://127.0.0.1:8080``) and ``LABEL_STUDIO_API_KEY``."""
-        return cls(os.environ.get("LABEL_STUDIO_URL", "http://127.0.0.1:8080"), os.environ.get("LABEL_STUDIO_API_KEY", ""), **kwargs)
+        return cls(
+            os.environ.get("LABEL_STUDIO_URL", "http://127.0.0.1:8080"),
+            os.environ.get("LABEL_STUDIO_API_KEY", ""),
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
         return f"LabelStudioClient(url={self.url!r}, token='***', retries={self.retries})"
 
     # -- error handling
-    def _call(self, what: str, fn: Callable[[], T], *, idempotent: bool = True, not_found: LabelStudioError | None = None) -> T:
+    def _call(
+        self, what: str, fn: Callable[[], T], *, idempotent: bool = True, not_found: LabelStudioError | None = None
+    ) -> T:
         """Run ``fn`` with retries on transient failures and map errors to our types."""
         attempt = 0
         while True:
@@ -388,16 +400,26 @@ class LabelStudioClient:
                     "and try again"
                 ) from None
             delay = self.backoff * (2**attempt)
-            log.warning("Label Studio %s failed (%s); retry %d/%d in %.1f s", what, transient, attempt + 1, self.retries, delay)
+            log.warning(
+                "Label Studio %s failed (%s); retry %d/%d in %.1f s", what, transient, attempt + 1, self.retries, delay
+            )
             time.sleep(delay)
             attempt += 1
 
-    def _in_chunks(self, rows: Sequence[dict], batch_size: int, what: str, send: Callable[[list], Any],
-                   not_found: LabelStudioError | None = None) -> None:
+    def _in_chunks(
+        self,
+        rows: Sequence[dict],
+        batch_size: int,
+        what: str,
+        send: Callable[[list], Any],
+        not_found: LabelStudioError | None = None,
+    ) -> None:
         """Send ``rows`` in chunks of ``batch_size`` (each chunk one non-idempotent request)."""
         for start in range(0, len(rows), batch_size):
             chunk = list(rows[start : start + batch_size])
-            self._call(f"import {len(chunk)} {what}", lambda: send(chunk), idempotent=False, not_found=not_found)
+            self._call(
+                f"import {len(chunk)} {what}", lambda chunk=chunk: send(chunk), idempotent=False, not_found=not_found
+            )
 
     def _project(self, project_id: int) -> Any:
         return self._call(
@@ -412,7 +434,12 @@ class LabelStudioClient:
         return _Schema.parse(self._project(project_id).label_config or "", project_id)
 
     def _list_tasks(
-        self, project_id: int, *, fields: str = "task_only", query: str | None = None, view: int | None = None,
+        self,
+        project_id: int,
+        *,
+        fields: str = "task_only",
+        query: str | None = None,
+        view: int | None = None,
         check_project: bool = True,
     ) -> list:
         """All tasks of a project (every page; the whole listing is retried on a transient failure)."""
@@ -432,11 +459,15 @@ class LabelStudioClient:
     def tasks(self, project_id: int, *, view: int | None = None) -> list[TaskRecord]:
         """Every task of the project (in the order of ``view`` when given)."""
         return [
-            TaskRecord(task_id=t.id, dataeff_id=str((t.data or {}).get(ID_FIELD, f"ls-task-{t.id}")), data=dict(t.data or {}))
+            TaskRecord(
+                task_id=t.id, dataeff_id=str((t.data or {}).get(ID_FIELD, f"ls-task-{t.id}")), data=dict(t.data or {})
+            )
             for t in self._list_tasks(project_id, view=view)
         ]
 
-    def _task_index(self, project_id: int, dataeff_ids: Iterable[str], records: Sequence[TaskRecord] | None = None) -> dict[str, TaskRecord]:
+    def _task_index(
+        self, project_id: int, dataeff_ids: Iterable[str], records: Sequence[TaskRecord] | None = None
+    ) -> dict[str, TaskRecord]:
         """``dataeff_id -> TaskRecord`` for the wanted ids; :class:`InvalidTask` naming missing ones."""
         wanted = list(dict.fromkeys(str(i) for i in dataeff_ids))
         index = {t.dataeff_id: t for t in (records if records is not None else self.tasks(project_id))}
@@ -444,7 +475,7 @@ class LabelStudioClient:
         if missing:
             raise InvalidTask(
                 f"project {project_id} has no task with dataeff_id {missing[:5]}"
-                f"{' and %d more' % (len(missing) - 5) if len(missing) > 5 else ''}; import the pool first"
+                f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}; import the pool first"
             )
         return {i: index[i] for i in wanted}
 
@@ -464,7 +495,9 @@ class LabelStudioClient:
             DataError: the title is shorter than 3 or longer than 50 characters.
         """
         if not MIN_TITLE <= len(title.strip()) <= MAX_TITLE:
-            raise DataError(f"project title {title!r}: must be {MIN_TITLE} to {MAX_TITLE} characters (Label Studio's limits)")
+            raise DataError(
+                f"project title {title!r}: must be {MIN_TITLE} to {MAX_TITLE} characters (Label Studio's limits)"
+            )
         existing = self.find_project(title)
         if existing is not None:
             schema = self._schema(existing)
@@ -522,9 +555,13 @@ class LabelStudioClient:
             fresh.append({"data": {PROMPT_FIELD: ex.prompt, ID_FIELD: key, PRIORITY_FIELD: 0}})
         for message in invalid:
             log.warning("import into project %s: %s", project_id, message)
-        self._in_chunks(fresh, batch_size, f"tasks into project {project_id}",
-                        lambda chunk: self._sdk.projects.import_tasks(id=project_id, request=chunk),
-                        not_found=ProjectNotFound(f"Label Studio project {project_id} not found at {self.url}"))
+        self._in_chunks(
+            fresh,
+            batch_size,
+            f"tasks into project {project_id}",
+            lambda chunk: self._sdk.projects.import_tasks(id=project_id, request=chunk),
+            not_found=ProjectNotFound(f"Label Studio project {project_id} not found at {self.url}"),
+        )
         return ImportReport(created=len(fresh), skipped=skipped, invalid=tuple(invalid))
 
     # -- pull
@@ -576,7 +613,11 @@ class LabelStudioClient:
             item_id = str(data[ID_FIELD])
             prompt = data.get(PROMPT_FIELD)
             if not isinstance(prompt, str) or not prompt.strip():
-                errors.append(PullError(item_id, task.id, None, f"task {task.id} has no {PROMPT_FIELD!r} text; fix or delete the task"))
+                errors.append(
+                    PullError(
+                        item_id, task.id, None, f"task {task.id} has no {PROMPT_FIELD!r} text; fix or delete the task"
+                    )
+                )
                 continue
             best: tuple | None = None
             for ann in task.annotations or []:
@@ -586,7 +627,14 @@ class LabelStudioClient:
                 try:
                     answer = schema.answer(_field(ann, "result"))
                 except ValueError as exc:
-                    errors.append(PullError(item_id, task.id, ann_id, f"annotation {ann_id} of task {task.id}: {exc}; fix it in Label Studio"))
+                    errors.append(
+                        PullError(
+                            item_id,
+                            task.id,
+                            ann_id,
+                            f"annotation {ann_id} of task {task.id}: {exc}; fix it in Label Studio",
+                        )
+                    )
                     continue
                 updated = _ts(_field(ann, "updated_at") or _field(ann, "created_at"))
                 rank = (bool(_field(ann, "ground_truth")), updated, ann_id or 0)
@@ -596,7 +644,14 @@ class LabelStudioClient:
                 continue
             _, ann, answer = best
             if item_id in seen:
-                errors.append(PullError(item_id, task.id, _field(ann, "id"), f"dataeff_id {item_id!r} is on several tasks; kept the first"))
+                errors.append(
+                    PullError(
+                        item_id,
+                        task.id,
+                        _field(ann, "id"),
+                        f"dataeff_id {item_id!r} is on several tasks; kept the first",
+                    )
+                )
                 continue
             updated_iso = _iso(_field(ann, "updated_at") or _field(ann, "created_at"))
             seen[item_id] = (int(_field(ann, "id")), updated_iso)
@@ -621,8 +676,12 @@ class LabelStudioClient:
         stamps = [v[1] for v in seen.values()] + ([since.updated_at] if since is not None and since.updated_at else [])
         latest = max(stamps, key=_ts, default=None)
         return PullResult(
-            examples=tuple(examples), changed_ids=changed, deleted_ids=deleted, errors=tuple(errors),
-            cursor=Cursor(updated_at=latest, seen=seen), unmanaged_task_ids=tuple(sorted(unmanaged)),
+            examples=tuple(examples),
+            changed_ids=changed,
+            deleted_ids=deleted,
+            errors=tuple(errors),
+            cursor=Cursor(updated_at=latest, seen=seen),
+            unmanaged_task_ids=tuple(sorted(unmanaged)),
         )
 
     # -- annotations (simulated annotator, tests)
@@ -642,8 +701,9 @@ class LabelStudioClient:
             InvalidLabel: ``answer`` is not one of the project's labels (or is empty).
             InvalidTask: no task carries that ``dataeff_id``.
         """
-        ids = self.create_annotations(project_id, {dataeff_id: answer}, annotator_id=annotator_id,
-                                      ground_truth=ground_truth, cancelled=cancelled)
+        ids = self.create_annotations(
+            project_id, {dataeff_id: answer}, annotator_id=annotator_id, ground_truth=ground_truth, cancelled=cancelled
+        )
         return ids[str(dataeff_id)]
 
     def create_annotations(
@@ -674,8 +734,11 @@ class LabelStudioClient:
             if annotator_id is not None:
                 kwargs["completed_by"] = annotator_id
             task_id = index[item_id].task_id
-            ann = self._call(f"annotate item {item_id!r}",
-                             lambda: self._sdk.annotations.create(id=task_id, **kwargs), idempotent=False)
+            ann = self._call(
+                f"annotate item {item_id!r}",
+                lambda task_id=task_id, kwargs=kwargs: self._sdk.annotations.create(id=task_id, **kwargs),
+                idempotent=False,
+            )
             created[item_id] = int(ann.id)
         return created
 
@@ -703,12 +766,16 @@ class LabelStudioClient:
             if u.email == email:
                 return int(u.id)
         user = self._call(
-            f"create user {email!r}", lambda: self._sdk.users.create(email=email, username=email.split("@")[0]), idempotent=False
+            f"create user {email!r}",
+            lambda: self._sdk.users.create(email=email, username=email.split("@")[0]),
+            idempotent=False,
         )
         return int(user.id)
 
     # -- priorities and the sorted view
-    def push_priorities(self, project_id: int, priorities: Mapping[str, float], *, _records: Sequence[TaskRecord] | None = None) -> int:
+    def push_priorities(
+        self, project_id: int, priorities: Mapping[str, float], *, _records: Sequence[TaskRecord] | None = None
+    ) -> int:
         """Set the numeric task field ``dataeff_priority`` (higher = labeled first).
 
         Other data fields are kept. Tasks whose priority already has that value are not touched
@@ -725,7 +792,10 @@ class LabelStudioClient:
             if record.data.get(PRIORITY_FIELD) == value:
                 continue
             data = {**record.data, PRIORITY_FIELD: value}
-            self._call(f"set the priority of item {item_id!r}", lambda: self._sdk.tasks.update(id=str(record.task_id), data=data))
+            self._call(
+                f"set the priority of item {item_id!r}",
+                lambda record=record, data=data: self._sdk.tasks.update(id=str(record.task_id), data=data),
+            )
             updated += 1
         return updated
 
@@ -735,7 +805,9 @@ class LabelStudioClient:
         "Label Tasks As Displayed" (Community edition has no server-side active learning).
         """
         self._project(project_id)
-        views = self._call(f"list the views of project {project_id}", lambda: list(self._sdk.views.list(project=project_id)))
+        views = self._call(
+            f"list the views of project {project_id}", lambda: list(self._sdk.views.list(project=project_id))
+        )
         for view in views:
             if (view.data or {}).get("title") == PRIORITY_VIEW_TITLE:
                 return int(view.id)
@@ -772,10 +844,13 @@ class LabelStudioClient:
         if not model_version:
             raise LabelStudioError("push_predictions needs a non-empty model_version")
         schema = self._schema(project_id)
-        results = {str(i): (schema.result(a, f"prediction for item {i!r}"), float(s)) for i, (a, s) in predictions.items()}
+        results = {
+            str(i): (schema.result(a, f"prediction for item {i!r}"), float(s)) for i, (a, s) in predictions.items()
+        }
         index = self._task_index(project_id, results)
         existing = self._call(
-            f"list the predictions of project {project_id}", lambda: list(self._sdk.predictions.list(project=project_id))
+            f"list the predictions of project {project_id}",
+            lambda: list(self._sdk.predictions.list(project=project_id)),
         )
         done = {p.task for p in existing if p.model_version == model_version}
         rows = [
@@ -783,8 +858,12 @@ class LabelStudioClient:
             for i, (result, score) in results.items()
             if index[i].task_id not in done
         ]
-        self._in_chunks(rows, batch_size, f"predictions into project {project_id}",
-                        lambda chunk: self._sdk.projects.import_predictions(id=project_id, request=chunk))
+        self._in_chunks(
+            rows,
+            batch_size,
+            f"predictions into project {project_id}",
+            lambda chunk: self._sdk.projects.import_predictions(id=project_id, request=chunk),
+        )
         created = len(rows)
         self._call(
             f"set model_version of project {project_id}",
@@ -795,14 +874,22 @@ class LabelStudioClient:
     def predictions(self, project_id: int) -> list[dict]:
         """Predictions of a project as plain dicts ``{task_id, model_version, score, result}``."""
         self._project(project_id)
-        found = self._call(f"list the predictions of project {project_id}", lambda: list(self._sdk.predictions.list(project=project_id)))
-        return [{"task_id": p.task, "model_version": p.model_version, "score": p.score, "result": p.result} for p in found]
+        found = self._call(
+            f"list the predictions of project {project_id}",
+            lambda: list(self._sdk.predictions.list(project=project_id)),
+        )
+        return [
+            {"task_id": p.task, "model_version": p.model_version, "score": p.score, "result": p.result} for p in found
+        ]
 
     def project_info(self, project_id: int) -> dict:
         """``{id, title, description, model_version, label_config}`` of a project."""
         p = self._project(project_id)
         return {
-            "id": p.id, "title": p.title, "description": p.description or "", "model_version": p.model_version or "",
+            "id": p.id,
+            "title": p.title,
+            "description": p.description or "",
+            "model_version": p.model_version or "",
             "label_config": p.label_config or "",
         }
 
@@ -815,7 +902,9 @@ class LabelStudioClient:
         description = self.project_info(project_id)["description"]
         user_part = description.split(STATUS_MARKER, 1)[0].rstrip()
         new = f"{user_part}\n\n{STATUS_MARKER}\n{text.strip()}" if user_part else f"{STATUS_MARKER}\n{text.strip()}"
-        self._call(f"set the status of project {project_id}", lambda: self._sdk.projects.update(id=project_id, description=new))
+        self._call(
+            f"set the status of project {project_id}", lambda: self._sdk.projects.update(id=project_id, description=new)
+        )
 
     def get_status(self, project_id: int) -> str:
         """The dataeff status block of the project's description ('' when none)."""

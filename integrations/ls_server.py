@@ -82,7 +82,9 @@ def install(venv: Path = DEFAULT_VENV, version: str = LS_VERSION, python: str = 
     steps = []
     if not (venv / "bin" / "python").exists():
         steps.append([python, "-m", "venv", str(venv)])
-    steps.append([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"label-studio=={version}"])
+    steps.append(
+        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", f"label-studio=={version}"]
+    )
     for cmd in steps:
         log.info("running: %s", " ".join(cmd))
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -147,7 +149,9 @@ def _create_postgres_database(name: str, user: str, host: str, port: int) -> Non
     try:
         import psycopg2
     except ImportError as exc:  # pragma: no cover - psycopg2-binary is a declared dependency
-        raise LabelStudioServerError("--postgres needs psycopg2 in the application venv: pip install psycopg2-binary") from exc
+        raise LabelStudioServerError(
+            "--postgres needs psycopg2 in the application venv: pip install psycopg2-binary"
+        ) from exc
     try:
         conn = psycopg2.connect(dbname="postgres", user=user, host=host, port=port, connect_timeout=5)
     except psycopg2.OperationalError as exc:
@@ -245,7 +249,9 @@ class LabelStudioServer:
         if self.token is None:
             self.token = stored.get("token") or secrets.token_hex(20)
         if not _TOKEN_RE.fullmatch(self.token):
-            raise LabelStudioServerError("the Label Studio token must be 40 lowercase hex characters (e.g. secrets.token_hex(20))")
+            raise LabelStudioServerError(
+                "the Label Studio token must be 40 lowercase hex characters (e.g. secrets.token_hex(20))"
+            )
         if stored.get("token") and stored["token"] != self.token:
             raise LabelStudioServerError(
                 f"{self.data_dir} was initialised with another token (see {self.credentials_file}); "
@@ -314,7 +320,7 @@ class LabelStudioServer:
         return env
 
     # -- lifecycle
-    def start(self, timeout: float = 180.0) -> "LabelStudioServer":
+    def start(self, timeout: float = 180.0) -> LabelStudioServer:
         """Start the server (or reuse a healthy one) and wait until ``/health`` answers.
 
         Args:
@@ -350,8 +356,13 @@ class LabelStudioServer:
         log.info("starting Label Studio at %s (data dir %s, log %s)", self.url, self.data_dir, self.log_file)
         with open(self.log_file, "ab") as logfh:
             self._proc = subprocess.Popen(
-                cmd, env=self.environment(), stdout=logfh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.data_dir,
+                cmd,
+                env=self.environment(),
+                stdout=logfh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.data_dir,
             )
         self.pid_file.write_text(str(self._proc.pid))
         self._owned = True
@@ -429,7 +440,7 @@ class LabelStudioServer:
             time.sleep(0.2)
         return stopped
 
-    def __enter__(self) -> "LabelStudioServer":
+    def __enter__(self) -> LabelStudioServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

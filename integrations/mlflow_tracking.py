@@ -208,7 +208,9 @@ def _guarded(method: Callable) -> Callable:
             return method(self, *args, **kwargs)
         except (MlflowException, requests.exceptions.RequestException, OSError) as exc:
             message = redact_text(f"MLflow at {self.display_uri}: {method.__name__} failed: {exc}")
-            raise TrackingError(message[:2000] + "; check that the tracking server is up and the URI is right") from None
+            raise TrackingError(
+                message[:2000] + "; check that the tracking server is up and the URI is right"
+            ) from None
 
     return wrapper
 
@@ -271,7 +273,7 @@ class Tracker:
                 return text.rstrip("/")
             return Path(text).resolve().as_uri()
         if uri.startswith("sqlite:///"):
-            db_path = Path(uri[len("sqlite:///"):])
+            db_path = Path(uri[len("sqlite:///") :])
             return (db_path.parent.resolve() / "mlartifacts").as_uri()
         return None
 
@@ -341,8 +343,12 @@ class Tracker:
         runs, token = [], None
         while True:
             page = self._client.search_runs(
-                [experiment_id], filter_string, run_view_type=view, max_results=1000,
-                order_by=["attributes.start_time DESC"], page_token=token,
+                [experiment_id],
+                filter_string,
+                run_view_type=view,
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
             )
             runs.extend(page)
             token = page.token
@@ -397,7 +403,7 @@ class Tracker:
             param_list = [Param(redact_text(str(k)), _param_value(v)) for k, v in params.items() if v is not None]
             # MLflow takes at most 100 params / 1000 metrics per batch.
             for i in range(0, max(len(param_list), len(metric_list), 1), 100):
-                self._client.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100])
+                self._client.log_batch(run_id, metrics=metric_list[i : i + 100], params=param_list[i : i + 100])
             if artifacts is not None:
                 artifacts(run_id)
         except BaseException:
@@ -492,8 +498,9 @@ class Tracker:
         key = run_key(kind="bootstrap", project=project, model=model)
         tags = self._key_tags("bootstrap", project, model, None, None)
         tags[TAG_NOTE] = "; ".join(f"{role}: {len(ids)} items" for role, ids in roles_json.items())
-        return self._log_run(exp_id, key=key, run_name="bootstrap", tags=tags,
-                             params=params, metrics=metrics, artifacts=artifacts)
+        return self._log_run(
+            exp_id, key=key, run_name="bootstrap", tags=tags, params=params, metrics=metrics, artifacts=artifacts
+        )
 
     @_guarded
     def read_bootstrap(self, project: str, model: str) -> dict[str, list[str]] | None:
@@ -593,8 +600,15 @@ class Tracker:
         key = run_key(kind="estimate", project=project, model=model, label_hash=label_hash, budget=None)
         tags = self._key_tags("estimate", project, model, label_hash, None)
         tags[TAG_NOTE] = _estimate_note(metrics, rows)
-        return self._log_run(exp_id, key=key, run_name=f"estimate-{label_hash[:8]}", tags=tags,
-                             params=params, metrics=metrics, artifacts=artifacts)
+        return self._log_run(
+            exp_id,
+            key=key,
+            run_name=f"estimate-{label_hash[:8]}",
+            tags=tags,
+            params=params,
+            metrics=metrics,
+            artifacts=artifacts,
+        )
 
     @_guarded
     def latest_estimate(self, project: str, model: str) -> dict | None:
@@ -698,8 +712,15 @@ class Tracker:
         key = run_key(kind="finetune", project=project, model=model, label_hash=label_hash, budget=budget)
         tags = self._key_tags("finetune", project, model, label_hash, budget)
         tags[TAG_NOTE] = f"LoRA fine-tune on {budget} labels: score {float(res['score']):.4f}"
-        return self._log_run(exp_id, key=key, run_name=f"finetune-{budget}", tags=tags,
-                             params=params, metrics=metrics, artifacts=artifacts)
+        return self._log_run(
+            exp_id,
+            key=key,
+            run_name=f"finetune-{budget}",
+            tags=tags,
+            params=params,
+            metrics=metrics,
+            artifacts=artifacts,
+        )
 
     @_guarded
     def finetuned_budgets(self, project: str, model: str) -> dict[int, float]:
@@ -714,7 +735,9 @@ class Tracker:
     # ------------------------------------------------------------------ decision
 
     @_guarded
-    def log_decision(self, project: str, iteration_key: str, decision: Mapping | Any, *, model: str | None = None) -> LoggedRun:
+    def log_decision(
+        self, project: str, iteration_key: str, decision: Mapping | Any, *, model: str | None = None
+    ) -> LoggedRun:
         """Log the decision of one loop iteration (idempotent on project/iteration_key).
 
         Args:
@@ -735,18 +758,34 @@ class Tracker:
         exp_id = self._experiment(project, model=model)
         reason = str(dec.get("reason") or "")
         status_text = str(_first(dec, "status_text", "status", default="") or "")
-        params = {"action": action, "n_labels": dec.get("n_labels"), "budget": dec.get("budget"), "iteration": iteration_key}
+        params = {
+            "action": action,
+            "n_labels": dec.get("n_labels"),
+            "budget": dec.get("budget"),
+            "iteration": iteration_key,
+        }
         metrics = {"n_labels": dec.get("n_labels")}
 
         def artifacts(run_id: str) -> None:
-            self._client.log_text(run_id, redact_text(f"action: {action}\nreason: {reason}\nstatus: {status_text}\n"), "decision.txt")
+            self._client.log_text(
+                run_id, redact_text(f"action: {action}\nreason: {reason}\nstatus: {status_text}\n"), "decision.txt"
+            )
             self._log_json(run_id, dec, DECISION_JSON)
 
         key = run_key(kind="decision", project=project, iteration=str(iteration_key))
         tags = self._key_tags("decision", project, model, None, dec.get("budget"))
-        tags.update({TAG_ITERATION: iteration_key, TAG_ACTION: action, TAG_REASON: reason, TAG_NOTE: status_text or reason})
-        return self._log_run(exp_id, key=key, run_name=f"decision-{action}", tags=tags,
-                             params=params, metrics=metrics, artifacts=artifacts)
+        tags.update(
+            {TAG_ITERATION: iteration_key, TAG_ACTION: action, TAG_REASON: reason, TAG_NOTE: status_text or reason}
+        )
+        return self._log_run(
+            exp_id,
+            key=key,
+            run_name=f"decision-{action}",
+            tags=tags,
+            params=params,
+            metrics=metrics,
+            artifacts=artifacts,
+        )
 
     # ------------------------------------------------------------------ calibration
 
@@ -767,8 +806,11 @@ class Tracker:
             raise DataError(f"calibration of {family!r}: needs numeric 'coef' and 'intercept'")
         exp_id = self._experiment(self.calibration_experiment, kind_tag="calibration")
         params = {
-            "family": family, "coef": cal["coef"], "intercept": cal["intercept"],
-            "n_tasks": cal.get("n_tasks"), "tasks": cal.get("tasks"),
+            "family": family,
+            "coef": cal["coef"],
+            "intercept": cal["intercept"],
+            "n_tasks": cal.get("n_tasks"),
+            "tasks": cal.get("tasks"),
         }
         metrics = {k: v for k, v in cal.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -777,8 +819,15 @@ class Tracker:
 
         key = run_key(kind="calibration", family=family, content=run_key(**redact(cal)))
         tags = {TAG_KIND: "calibration", TAG_FAMILY: family}
-        return self._log_run(exp_id, key=key, run_name=f"calibration-{family}", tags=tags,
-                             params=params, metrics=metrics, artifacts=artifacts)
+        return self._log_run(
+            exp_id,
+            key=key,
+            run_name=f"calibration-{family}",
+            tags=tags,
+            params=params,
+            metrics=metrics,
+            artifacts=artifacts,
+        )
 
     @_guarded
     def latest_calibration(self, family: str) -> dict | None:
@@ -786,8 +835,11 @@ class Tracker:
         exp_id = self._existing_experiment(self.calibration_experiment)
         if exp_id is None:
             return None
-        runs = [r for r in self._search(exp_id, f"tags.`{TAG_KIND}` = 'calibration' and attributes.status = 'FINISHED'")
-                if r.data.tags.get(TAG_FAMILY) == family]
+        runs = [
+            r
+            for r in self._search(exp_id, f"tags.`{TAG_KIND}` = 'calibration' and attributes.status = 'FINISHED'")
+            if r.data.tags.get(TAG_FAMILY) == family
+        ]
         if not runs:
             return None
         stored = self._read_json(runs[0].info.run_id, CALIBRATION_JSON) or {}
@@ -823,9 +875,15 @@ class Tracker:
             return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id  # oldest wins a race
         if not create:
             return None
-        tags = {TAG_KIND: "summary", TAG_PROJECT: project, TAG_RUN_KEY: run_key(kind="summary", project=project),
-                TAG_NOTE: "dataeff state of this project: state/cursor.json and comparison/ (overwritten in place)"}
-        run = self._client.create_run(exp_id, tags={k: redact_text(str(v)) for k, v in tags.items()}, run_name="summary")
+        tags = {
+            TAG_KIND: "summary",
+            TAG_PROJECT: project,
+            TAG_RUN_KEY: run_key(kind="summary", project=project),
+            TAG_NOTE: "dataeff state of this project: state/cursor.json and comparison/ (overwritten in place)",
+        }
+        run = self._client.create_run(
+            exp_id, tags={k: redact_text(str(v)) for k, v in tags.items()}, run_name="summary"
+        )
         self._terminate(run.info.run_id, "FINISHED")
         return run.info.run_id
 
@@ -863,7 +921,9 @@ class Tracker:
         self._client.log_figure(run_id, figure, COMPARISON_FIGURE)
         self._client.log_text(run_id, redact_text(_csv_text(rows)), COMPARISON_TABLE_CSV)
         self._log_json(run_id, {"rows": rows}, COMPARISON_TABLE_JSON)
-        self._client.set_tag(run_id, "dataeff.comparison_updated_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._client.set_tag(
+            run_id, "dataeff.comparison_updated_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        )
         return run_id
 
     @_guarded
@@ -883,8 +943,9 @@ class Tracker:
         return self._experiment(study, model=model, kind_tag="study")
 
     @_guarded
-    def start_study_task(self, study: str, key: str, *, run_name: str, tags: Mapping[str, Any],
-                         params: Mapping[str, Any] = ()) -> tuple[str, str]:
+    def start_study_task(
+        self, study: str, key: str, *, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any] = ()
+    ) -> tuple[str, str]:
         """The parent run of one task of a study: ``(run_id, state)``.
 
         ``state`` is ``"finished"`` (a FINISHED run with this key exists: nothing to do),
@@ -902,22 +963,34 @@ class Tracker:
             return run_id, "resumed"
         all_tags = {k: v for k, v in tags.items() if v is not None}
         all_tags.update({TAG_RUN_KEY: key, "dataeff.host": socket.gethostname(), "dataeff.pid": os.getpid()})
-        run = self._client.create_run(exp_id, tags={k: redact_text(str(v))[:MAX_TAG_VAL_LENGTH] for k, v in all_tags.items()},
-                                      run_name=redact_text(run_name))
+        run = self._client.create_run(
+            exp_id,
+            tags={k: redact_text(str(v))[:MAX_TAG_VAL_LENGTH] for k, v in all_tags.items()},
+            run_name=redact_text(run_name),
+        )
         param_list = [Param(redact_text(str(k)), _param_value(v)) for k, v in params.items() if v is not None]
         for i in range(0, len(param_list), 100):
-            self._client.log_batch(run.info.run_id, params=param_list[i:i + 100])
+            self._client.log_batch(run.info.run_id, params=param_list[i : i + 100])
         return run.info.run_id, "created"
 
     @_guarded
-    def finish_study_task(self, run_id: str, *, metrics: Mapping[str, Any] = (), data: Any = None,
-                          artifact_file: str = "task_result.json", status: str = "FINISHED",
-                          tags: Mapping[str, Any] = ()) -> None:
+    def finish_study_task(
+        self,
+        run_id: str,
+        *,
+        metrics: Mapping[str, Any] = (),
+        data: Any = None,
+        artifact_file: str = "task_result.json",
+        status: str = "FINISHED",
+        tags: Mapping[str, Any] = (),
+    ) -> None:
         """Log the task's metrics and result JSON on its parent run and end it with ``status``."""
         now = int(time.time() * 1000)
-        metric_list = [Metric(redact_text(str(k)), x, now, 0) for k, v in metrics.items() if (x := _finite(v)) is not None]
+        metric_list = [
+            Metric(redact_text(str(k)), x, now, 0) for k, v in metrics.items() if (x := _finite(v)) is not None
+        ]
         for i in range(0, len(metric_list), 1000):
-            self._client.log_batch(run_id, metrics=metric_list[i:i + 1000])
+            self._client.log_batch(run_id, metrics=metric_list[i : i + 1000])
         for k, v in dict(tags).items():
             self._client.set_tag(run_id, k, redact_text(str(v))[:MAX_TAG_VAL_LENGTH])
         if data is not None:
@@ -943,9 +1016,21 @@ class Tracker:
         return out
 
     @_guarded
-    def log_study_run(self, study: str, *, key: str, kind: str, run_name: str, parent_run_id: str | None = None,
-                      tags: Mapping[str, Any] = (), params: Mapping[str, Any] = (), metrics: Mapping[str, Any] = (),
-                      data: Any = None, artifact_file: str = "result.json", texts: Mapping[str, str] = ()) -> LoggedRun:
+    def log_study_run(
+        self,
+        study: str,
+        *,
+        key: str,
+        kind: str,
+        run_name: str,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] = (),
+        params: Mapping[str, Any] = (),
+        metrics: Mapping[str, Any] = (),
+        data: Any = None,
+        artifact_file: str = "result.json",
+        texts: Mapping[str, str] = (),
+    ) -> LoggedRun:
         """Log one measurement of a study (idempotent on ``key``), as a child of ``parent_run_id`` if given.
 
         ``data`` is stored as ``artifact_file`` (JSON); ``texts`` as ``{artifact path: text}``.
@@ -961,21 +1046,39 @@ class Tracker:
             for path, text in dict(texts).items():
                 self._client.log_text(run_id, redact_text(text), path)
 
-        return self._log_run(exp_id, key=key, run_name=run_name, tags=all_tags, params=params, metrics=metrics,
-                             artifacts=artifacts)
+        return self._log_run(
+            exp_id, key=key, run_name=run_name, tags=all_tags, params=params, metrics=metrics, artifacts=artifacts
+        )
 
     @_guarded
-    def log_study_failure(self, study: str, *, key: str, kind: str, run_name: str, error: str,
-                          parent_run_id: str | None = None, tags: Mapping[str, Any] = (),
-                          params: Mapping[str, Any] = ()) -> str:
+    def log_study_failure(
+        self,
+        study: str,
+        *,
+        key: str,
+        kind: str,
+        run_name: str,
+        error: str,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, Any] = (),
+        params: Mapping[str, Any] = (),
+    ) -> str:
         """Record a measurement that raised as a FAILED run (tag ``dataeff.error``); a re-run tries it again."""
         exp_id = self.study_experiment(study)
-        all_tags = {TAG_KIND: kind, TAG_RUN_KEY: key, "dataeff.error": error, TAG_NOTE: f"failed: {error}", **dict(tags)}
+        all_tags = {
+            TAG_KIND: kind,
+            TAG_RUN_KEY: key,
+            "dataeff.error": error,
+            TAG_NOTE: f"failed: {error}",
+            **dict(tags),
+        }
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self._client.create_run(exp_id, tags={k: redact_text(str(v))[:MAX_TAG_VAL_LENGTH]
-                                                    for k, v in all_tags.items() if v is not None},
-                                      run_name=redact_text(run_name))
+        run = self._client.create_run(
+            exp_id,
+            tags={k: redact_text(str(v))[:MAX_TAG_VAL_LENGTH] for k, v in all_tags.items() if v is not None},
+            run_name=redact_text(run_name),
+        )
         param_list = [Param(redact_text(str(k)), _param_value(v)) for k, v in params.items() if v is not None]
         if param_list:
             self._client.log_batch(run.info.run_id, params=param_list[:100])

@@ -26,10 +26,24 @@ MASK = "***"
 
 #: Words that make a key secret when they appear as a whole part of it (``LS_API_TOKEN``,
 #: ``dbPassword``, ``postgres_dsn``); ``max_new_tokens`` or ``secretary`` are not secret.
-SECRET_WORDS = frozenset({
-    "token", "password", "passwd", "pwd", "passphrase", "secret", "dsn", "credential", "credentials",
-    "apikey", "authorization", "cookie", "sig", "signature",
-})
+SECRET_WORDS = frozenset(
+    {
+        "token",
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "dsn",
+        "credential",
+        "credentials",
+        "apikey",
+        "authorization",
+        "cookie",
+        "sig",
+        "signature",
+    }
+)
 #: Adjacent word pairs that make a key secret (``api_key``, ``privateKey``, ``AWS_ACCESS_KEY``).
 SECRET_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key"), ("secret", "key"), ("auth", "header")})
 
@@ -85,7 +99,9 @@ def is_secret_key(key: str) -> bool:
 def redact_text(text: str) -> str:
     """Mask URI passwords, secret query parameters and registered secrets inside ``text``."""
     out = _URI_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}{m.group('at')}", text)
-    out = _QUERY_PARAM.sub(lambda m: f"{m.group('head')}{MASK}" if is_secret_key(m.group("name")) and m.group("val") else m.group(0), out)
+    out = _QUERY_PARAM.sub(
+        lambda m: f"{m.group('head')}{MASK}" if is_secret_key(m.group("name")) and m.group("val") else m.group(0), out
+    )
     with _lock:
         secrets = sorted(_registered, key=len, reverse=True)  # longest first: no partial leftovers
     for secret in secrets:
@@ -110,9 +126,7 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, str):
         return redact_text(obj)
     if isinstance(obj, Mapping):
-        return {
-            k: (MASK if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in obj.items()
-        }
+        return {k: (MASK if is_secret_key(k) and v not in (None, "") else redact(v)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
         return [redact(v) for v in obj]
     return redact_text(str(obj))

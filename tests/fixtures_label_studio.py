@@ -14,7 +14,9 @@ import pytest
 
 from dataeff.data import TaskSpec
 
-LS_TEST_TASK = TaskSpec(name="sentiment", labels=("positive", "negative", "neutral"), instructions="Pick the sentiment.")
+LS_TEST_TASK = TaskSpec(
+    name="sentiment", labels=("positive", "negative", "neutral"), instructions="Pick the sentiment."
+)
 
 
 @pytest.fixture(scope="session")

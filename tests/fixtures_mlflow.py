@@ -70,7 +70,9 @@ def mlflow_postgres_db():
     try:
         _admin(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # noqa: BLE001 - fail loudly with the cause
-        pytest.fail(f"cannot create Postgres database at {PG_ADMIN_DSN} ({exc}); is Postgres running? set DATAEFF_TEST_PG")
+        pytest.fail(
+            f"cannot create Postgres database at {PG_ADMIN_DSN} ({exc}); is Postgres running? set DATAEFF_TEST_PG"
+        )
     yield _with_database(PG_ADMIN_DSN, name)
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -98,17 +100,28 @@ class MlflowServer:
         artifacts = self.folder / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         cmd = [
-            str(mlflow_bin), "server",
-            "--backend-store-uri", self.backend_store_uri,
-            "--artifacts-destination", str(artifacts),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            self.backend_store_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
         ]
         # The job runner (7 huey consumers for GenAI scorers) is not needed and made every request
         # ~10x slower on 2 cores (236 ms -> 26 ms per request when off).
-        env = dict(os.environ, MLFLOW_ENABLE_TELEMETRY="false", DO_NOT_TRACK="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env = dict(
+            os.environ, MLFLOW_ENABLE_TELEMETRY="false", DO_NOT_TRACK="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"
+        )
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                         cwd=self.folder)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.folder
+            )
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:

@@ -16,15 +16,23 @@ from dataeff.data import Example, TaskSpec
 from dataeff.project import ProjectConfig
 
 LABELS = ("yes", "no")
-SENTENCES = ["the quick brown fox jumps", "play some jazz music please", "what is the weather like tomorrow",
-             "wake me up at seven", "the lazy dog sleeps", "book a flight to paris"]
+SENTENCES = [
+    "the quick brown fox jumps",
+    "play some jazz music please",
+    "what is the weather like tomorrow",
+    "wake me up at seven",
+    "the lazy dog sleeps",
+    "book a flight to paris",
+]
 
 
 def pool_of(n: int) -> tuple[list[Example], dict[str, str]]:
     pool, gold = [], {}
     for i in range(n):
         item = f"q{i:03d}"
-        pool.append(Example(prompt=f"Question: Is the following sentence plausible? {SENTENCES[i % 6]} {i}. Answer:", id=item))
+        pool.append(
+            Example(prompt=f"Question: Is the following sentence plausible? {SENTENCES[i % 6]} {i}. Answer:", id=item)
+        )
         gold[item] = LABELS[(i * 7 + i // 6) % 2]
     return pool, gold
 
@@ -43,10 +51,20 @@ def make_project(label_studio, prefect_harness, tiny_model_dir, tmp_path, monkey
 
     def make(pool: list[Example], prefix: str = "flow") -> tuple[ProjectConfig, object]:
         cfg = ProjectConfig(
-            name=f"{prefix}-{uuid.uuid4().hex[:8]}", task=TaskSpec(name="plausible", labels=LABELS),
-            model=str(tiny_model_dir), budgets=(0, 10, 20), label_cap=5000, low_confidence_k=4, eval_size=8,
-            batch_min=5, batch_max=10, coslow_draws=1, max_new_tokens=4, label_studio_url=label_studio.url,
-            label_studio_token_env="DATAEFF_TEST_LS_TOKEN", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            name=f"{prefix}-{uuid.uuid4().hex[:8]}",
+            task=TaskSpec(name="plausible", labels=LABELS),
+            model=str(tiny_model_dir),
+            budgets=(0, 10, 20),
+            label_cap=5000,
+            low_confidence_k=4,
+            eval_size=8,
+            batch_min=5,
+            batch_max=10,
+            coslow_draws=1,
+            max_new_tokens=4,
+            label_studio_url=label_studio.url,
+            label_studio_token_env="DATAEFF_TEST_LS_TOKEN",
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
             finetune={"epochs": 1, "batch_size": 8, "max_length": 48, "eval_batch_size": 8, "max_new_tokens": 4},
         )
         created = create_project(cfg, pool)

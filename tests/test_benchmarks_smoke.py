@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import json
 
+from tiny import CORPUS
+
 from benchmarks.__main__ import main as bench_main
 from benchmarks.runner import BenchConfig, run_benchmarks, to_markdown
 from dataeff.data import write_jsonl
-from tiny import CORPUS
 
 
 def test_runner_on_tiny_model(tiny_model_dir, tmp_path):
-    rows = [{"id": str(i), "prompt": f"{CORPUS[i % 4][:30 + i]}", "answer": ["yes", "no", "play_music"][i % 3]}
-            for i in range(12)]
+    rows = [
+        {"id": str(i), "prompt": f"{CORPUS[i % 4][: 30 + i]}", "answer": ["yes", "no", "play_music"][i % 3]}
+        for i in range(12)
+    ]
     task = write_jsonl(tmp_path / "task.jsonl", rows)
-    cfg = BenchConfig.quick(model=str(tiny_model_dir), task=str(task), n_examples=6, pool=12, naive_pool=6,
-                            max_new_tokens=4, sweep_examples=(4,), sweep_ranks=(4,), sweep_baseline_max=0,
-                            rank=8, threads=1, sections=("coslow", "confidence", "sweep"))
+    cfg = BenchConfig.quick(
+        model=str(tiny_model_dir),
+        task=str(task),
+        n_examples=6,
+        pool=12,
+        naive_pool=6,
+        max_new_tokens=4,
+        sweep_examples=(4,),
+        sweep_ranks=(4,),
+        sweep_baseline_max=0,
+        rank=8,
+        threads=1,
+        sections=("coslow", "confidence", "sweep"),
+    )
     res = run_benchmarks(cfg, log=lambda m: None)
     c = res["coslow"]
     assert c["naive"]["reps"] == 2 and c["dataeff"]["reps"] == 2 and len(c["dataeff"]["all_s"]) == 2
@@ -30,7 +44,25 @@ def test_runner_on_tiny_model(tiny_model_dir, tmp_path):
     assert "speed-up naive/dataeff" in text and "| naive |" in text and "Scaling sweep" in text
 
     out = tmp_path / "bench.json"
-    assert bench_main(["--quick", "--model", str(tiny_model_dir), "--task", str(task), "--sections", "coslow",
-                       "--reps", "1", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        bench_main(
+            [
+                "--quick",
+                "--model",
+                str(tiny_model_dir),
+                "--task",
+                str(task),
+                "--sections",
+                "coslow",
+                "--reps",
+                "1",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.read_text())
     assert data["coslow"]["coslow_abs_diff"] < 1e-4 and data["config"]["reps"] == 1

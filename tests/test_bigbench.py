@@ -10,25 +10,39 @@ import pytest
 
 from dataeff import bigbench
 from dataeff.bigbench import (
-    export_task, extract_task_json, fetch_bigbench_archive, list_tasks, load_bigbench_task, split_examples,
+    export_task,
+    extract_task_json,
+    fetch_bigbench_archive,
+    list_tasks,
+    load_bigbench_task,
+    split_examples,
 )
 from dataeff.data import Example, read_jsonl
 from dataeff.errors import DataError
 
 SYNTHETIC = {
-    "sports_understanding": {"examples": [
-        {"input": "Jamal Murray was perfect from the line", "target_scores": {"plausible": 1, "implausible": 0}},
-        {"input": "Tom Brady hit a home run", "target_scores": {"plausible": 0, "implausible": 1}},
-        {"input": "Messi scored a penalty", "target_scores": {"plausible": 1, "implausible": 0}},
-    ]},
-    "color_quiz": {
-        "task_prefix": "Name the color.", "example_input_prefix": "\nThing: ", "example_output_prefix": "\nColor: ",
-        "examples": [{"input": f"thing {i}", "target_scores": {"red": int(i % 2 == 0), "blue": int(i % 2 == 1)}} for i in range(10)],
+    "sports_understanding": {
+        "examples": [
+            {"input": "Jamal Murray was perfect from the line", "target_scores": {"plausible": 1, "implausible": 0}},
+            {"input": "Tom Brady hit a home run", "target_scores": {"plausible": 0, "implausible": 1}},
+            {"input": "Messi scored a penalty", "target_scores": {"plausible": 1, "implausible": 0}},
+        ]
     },
-    "qa_wikidata": {"examples": [
-        {"input": "The capital of France is", "target": ["Paris", "Paris, France"]},
-        {"input": "The author of Hamlet is", "target": "William Shakespeare"},
-    ]},
+    "color_quiz": {
+        "task_prefix": "Name the color.",
+        "example_input_prefix": "\nThing: ",
+        "example_output_prefix": "\nColor: ",
+        "examples": [
+            {"input": f"thing {i}", "target_scores": {"red": int(i % 2 == 0), "blue": int(i % 2 == 1)}}
+            for i in range(10)
+        ],
+    },
+    "qa_wikidata": {
+        "examples": [
+            {"input": "The capital of France is", "target": ["Paris", "Paris, France"]},
+            {"input": "The author of Hamlet is", "target": "William Shakespeare"},
+        ]
+    },
     "capital_quiz": {"examples": [{"input": "Capital of Italy?", "target": "Rome"}]},
     "bad_targets": {"examples": [{"input": "no answer here"}]},
     "parent/sub_one": {"examples": [{"input": "x", "target": "y"}]},
@@ -41,8 +55,10 @@ def synthetic_archive(tmp_path, monkeypatch):
     archive = tmp_path / "bigbench-1.0.0.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         for name, spec in SYNTHETIC.items():
-            for member, payload in [(f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json", json.dumps(spec)),
-                                    (f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/README.md", "readme")]:
+            for member, payload in [
+                (f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/task.json", json.dumps(spec)),
+                (f"bigbench-1.0.0/bigbench/benchmark_tasks/{name}/README.md", "readme"),
+            ]:
                 data = payload.encode()
                 info = tarfile.TarInfo(member)
                 info.size = len(data)
@@ -162,10 +178,13 @@ def test_real_intent_recognition():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, n, labels", [
-    ("sports_understanding", 1000, ("yes", "no")),
-    ("strategyqa", 2290, ("yes", "no")),
-])
+@pytest.mark.parametrize(
+    "name, n, labels",
+    [
+        ("sports_understanding", 1000, ("yes", "no")),
+        ("strategyqa", 2290, ("yes", "no")),
+    ],
+)
 def test_real_yes_no_tasks(name, n, labels):
     task, examples = load_bigbench_task(name)
     assert len(examples) == n and task.labels == labels

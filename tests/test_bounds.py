@@ -8,20 +8,25 @@ in the pool.
 
 from __future__ import annotations
 
-
 import pytest
+from tiny import build_tiny_tokenizer
 
 from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS, likely_too_long, split_by_token_bounds
 from dataeff.data import Example, TaskSpec
 from dataeff.errors import DataError
 from dataeff.models import encode_prompt
 from dataeff.project import ProjectConfig
-from tiny import build_tiny_tokenizer
 
 HUGE = ("The quick brown fox jumps over the lazy dog. " * 2300)[:100_000]
 LABELS = ("yes", "no")
-SENTENCES = ["the quick brown fox jumps", "play some jazz music please", "what is the weather like tomorrow",
-             "wake me up at seven", "the lazy dog sleeps", "book a flight to paris"]
+SENTENCES = [
+    "the quick brown fox jumps",
+    "play some jazz music please",
+    "what is the weather like tomorrow",
+    "wake me up at seven",
+    "the lazy dog sleeps",
+    "book a flight to paris",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,20 +35,29 @@ def tok():
 
 
 def test_over_long_prompt_and_answer_are_rejected_by_id_with_the_fix(tok):
-    examples = [Example(prompt="Play some jazz music please. Answer:", id="ok"),
-                Example(prompt=HUGE, id="huge"),
-                Example(prompt="Is it plausible? Answer:", answer="yes " * 400, id="long-answer"),
-                Example(prompt="Wake me up at seven. Answer:", answer="no", id="ok2")]
+    examples = [
+        Example(prompt="Play some jazz music please. Answer:", id="ok"),
+        Example(prompt=HUGE, id="huge"),
+        Example(prompt="Is it plausible? Answer:", answer="yes " * 400, id="long-answer"),
+        Example(prompt="Wake me up at seven. Answer:", answer="no", id="ok2"),
+    ]
     kept, rejected = split_by_token_bounds(tok, examples, max_prompt_tokens=1024, max_answer_tokens=256)
     assert [e.id for e in kept] == ["ok", "ok2"]
     assert [(r.id, r.field) for r in rejected] == [("huge", "prompt"), ("long-answer", "answer")]
     huge = rejected[0]
     assert huge.tokens == len(encode_prompt(tok, HUGE, True)) > 1024 and huge.limit == 1024
-    assert huge.reason == (f"prompt is {huge.tokens:,} tokens; the limit is 1,024 (max_prompt_tokens in the "
-                           f"project config): shorten it or raise the limit")
+    assert huge.reason == (
+        f"prompt is {huge.tokens:,} tokens; the limit is 1,024 (max_prompt_tokens in the "
+        f"project config): shorten it or raise the limit"
+    )
     assert rejected[1].limit == 256 and "max_answer_tokens" in rejected[1].reason
-    assert huge.as_dict() == {"id": "huge", "field": "prompt", "tokens": huge.tokens, "limit": 1024,
-                              "reason": huge.reason}
+    assert huge.as_dict() == {
+        "id": "huge",
+        "field": "prompt",
+        "tokens": huge.tokens,
+        "limit": 1024,
+        "reason": huge.reason,
+    }
 
 
 def test_prompt_is_counted_as_the_model_sees_it(tok):
@@ -85,7 +99,9 @@ def test_likely_too_long_flags_only_obvious_cases():
 def test_coslow_leaves_out_an_over_long_answer_and_reports_it(tiny_loaded):
     from dataeff.coslow import compute_coslow
 
-    examples = [Example(prompt=f"Question: {s}? Answer:", answer=LABELS[i % 2], id=f"e{i}") for i, s in enumerate(SENTENCES)]
+    examples = [
+        Example(prompt=f"Question: {s}? Answer:", answer=LABELS[i % 2], id=f"e{i}") for i, s in enumerate(SENTENCES)
+    ]
     examples.append(Example(prompt="Question: the lazy dog? Answer:", answer="yes " * 2000, id="essay"))
     with pytest.warns(UserWarning, match="left out example essay: answer is"):
         res = compute_coslow(tiny_loaded, examples, progress=False)
@@ -102,8 +118,12 @@ def test_coslow_leaves_out_an_over_long_answer_and_reports_it(tiny_loaded):
 @pytest.fixture
 def huge_prompt_project(make_project):
     """A project whose pool of 41 holds one 100,000-character prompt; yields ``(config, home)``."""
-    pool = [Example(prompt=f"Question: Is the following sentence plausible? {SENTENCES[i % 6]} {i}. Answer:", id=f"q{i:03d}")
-            for i in range(40)]
+    pool = [
+        Example(
+            prompt=f"Question: Is the following sentence plausible? {SENTENCES[i % 6]} {i}. Answer:", id=f"q{i:03d}"
+        )
+        for i in range(40)
+    ]
     pool.insert(17, Example(prompt=HUGE, id="huge-one"))
     return make_project(pool, prefix="bounds")
 

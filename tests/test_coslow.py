@@ -7,15 +7,20 @@ import pytest
 import torch
 
 from benchmarks.baseline import naive_coslow, naive_lora_gradients, naive_pairwise_cosines
-from dataeff.coslow import coslow_from_gram, compute_coslow
+from dataeff.coslow import compute_coslow, coslow_from_gram
 from dataeff.data import Example
 from dataeff.errors import DataError
 from dataeff.gradients import lora_gradient_gram
 from dataeff.models import LoraSettings, attach_lora
 
-PROMPTS = ["Is the following sentence plausible?", "Play some jazz music please.",
-           "What is the weather like tomorrow in Paris? Play", "Wake me up",
-           "The quick brown fox jumps over the lazy dog. 0 1 2", "Classify the intent of the utterance."]
+PROMPTS = [
+    "Is the following sentence plausible?",
+    "Play some jazz music please.",
+    "What is the weather like tomorrow in Paris? Play",
+    "Wake me up",
+    "The quick brown fox jumps over the lazy dog. 0 1 2",
+    "Classify the intent of the utterance.",
+]
 ANSWERS = ["yes", "no", "get_weather", "set_alarm please", "positive negative", "play_music"]
 EXAMPLES = [Example(p, a, f"e{i}") for i, (p, a) in enumerate(zip(PROMPTS, ANSWERS))]
 LORA = LoraSettings(r=8, alpha=16)
@@ -26,8 +31,9 @@ def _naive_cosine_matrix(loaded, chat_template, seed=3):
     try:
         peft_model.eval()
         grads = naive_lora_gradients(peft_model, loaded.tokenizer, EXAMPLES, chat_template)
-        fast = lora_gradient_gram(peft_model, loaded.tokenizer, EXAMPLES, chat_template=chat_template, batch_size=4,
-                                  progress=False)
+        fast = lora_gradient_gram(
+            peft_model, loaded.tokenizer, EXAMPLES, chat_template=chat_template, batch_size=4, progress=False
+        )
     finally:
         peft_model.unload()
         if hasattr(loaded.model, "peft_config"):
@@ -39,7 +45,9 @@ def _naive_cosine_matrix(loaded, chat_template, seed=3):
 def test_gram_matches_per_example_gradients(tiny_loaded, chat_template):
     grads, gram = _naive_cosine_matrix(tiny_loaded, chat_template)
     flat = torch.stack([torch.cat([g.flatten() for g in d.values()]) for d in grads]).double()
-    assert any("lora_A" in k for k in grads[0]) and all(float(v.abs().max()) == 0 for k, v in grads[0].items() if "lora_A" in k)
+    assert any("lora_A" in k for k in grads[0]) and all(
+        float(v.abs().max()) == 0 for k, v in grads[0].items() if "lora_A" in k
+    )
     exact = (flat @ flat.T).numpy()
     assert np.allclose(gram, exact, rtol=1e-4, atol=1e-6 * np.abs(exact).max())
     iu = np.triu_indices(len(EXAMPLES), 1)
@@ -50,9 +58,12 @@ def test_gram_matches_per_example_gradients(tiny_loaded, chat_template):
 @pytest.mark.parametrize("chat_template", [False, True])
 @pytest.mark.parametrize("batch_size", [1, 4, 16])
 def test_coslow_matches_naive_oracle(tiny_loaded, chat_template, batch_size):
-    ref = naive_coslow(tiny_loaded.model, tiny_loaded.tokenizer, EXAMPLES, lora=LORA, seed=3, chat_template=chat_template)
-    res = compute_coslow(tiny_loaded, EXAMPLES, lora=LORA, seed=3, chat_template=chat_template, batch_size=batch_size,
-                         progress=False)
+    ref = naive_coslow(
+        tiny_loaded.model, tiny_loaded.tokenizer, EXAMPLES, lora=LORA, seed=3, chat_template=chat_template
+    )
+    res = compute_coslow(
+        tiny_loaded, EXAMPLES, lora=LORA, seed=3, chat_template=chat_template, batch_size=batch_size, progress=False
+    )
     assert abs(res.coslow - ref) < 1e-4
     assert -1 < res.coslow < 1 and res.n_examples == len(EXAMPLES) and res.lora["r"] == 8
 

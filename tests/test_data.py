@@ -6,8 +6,18 @@ import json
 
 import pytest
 
-from dataeff.data import (Example, RejectedRow, TaskSpec, example_to_row, read_csv, read_examples, read_jsonl, read_rows,
-                          require_labeled, write_jsonl)
+from dataeff.data import (
+    Example,
+    RejectedRow,
+    TaskSpec,
+    example_to_row,
+    read_csv,
+    read_examples,
+    read_jsonl,
+    read_rows,
+    require_labeled,
+    write_jsonl,
+)
 from dataeff.errors import DataEffError, DataError
 
 
@@ -17,8 +27,10 @@ def _jsonl(path, lines: list[str | bytes]):
 
 
 def test_jsonl_round_trip_keeps_ids_and_meta(tmp_path):
-    rows = [{"id": "a1", "prompt": "Is it plausible?", "answer": "yes", "split": "train"},
-            {"prompt": "Ünïcode prompt", "answer": 3}]
+    rows = [
+        {"id": "a1", "prompt": "Is it plausible?", "answer": "yes", "split": "train"},
+        {"prompt": "Ünïcode prompt", "answer": 3},
+    ]
     path = write_jsonl(tmp_path / "sub" / "x.jsonl", rows)
     examples = read_jsonl(path)
     assert examples[0] == Example(prompt="Is it plausible?", answer="yes", id="a1")
@@ -32,14 +44,17 @@ def test_jsonl_blank_lines_skipped(tmp_path):
     assert [e.prompt for e in read_jsonl(path)] == ["p", "q"]
 
 
-@pytest.mark.parametrize("bad_line, message", [
-    ('{"answer": "yes"}', "missing or empty 'prompt'"),
-    ('{"prompt": "   ", "answer": "yes"}', "missing or empty 'prompt'"),
-    ('{"prompt": "p"}', "missing or empty 'answer'.*label this row or remove it"),
-    ('{"prompt": "p", "answer": "  "}', "missing or empty 'answer'"),
-    ('{"prompt": "p", "answer": "a"', "invalid JSON"),
-    ('["prompt", "answer"]', "expected an object"),
-])
+@pytest.mark.parametrize(
+    "bad_line, message",
+    [
+        ('{"answer": "yes"}', "missing or empty 'prompt'"),
+        ('{"prompt": "   ", "answer": "yes"}', "missing or empty 'prompt'"),
+        ('{"prompt": "p"}', "missing or empty 'answer'.*label this row or remove it"),
+        ('{"prompt": "p", "answer": "  "}', "missing or empty 'answer'"),
+        ('{"prompt": "p", "answer": "a"', "invalid JSON"),
+        ('["prompt", "answer"]', "expected an object"),
+    ],
+)
 def test_jsonl_errors_name_file_and_line(tmp_path, bad_line, message):
     path = _jsonl(tmp_path / "x.jsonl", ['{"prompt": "ok", "answer": "a"}', "", bad_line])
     with pytest.raises(DataError, match=f"x.jsonl:3: {message}"):
@@ -122,8 +137,16 @@ def test_read_rows_keeps_the_good_rows_and_names_every_bad_one(tmp_path):
     assert len(result.examples) == 28 and {"q05", "q21"}.isdisjoint(e.id for e in result.examples)
     assert [(r.line, r.id) for r in result.rejected] == [(5, None), (21, "q21")]
     assert str(result.rejected[0]).startswith(f"{path}:5: invalid JSON")
-    assert str(result.rejected[1]) == f"{path}:21 (id 'q21'): missing or empty 'prompt' field; every row needs a non-empty prompt string"
-    assert result.rejected[1].as_dict() == {"file": str(path), "line": 21, "id": "q21", "reason": result.rejected[1].reason}
+    assert (
+        str(result.rejected[1])
+        == f"{path}:21 (id 'q21'): missing or empty 'prompt' field; every row needs a non-empty prompt string"
+    )
+    assert result.rejected[1].as_dict() == {
+        "file": str(path),
+        "line": 21,
+        "id": "q21",
+        "reason": result.rejected[1].reason,
+    }
 
 
 def test_strict_reading_names_every_bad_row_and_reads_nothing(tmp_path):
@@ -133,13 +156,16 @@ def test_strict_reading_names_every_bad_row_and_reads_nothing(tmp_path):
     assert f"{path}:5: invalid JSON" in str(info.value) and f"{path}:21 (id 'q21')" in str(info.value)
 
 
-@pytest.mark.parametrize("lines, line, reason", [
-    (['{"id": "a", "prompt": "p"}', '{"id": "a", "prompt": "q"}'], 2, "duplicate id 'a' (first on line 1)"),
-    (['{"prompt": "p"}', '{"id": "0", "prompt": "q"}'], 2, "duplicate id '0' (first on line 1)"),
-    (['{"id": "a", "prompt": "p"}', '{"id": " ", "prompt": "q"}'], 2, "empty 'id' field"),
-    (['{"id": "a", "prompt": "p"}', b'{"prompt": "caf\xe9"}'], 2, "not valid UTF-8"),
-    (['{"id": "a", "prompt": "p"}', "", '"just a string"'], 3, "expected an object"),
-])
+@pytest.mark.parametrize(
+    "lines, line, reason",
+    [
+        (['{"id": "a", "prompt": "p"}', '{"id": "a", "prompt": "q"}'], 2, "duplicate id 'a' (first on line 1)"),
+        (['{"prompt": "p"}', '{"id": "0", "prompt": "q"}'], 2, "duplicate id '0' (first on line 1)"),
+        (['{"id": "a", "prompt": "p"}', '{"id": " ", "prompt": "q"}'], 2, "empty 'id' field"),
+        (['{"id": "a", "prompt": "p"}', b'{"prompt": "caf\xe9"}'], 2, "not valid UTF-8"),
+        (['{"id": "a", "prompt": "p"}', "", '"just a string"'], 3, "expected an object"),
+    ],
+)
 def test_each_kind_of_bad_row_is_named(tmp_path, lines, line, reason):
     result = read_rows(_jsonl(tmp_path / "x.jsonl", lines), require_answer=False)
     assert len(result.examples) == 1 and [r.line for r in result.rejected] == [line]
@@ -147,14 +173,20 @@ def test_each_kind_of_bad_row_is_named(tmp_path, lines, line, reason):
 
 
 def test_ids_by_position_do_not_shift_past_a_bad_row(tmp_path):
-    bad = read_rows(_jsonl(tmp_path / "a.jsonl", ['{"prompt": "p"}', "oops", "", '{"prompt": "r"}']), require_answer=False)
-    fixed = read_jsonl(_jsonl(tmp_path / "b.jsonl", ['{"prompt": "p"}', '{"prompt": "q"}', "", '{"prompt": "r"}']),
-                       require_answer=False)
+    bad = read_rows(
+        _jsonl(tmp_path / "a.jsonl", ['{"prompt": "p"}', "oops", "", '{"prompt": "r"}']), require_answer=False
+    )
+    fixed = read_jsonl(
+        _jsonl(tmp_path / "b.jsonl", ['{"prompt": "p"}', '{"prompt": "q"}', "", '{"prompt": "r"}']),
+        require_answer=False,
+    )
     assert [e.id for e in bad.examples] == ["0", "2"] and [e.id for e in fixed] == ["0", "1", "2"]
 
 
 def test_a_file_without_one_good_row_is_an_error_naming_them(tmp_path):
-    with pytest.raises(DataError, match=r"(?s)2 bad rows, not one good row.*x.jsonl:1: invalid JSON.*x.jsonl:2: missing"):
+    with pytest.raises(
+        DataError, match=r"(?s)2 bad rows, not one good row.*x.jsonl:1: invalid JSON.*x.jsonl:2: missing"
+    ):
         read_rows(_jsonl(tmp_path / "x.jsonl", ["oops", '{"answer": "a"}']), require_answer=False)
 
 

@@ -61,6 +61,10 @@ def test_compose_config_rejects_missing_secret():
         import pytest
 
         pytest.skip("no docker compose client on this machine")
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_TOKEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("POSTGRES_PASSWORD", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_TOKEN")
+    }
     out = subprocess.run([*cmd, "-f", str(COMPOSE), "config"], capture_output=True, text=True, env=env)
     assert out.returncode != 0

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fixtures_projects import annotator, services
 
 pytestmark = pytest.mark.slow
@@ -31,14 +30,20 @@ def _free_port() -> int:
 
 
 def _cli_env(label_studio, home: Path, **extra) -> dict:
-    env = {**os.environ, "DATAEFF_HOME": str(home), "DATAEFF_TEST_LS_TOKEN": label_studio.token,
-           "PYTHONPATH": str(ROOT), **extra}
+    env = {
+        **os.environ,
+        "DATAEFF_HOME": str(home),
+        "DATAEFF_TEST_LS_TOKEN": label_studio.token,
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    }
     return env
 
 
 def _dataeff(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def _active_slots(project: str) -> int:
@@ -54,9 +59,14 @@ def _start_killable_loop(cfg, label_studio, home, prefect_api_url) -> subprocess
     """``dataeff loop`` in a subprocess on the harness's API; returns once it holds the project's lock."""
     from flows.locks import holder_path
 
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "loop", cfg.name],
-                            env=_cli_env(label_studio, home, PREFECT_API_URL=prefect_api_url),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "loop", cfg.name],
+        env=_cli_env(label_studio, home, PREFECT_API_URL=prefect_api_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     deadline = time.monotonic() + 180
     while not holder_path(cfg.name, home).exists():
         if proc.poll() is not None:
@@ -97,8 +107,9 @@ def test_kill_9_of_a_running_iteration_does_not_lock_the_project(flow_project, l
     assert _active_slots(cfg.name) == 0 and read_holder(cfg.name, home) is None
 
 
-def test_dataeff_unlock_releases_a_killed_holder_at_once_and_refuses_a_live_one(flow_project, label_studio,
-                                                                                 prefect_api_url):
+def test_dataeff_unlock_releases_a_killed_holder_at_once_and_refuses_a_live_one(
+    flow_project, label_studio, prefect_api_url
+):
     from flows.bootstrap import bootstrap
     from flows.locks import project_slot
 
@@ -175,13 +186,29 @@ def test_a_waiting_run_says_whom_it_waits_for(prefect_harness, tmp_path, monkeyp
 def prefect_server(tmp_path):
     """A real ``prefect server start`` (scheduler every 5 s) with its own home and SQLite database."""
     port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5", "PREFECT_UI_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_UI_ENABLED": "false",
+    }
     env.pop("PREFECT_API_URL", None)
     log_path = tmp_path / "prefect-server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
-                                 "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/api"
     import requests
 
@@ -213,7 +240,8 @@ def _deployment_runs(url: str, deployment: str) -> list:
     async def read():
         async with PrefectClient(url) as client:
             return await client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment]))
+            )
 
     return asyncio.run(read())
 
@@ -227,16 +255,22 @@ def test_served_project_runs_on_its_schedule(flow_project, label_studio, prefect
     url, server_log = prefect_server
     serve_log = home / "serve.log"
     with open(serve_log, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", cfg.name, "--interval", "10"],
-                                env=_cli_env(label_studio, home, PREFECT_API_URL=url), stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", cfg.name, "--interval", "10"],
+            env=_cli_env(label_studio, home, PREFECT_API_URL=url),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
     try:
         deadline = time.monotonic() + 300
         completed: list = []
         while len(completed) < 2:
             assert proc.poll() is None, f"dataeff serve exited:\n{serve_log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, (f"fewer than 2 scheduled runs completed in 300 s\nserver log:\n"
-                                                 f"{server_log.read_text()[-3000:]}\nserve log:\n{serve_log.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, (
+                f"fewer than 2 scheduled runs completed in 300 s\nserver log:\n"
+                f"{server_log.read_text()[-3000:]}\nserve log:\n{serve_log.read_text()[-3000:]}"
+            )
             time.sleep(3)
             runs = _deployment_runs(url, deployment_name(cfg.name))
             completed = [r for r in runs if r.state and r.state.is_completed()]
@@ -292,10 +326,13 @@ def test_loop_output_names_bad_labels_and_hand_made_tasks_once(flow_project, lab
     victim = next(t for t in svc.ls.tasks(pid) if t.dataeff_id not in reserved)
     svc.ls._sdk.annotations.create(  # a label outside the config, written behind dataeff's back
         id=victim.task_id,
-        result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["maybe"]}}])
+        result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["maybe"]}}],
+    )
     hand = svc.ls._sdk.tasks.create(project=pid, data={"prompt": "Question: added by hand in the UI. Answer:"})
     svc.ls._sdk.annotations.create(
-        id=hand.id, result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["yes"]}}])
+        id=hand.id,
+        result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["yes"]}}],
+    )
 
     run = _dataeff("loop", cfg.name, env=_cli_env(label_studio, home, PREFECT_API_URL=prefect_api_url), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

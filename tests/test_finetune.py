@@ -8,14 +8,25 @@ import torch
 from dataeff.data import Example, TaskSpec
 from dataeff.errors import DataError
 from dataeff.finetune import (
-    FinetuneSettings, encode_training_example, evaluate, finetune_lora, nested_subset, remove_adapters, run_finetune,
+    FinetuneSettings,
+    encode_training_example,
+    evaluate,
+    finetune_lora,
+    nested_subset,
+    remove_adapters,
+    run_finetune,
 )
 
 ROWS = [
-    ("Play some jazz music please.", "music"), ("Play the music.", "music"), ("Play some jazz.", "music"),
-    ("What is the weather like tomorrow?", "weather"), ("What is the weather in Paris?", "weather"),
+    ("Play some jazz music please.", "music"),
+    ("Play the music.", "music"),
+    ("Play some jazz.", "music"),
+    ("What is the weather like tomorrow?", "weather"),
+    ("What is the weather in Paris?", "weather"),
     ("Is the weather like tomorrow?", "weather"),
-    ("Wake me up at seven.", "alarm"), ("Wake me up at five.", "alarm"), ("Set an alarm at seven.", "alarm"),
+    ("Wake me up at seven.", "alarm"),
+    ("Wake me up at five.", "alarm"),
+    ("Set an alarm at seven.", "alarm"),
 ]
 TASK = TaskSpec("tiny_intents", labels=("music", "weather", "alarm"))
 # Settings under which the tiny random model (hidden 32: its logits are small) can memorise 9 examples.
@@ -52,7 +63,9 @@ def test_overfits_tiny_set_and_leaves_base_untouched(tiny_loaded, examples):
     assert {n: p.requires_grad for n, p in tiny_loaded.model.named_parameters()} == flags
     assert not tiny_loaded.model.training
     # and zero-shot again gives the zero-shot predictions
-    assert run_finetune(tiny_loaded, examples, examples, TASK, 0, OVERFIT, progress=False).predictions == zero.predictions
+    assert (
+        run_finetune(tiny_loaded, examples, examples, TASK, 0, OVERFIT, progress=False).predictions == zero.predictions
+    )
 
 
 def test_training_is_deterministic_with_a_seed(tiny_loaded, examples):
@@ -73,7 +86,9 @@ def test_training_is_deterministic_with_a_seed(tiny_loaded, examples):
 
 def test_adapter_saved_and_evaluate_accepts_loaded_model(tiny_loaded, examples, tmp_path):
     settings = FinetuneSettings(max_steps=1, batch_size=9, chat_template=True, max_new_tokens=2)
-    result = run_finetune(tiny_loaded, examples, examples[:3], TASK, 4, settings, adapter_dir=tmp_path / "adapter", progress=False)
+    result = run_finetune(
+        tiny_loaded, examples, examples[:3], TASK, 4, settings, adapter_dir=tmp_path / "adapter", progress=False
+    )
     assert result.adapter_dir == str(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert "predictions" not in result.as_dict() and result.as_dict()["budget"] == 4

@@ -8,8 +8,9 @@ import time
 import uuid
 
 import pytest
-
-from fixtures_projects import annotator as _annotator, run_count as _run_count, services as _services
+from fixtures_projects import annotator as _annotator
+from fixtures_projects import run_count as _run_count
+from fixtures_projects import services as _services
 
 
 def test_full_iteration_end_to_end_and_idempotent_rerun(flow_project):

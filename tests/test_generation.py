@@ -10,9 +10,15 @@ from dataeff.generation import end_token_ids, generate_answers, length_batches
 from dataeff.models import load_model
 
 PROMPTS = [
-    "Is the following sentence plausible?", "Play some jazz music please.",
-    "What is the weather like tomorrow in Paris? Play", "Wake me up at seven.", "The quick brown fox",
-    "Classify the intent of the utterance.", "0 1 2 3", "positive negative neutral", "jumps over the lazy dog",
+    "Is the following sentence plausible?",
+    "Play some jazz music please.",
+    "What is the weather like tomorrow in Paris? Play",
+    "Wake me up at seven.",
+    "The quick brown fox",
+    "Classify the intent of the utterance.",
+    "0 1 2 3",
+    "positive negative neutral",
+    "jumps over the lazy dog",
     "Intents: book_flight, play_music",
 ]
 
@@ -47,8 +53,9 @@ def test_length_batches_cover_all_indices_once():
 @pytest.mark.parametrize("chat_template", [False, True])
 def test_batched_equals_one_at_a_time_rescoring(peaky, chat_template):
     model, tok = peaky
-    gens = generate_answers(model, tok, PROMPTS, batch_size=3, max_new_tokens=12, chat_template=chat_template,
-                            progress=False)
+    gens = generate_answers(
+        model, tok, PROMPTS, batch_size=3, max_new_tokens=12, chat_template=chat_template, progress=False
+    )
     ref = naive_confidence(model, tok, PROMPTS, max_new_tokens=12, chat_template=chat_template)
     ends = end_token_ids(model, tok)
     for g, (ref_ids, ref_probs) in zip(gens, ref):
@@ -65,8 +72,10 @@ def test_sequences_that_finish_early_do_not_count_padding(peaky):
     lengths = [g.n_tokens for g in gens]
     # the fixture is built so answers end at different steps inside one batch (incl. at once and never)
     assert 0 in lengths and 12 in lengths and len(set(lengths)) >= 3, lengths
-    alone = [generate_answers(model, tok, [p], batch_size=1, max_new_tokens=12, chat_template=False, progress=False)[0]
-             for p in PROMPTS]
+    alone = [
+        generate_answers(model, tok, [p], batch_size=1, max_new_tokens=12, chat_template=False, progress=False)[0]
+        for p in PROMPTS
+    ]
     assert [g.n_tokens for g in alone] == lengths
     for a, b in zip(gens, alone):
         assert a.text == b.text
@@ -75,10 +84,13 @@ def test_sequences_that_finish_early_do_not_count_padding(peaky):
 
 def test_order_is_restored_and_empty_input(tiny_loaded):
     prompts = ["a b c d e f g h", "Play", "The quick brown fox jumps"]
-    both = generate_answers(tiny_loaded.model, tiny_loaded.tokenizer, prompts, batch_size=2, max_new_tokens=4,
-                            progress=False)
-    single = [generate_answers(tiny_loaded.model, tiny_loaded.tokenizer, [p], max_new_tokens=4, progress=False)[0]
-              for p in prompts]
+    both = generate_answers(
+        tiny_loaded.model, tiny_loaded.tokenizer, prompts, batch_size=2, max_new_tokens=4, progress=False
+    )
+    single = [
+        generate_answers(tiny_loaded.model, tiny_loaded.tokenizer, [p], max_new_tokens=4, progress=False)[0]
+        for p in prompts
+    ]
     assert [g.token_ids for g in both] == [g.token_ids for g in single]
     assert generate_answers(tiny_loaded.model, tiny_loaded.tokenizer, [], progress=False) == []
 
@@ -88,9 +100,10 @@ def test_stop_strings_end_the_answer(peaky):
     full = generate_answers(model, tok, PROMPTS, max_new_tokens=12, chat_template=False, progress=False)
     target = next(g for g in full if len(g.text) >= 4)
     stop = target.text[1:3]
-    cut = generate_answers(model, tok, PROMPTS, max_new_tokens=12, chat_template=False, progress=False,
-                           stop_strings=[stop])
+    cut = generate_answers(
+        model, tok, PROMPTS, max_new_tokens=12, chat_template=False, progress=False, stop_strings=[stop]
+    )
     got = cut[full.index(target)]
     # generation stops once the stop string appears (it may span the prompt's end); never later
     assert 0 < got.n_tokens < target.n_tokens
-    assert got.token_ids == target.token_ids[:got.n_tokens]
+    assert got.token_ids == target.token_ids[: got.n_tokens]

@@ -13,10 +13,10 @@ import xml.etree.ElementTree as ET
 
 import httpx
 import pytest
+from fixtures_label_studio import LS_TEST_TASK
 
 from dataeff.data import Example, TaskSpec
 from dataeff.errors import DataError
-from fixtures_label_studio import LS_TEST_TASK
 from integrations.label_studio import (
     STATUS_MARKER,
     Cursor,
@@ -88,11 +88,32 @@ def test_server_is_up_reused_and_keeps_its_secret(label_studio):
 
 def test_cli_install_is_a_noop_and_status_hides_the_token(label_studio):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "app.cli", "label-studio", "install"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "label-studio", "install"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 0 and "already installed" in out.stdout
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "label-studio", "status", "--port", str(label_studio.port), "--data-dir", str(label_studio.data_dir)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "label-studio",
+            "status",
+            "--port",
+            str(label_studio.port),
+            "--data-dir",
+            str(label_studio.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
@@ -120,7 +141,11 @@ def test_import_pool_is_idempotent_and_reports_bad_items(ls_project):
     pool = _pool(6) + [Example(prompt="   ", id="empty-one")]
     report = client.import_pool(pid, pool, batch_size=4)  # two batches
     assert (report.created, report.skipped) == (6, 0)
-    assert len(report.invalid) == 1 and "empty-one" in str(report.invalid[0]) and isinstance(report.invalid[0], InvalidTask)
+    assert (
+        len(report.invalid) == 1
+        and "empty-one" in str(report.invalid[0])
+        and isinstance(report.invalid[0], InvalidTask)
+    )
     again = client.import_pool(pid, pool + _pool(2, prefix="new"))
     assert (again.created, again.skipped) == (2, 6)
     tasks = client.tasks(pid)
@@ -166,7 +191,13 @@ def test_pull_new_edited_deleted_cancelled_and_two_annotators(ls_project):
 
     second_pull = client.pull_labeled(pid, since=cursor1)
     answers = {e.id: e.answer for e in second_pull.examples}
-    assert answers == {"item-1": "positive", "item-2": "neutral", "item-4": "neutral", "item-5": "positive", "item-6": "neutral"}
+    assert answers == {
+        "item-1": "positive",
+        "item-2": "neutral",
+        "item-4": "neutral",
+        "item-5": "positive",
+        "item-6": "neutral",
+    }
     assert set(second_pull.changed_ids) == {"item-1", "item-4", "item-5", "item-6"}
     assert second_pull.deleted_ids == ("item-0",)
     by_id = {e.id: e for e in second_pull.examples}
@@ -183,7 +214,8 @@ def test_pull_reports_malformed_annotations_and_goes_on(ls_project):
     task_id = {t.dataeff_id: t.task_id for t in client.tasks(pid)}["item-1"]
     # Written behind the adapter's back (another tool, an old label set): a label not in the config.
     client._sdk.annotations.create(
-        id=task_id, result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["maybe"]}}]
+        id=task_id,
+        result=[{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": ["maybe"]}}],
     )
     result = client.pull_labeled(pid)
     assert [e.id for e in result.examples] == ["item-0"]
@@ -196,7 +228,18 @@ def test_pull_1000_labeled_tasks_timing(ls_project, record_property):
     rows = [
         {
             "data": {"prompt": f"text {i}", "dataeff_id": f"bulk-{i}", "dataeff_priority": 0},
-            "annotations": [{"result": [{"from_name": "answer", "to_name": "prompt", "type": "choices", "value": {"choices": [("positive", "negative")[i % 2]]}}]}],
+            "annotations": [
+                {
+                    "result": [
+                        {
+                            "from_name": "answer",
+                            "to_name": "prompt",
+                            "type": "choices",
+                            "value": {"choices": [("positive", "negative")[i % 2]]},
+                        }
+                    ]
+                }
+            ],
         }
         for i in range(1000)
     ]
@@ -320,7 +363,9 @@ def test_server_stopped_mid_pull_loses_nothing(label_studio, ls_project):
             stopped.append(time.monotonic())
 
     hooked = httpx.Client(event_hooks={"request": [stop_before_page_two]}, timeout=10)
-    client = LabelStudioClient(label_studio.url, label_studio.token, retries=2, backoff=0.2, page_size=2, httpx_client=hooked)
+    client = LabelStudioClient(
+        label_studio.url, label_studio.token, retries=2, backoff=0.2, page_size=2, httpx_client=hooked
+    )
     try:
         with pytest.raises(LabelStudioUnavailable) as info:
             client.pull_labeled(pid, since=cursor)
@@ -332,5 +377,7 @@ def test_server_stopped_mid_pull_loses_nothing(label_studio, ls_project):
         label_studio.start(timeout=120)
         print(f"\nrestart of the session server took {time.monotonic() - t0:.1f} s")
     after = LabelStudioClient(label_studio.url, label_studio.token, page_size=2).pull_labeled(pid, since=cursor)
-    assert {e.id: e.answer for e in after.examples} == {f"item-{i}": ("positive" if i < 3 else "negative") for i in range(6)}
+    assert {e.id: e.answer for e in after.examples} == {
+        f"item-{i}": ("positive" if i < 3 else "negative") for i in range(6)
+    }
     assert set(after.changed_ids) == {"item-3", "item-4", "item-5"} and after.deleted_ids == ()

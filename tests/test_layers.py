@@ -36,13 +36,20 @@ def _imports(path: Path) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_a_layer_never_imports_from_above(layer):
-    bad = [f"{path.relative_to(ROOT)}:{line} imports {top}"
-           for path in sorted((ROOT / layer).rglob("*.py"))
-           for line, top in _imports(path) if top in FORBIDDEN[layer]]
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {top}"
+        for path in sorted((ROOT / layer).rglob("*.py"))
+        for line, top in _imports(path)
+        if top in FORBIDDEN[layer]
+    ]
     assert not bad, "\n".join(bad)
 
 
 def test_argparse_lives_in_the_app_layer_only():
-    users = [str(p.relative_to(ROOT)) for layer in FORBIDDEN for p in sorted((ROOT / layer).rglob("*.py"))
-             if any(top == "argparse" for _, top in _imports(p))]
+    users = [
+        str(p.relative_to(ROOT))
+        for layer in FORBIDDEN
+        for p in sorted((ROOT / layer).rglob("*.py"))
+        if any(top == "argparse" for _, top in _imports(p))
+    ]
     assert not users, f"argument parsing outside app/: {users}"

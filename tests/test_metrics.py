@@ -7,38 +7,51 @@ import pytest
 from dataeff.errors import DataError
 from dataeff.metrics import exact_match, match_label, normalize_answer, score_predictions, token_f1
 
-INTENTS = ("add_to_playlist", "book_restaurant", "get_weather", "play_music",
-           "search_screening_event", "search_creative_work", "rate_book")
+INTENTS = (
+    "add_to_playlist",
+    "book_restaurant",
+    "get_weather",
+    "play_music",
+    "search_screening_event",
+    "search_creative_work",
+    "rate_book",
+)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("  The  Yes. ", "yes"),
-    ("An apple, a pear!", "apple pear"),
-    ("play_music", "play music"),
-    ("old-fashioned", "old fashioned"),
-    ("A", "a"),  # a gold answer that is itself an article survives
-    ("don't", "dont"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("  The  Yes. ", "yes"),
+        ("An apple, a pear!", "apple pear"),
+        ("play_music", "play music"),
+        ("old-fashioned", "old fashioned"),
+        ("A", "a"),  # a gold answer that is itself an article survives
+        ("don't", "dont"),
+        ("", ""),
+    ],
+)
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
 
 
-@pytest.mark.parametrize("pred, gold, expected", [
-    ("Yes.", "yes", True),
-    ("yes, because the player plays basketball", "yes", True),
-    ("no", "yes", False),
-    ("implausible", "plausible", False),  # word boundary, not a substring
-    ("plausible", "implausible", False),
-    ("Play music", "play_music", True),
-    ("a", "a", True),
-    ("b", "a", False),
-    ("", "a", False),
-    ("a) the first one", "a", True),
-    ("3", ["three", "3"], True),
-    ("four", ["three", "3"], False),
-    ("yesterday", "yes", False),
-])
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("Yes.", "yes", True),
+        ("yes, because the player plays basketball", "yes", True),
+        ("no", "yes", False),
+        ("implausible", "plausible", False),  # word boundary, not a substring
+        ("plausible", "implausible", False),
+        ("Play music", "play_music", True),
+        ("a", "a", True),
+        ("b", "a", False),
+        ("", "a", False),
+        ("a) the first one", "a", True),
+        ("3", ["three", "3"], True),
+        ("four", ["three", "3"], False),
+        ("yesterday", "yes", False),
+    ],
+)
 def test_exact_match(pred, gold, expected):
     assert exact_match(pred, gold) is expected
 
@@ -76,15 +89,18 @@ def test_score_predictions_errors_are_clear():
         exact_match("a", [])
 
 
-@pytest.mark.parametrize("pred, expected", [
-    ("get_weather", "get_weather"),
-    ("Get weather.", "get_weather"),
-    ("The intent is play_music.", "play_music"),
-    ("search_creative_work because it asks for a book", "search_creative_work"),
-    ("get_wether", "get_weather"),  # misspelling
-    ("I do not know", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "pred, expected",
+    [
+        ("get_weather", "get_weather"),
+        ("Get weather.", "get_weather"),
+        ("The intent is play_music.", "play_music"),
+        ("search_creative_work because it asks for a book", "search_creative_work"),
+        ("get_wether", "get_weather"),  # misspelling
+        ("I do not know", None),
+        ("", None),
+    ],
+)
 def test_match_label_intents(pred, expected):
     assert match_label(pred, INTENTS) == expected
 

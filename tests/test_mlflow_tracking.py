@@ -21,6 +21,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from dataeff.data import Example  # noqa: E402
 from dataeff.errors import DataError  # noqa: E402
+from dataeff.iteration import label_set_hash  # noqa: E402
 from dataeff.models import LoraSettings  # noqa: E402
 from integrations import secrets  # noqa: E402
 from integrations.mlflow_tracking import (  # noqa: E402
@@ -29,7 +30,6 @@ from integrations.mlflow_tracking import (  # noqa: E402
     TAG_RUN_KEY,
     Tracker,
     TrackingError,
-    label_set_hash,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +58,28 @@ def _labels(n: int = 32, flip: int | None = None) -> list[Example]:
 
 
 def _coslow(**extra) -> dict:
-    return {"coslow": 0.65, "coslow_std": 0.02, "draws": 3, "seed": 0, "n_examples": 32,
-            "lora": LoraSettings(r=8, alpha=16), "chat_template": True, "projection_dim": None,
-            "per_draw": [0.63, 0.66, 0.66], **extra}
+    return {
+        "coslow": 0.65,
+        "coslow_std": 0.02,
+        "draws": 3,
+        "seed": 0,
+        "n_examples": 32,
+        "lora": LoraSettings(r=8, alpha=16),
+        "chat_template": True,
+        "projection_dim": None,
+        "per_draw": [0.63, 0.66, 0.66],
+        **extra,
+    }
 
 
 def _prediction() -> dict:
-    return {"auc": 0.661, "auc_lo": 0.58, "auc_hi": 0.74,
-            "calibration": {"family": "llama", "coef": 0.545, "intercept": 0.310},
-            "targets": {0.8: {"n": 310, "lo": 180, "hi": 600}, 0.9: {"n": 1030, "lo": 450, "hi": 2100}}}
+    return {
+        "auc": 0.661,
+        "auc_lo": 0.58,
+        "auc_hi": 0.74,
+        "calibration": {"family": "llama", "coef": 0.545, "intercept": 0.310},
+        "targets": {0.8: {"n": 310, "lo": 180, "hi": 600}, 0.9: {"n": 1030, "lo": 450, "hi": 2100}},
+    }
 
 
 def _figure(points: dict[int, float] | None = None):
@@ -110,14 +123,23 @@ def test_file_store_uri_is_refused(tmp_path):
 
 def test_redact_covers_keys_uris_and_registered_values():
     secrets.register_secret("registered-value-42")
-    out = secrets.redact({
-        "LS_API_TOKEN": "abc", "max_new_tokens": 30, "dbPassword": "pw",
-        "dsn": "postgresql://me:pgpass@db:5432/x", "url": "postgresql://me:pgpass@db:5432/x?sslmode=require",
-        "note": ["say registered-value-42 twice"],
-    })
+    out = secrets.redact(
+        {
+            "LS_API_TOKEN": "abc",
+            "max_new_tokens": 30,
+            "dbPassword": "pw",
+            "dsn": "postgresql://me:pgpass@db:5432/x",
+            "url": "postgresql://me:pgpass@db:5432/x?sslmode=require",
+            "note": ["say registered-value-42 twice"],
+        }
+    )
     assert out == {
-        "LS_API_TOKEN": "***", "max_new_tokens": 30, "dbPassword": "***", "dsn": "***",
-        "url": "postgresql://me:***@db:5432/x?sslmode=require", "note": ["say *** twice"],
+        "LS_API_TOKEN": "***",
+        "max_new_tokens": 30,
+        "dbPassword": "***",
+        "dsn": "***",
+        "url": "postgresql://me:***@db:5432/x?sslmode=require",
+        "note": ["say *** twice"],
     }
     assert secrets.redact_text("http://h/x?access_token=zz&page=2") == "http://h/x?access_token=***&page=2"
     with pytest.raises(ValueError, match="too short"):
@@ -146,8 +168,17 @@ def test_dataeff_result_objects_map_to_the_schema(mlflow_sqlite_uri, project, ad
 
     tracker = Tracker(mlflow_sqlite_uri)
     h = label_set_hash(_labels())
-    cos = CosLowResult(coslow=0.41, draws=[0.40, 0.42], mean=0.41, std=0.01, n_examples=32, seconds=3.5,
-                       lora=LoraSettings().as_dict(), seed=7, chat_template=True)
+    cos = CosLowResult(
+        coslow=0.41,
+        draws=[0.40, 0.42],
+        mean=0.41,
+        std=0.01,
+        n_examples=32,
+        seconds=3.5,
+        lora=LoraSettings().as_dict(),
+        seed=7,
+        chat_template=True,
+    )
     est = tracker.log_estimate(project, "smollm2", h, cos, _prediction())
     run = MlflowClient(mlflow_sqlite_uri).get_run(est.run_id)
     assert run.data.params["draws"] == "2" and run.data.params["seed"] == "7" and run.data.params["lora_r"] == "64"
@@ -155,9 +186,19 @@ def test_dataeff_result_objects_map_to_the_schema(mlflow_sqlite_uri, project, ad
     assert run.data.metrics["coslow_draw_1"] == pytest.approx(0.42)
 
     settings = FinetuneSettings(lr=1e-4, epochs=2, seed=3)
-    ft = FinetuneResult(budget=50, score=0.375, zero_shot=False, n_train=50, n_eval=40, seconds_train=20.0,
-                        seconds_eval=5.0, adapter_dir=str(adapter_dir), settings=settings.as_dict(), steps=7,
-                        final_loss=0.9)
+    ft = FinetuneResult(
+        budget=50,
+        score=0.375,
+        zero_shot=False,
+        n_train=50,
+        n_eval=40,
+        seconds_train=20.0,
+        seconds_eval=5.0,
+        adapter_dir=str(adapter_dir),
+        settings=settings.as_dict(),
+        steps=7,
+        final_loss=0.9,
+    )
     logged = tracker.log_finetune(project, "smollm2", h, 50, ft)
     run = MlflowClient(mlflow_sqlite_uri).get_run(logged.run_id)
     assert run.data.params["lr"] == "0.0001" and run.data.params["epochs"] == "2" and run.data.params["seed"] == "3"
@@ -173,8 +214,15 @@ def test_dataeff_result_objects_map_to_the_schema(mlflow_sqlite_uri, project, ad
 def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
     labels = label_set_hash(_labels())
     fig = _figure()
-    first = tracker.log_estimate(project, "smollm2", labels, _coslow(), _prediction(), figure=fig,
-                                 tables={"per draw": [{"draw": i, "coslow": c} for i, c in enumerate([0.63, 0.66, 0.66])]})
+    first = tracker.log_estimate(
+        project,
+        "smollm2",
+        labels,
+        _coslow(),
+        _prediction(),
+        figure=fig,
+        tables={"per draw": [{"draw": i, "coslow": c} for i, c in enumerate([0.63, 0.66, 0.66])]},
+    )
     again = tracker.log_estimate(project, "smollm2", labels, _coslow(), _prediction(), figure=fig)
     plt.close(fig)
     assert first.created and not again.created
@@ -202,7 +250,9 @@ def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
     assert tracker.download_artifact(first.run_id, "tables/per_draw.json", tmp_path).exists()
 
     # new labels -> a new estimate, and it becomes the latest
-    second = tracker.log_estimate(project, "smollm2", label_set_hash(_labels(flip=5)), _coslow(coslow=0.5), _prediction())
+    second = tracker.log_estimate(
+        project, "smollm2", label_set_hash(_labels(flip=5)), _coslow(coslow=0.5), _prediction()
+    )
     assert second.created and second.run_id != first.run_id
     assert tracker.latest_estimate(project, "smollm2")["metrics"]["coslow"] == pytest.approx(0.5)
 
@@ -211,7 +261,9 @@ def test_bootstrap_roles_are_fixed_once(tracker, project, tmp_path):
     assert tracker.read_bootstrap(project, "smollm2") is None
     roles = {"lowconf": [f"t{i}" for i in range(32)], "eval": ["e1", "e2"]}
     scores = [{"id": "t0", "answer": "No.", "confidence": 0.12, "perplexity": float("inf"), "n_tokens": 3}]
-    first = tracker.log_bootstrap(project, "smollm2", roles, {"pool": 320, "mean_confidence": 0.41}, scores, figure=_figure())
+    first = tracker.log_bootstrap(
+        project, "smollm2", roles, {"pool": 320, "mean_confidence": 0.41}, scores, figure=_figure()
+    )
     plt.close("all")
     redrawn = tracker.log_bootstrap(project, "smollm2", {"lowconf": ["x"], "eval": ["y"]}, {"pool": 320})
     assert first.created and not redrawn.created and redrawn.run_id == first.run_id
@@ -228,7 +280,15 @@ def test_bootstrap_roles_are_fixed_once(tracker, project, tmp_path):
 
 def test_finetune_points_and_adapter(tracker, project, adapter_dir, tmp_path):
     h50, h100 = label_set_hash(_labels(50)), label_set_hash(_labels(100))
-    res = {"seed": 0, "n_train": 50, "n_eval": 200, "lora": LoraSettings(r=4, alpha=8), "lr": 2e-4, "epochs": 3, "seconds": 12.5}
+    res = {
+        "seed": 0,
+        "n_train": 50,
+        "n_eval": 200,
+        "lora": LoraSettings(r=4, alpha=8),
+        "lr": 2e-4,
+        "epochs": 3,
+        "seconds": 12.5,
+    }
     r50 = tracker.log_finetune(project, "smollm2", h50, 50, {**res, "score": 0.31}, adapter_dir=adapter_dir)
     assert tracker.log_finetune(project, "smollm2", h50, 50, {**res, "score": 0.31}).run_id == r50.run_id
     tracker.log_finetune(project, "smollm2", h100, 100, {**res, "n_train": 100, "score": 0.42})
@@ -254,8 +314,12 @@ def test_finetune_points_and_adapter(tracker, project, adapter_dir, tmp_path):
 
 
 def test_decision_and_calibration(tracker, project, tmp_path):
-    dec = {"action": "request", "n_labels": 100, "reason": "predicted 900 labels for target 0.9",
-           "status_text": "about 420 more labels to reach 90% of the achievable gain"}
+    dec = {
+        "action": "request",
+        "n_labels": 100,
+        "reason": "predicted 900 labels for target 0.9",
+        "status_text": "about 420 more labels to reach 90% of the achievable gain",
+    }
     d1 = tracker.log_decision(project, "iter-abc", dec)
     d2 = tracker.log_decision(project, "iter-abc", dec)
     assert d1.created and not d2.created and d1.run_id == d2.run_id
@@ -270,7 +334,14 @@ def test_decision_and_calibration(tracker, project, tmp_path):
 
     family = f"fam-{uuid.uuid4().hex[:6]}"
     assert tracker.latest_calibration(family) is None
-    cal = {"coef": 0.545, "intercept": 0.31, "loo_mae": 0.086, "baseline_mae": 0.125, "n_tasks": 30, "tasks": ["a", "b"]}
+    cal = {
+        "coef": 0.545,
+        "intercept": 0.31,
+        "loo_mae": 0.086,
+        "baseline_mae": 0.125,
+        "n_tasks": 30,
+        "tasks": ["a", "b"],
+    }
     c1 = tracker.log_calibration(family, cal)
     assert not tracker.log_calibration(family, cal).created
     got = tracker.latest_calibration(family)
@@ -334,7 +405,10 @@ def test_comparison_figure_is_a_png_artifact_updated_in_place(tracker, project, 
     run_id = tracker.update_comparison(project, fig, [{"budget": 50, "predicted": 0.33, "actual": 0.3}])
     plt.close(fig)
     fig = _figure({50: 0.3, 100: 0.45})
-    rows = [{"budget": 50, "predicted": 0.33, "actual": 0.3}, {"budget": 100, "predicted": 0.5, "lo": 0.4, "hi": 0.6, "actual": 0.45}]
+    rows = [
+        {"budget": 50, "predicted": 0.33, "actual": 0.3},
+        {"budget": 100, "predicted": 0.5, "lo": 0.4, "hi": 0.6, "actual": 0.45},
+    ]
     assert tracker.update_comparison(project, fig, rows) == run_id
     plt.close(fig)
     assert tracker.log_cursor(project, {"x": 1}) == run_id  # cursor and comparison share the summary run
@@ -354,7 +428,9 @@ def _all_artifact_files(client: MlflowClient, run_id: str, path: str | None = No
 
 
 def test_no_secret_reaches_mlflow_or_logs(store_uri, project, adapter_dir, tmp_path, caplog, capsys):
-    s_track, s_key, s_uri, s_reg = (f"{name}-{uuid.uuid4().hex[:10]}" for name in ("TRACKPW", "KEYSECRET", "URISECRET", "REGSECRET"))
+    s_track, s_key, s_uri, s_reg = (
+        f"{name}-{uuid.uuid4().hex[:10]}" for name in ("TRACKPW", "KEYSECRET", "URISECRET", "REGSECRET")
+    )
     uri = store_uri.replace("http://", f"http://dataeff:{s_track}@") if store_uri.startswith("http") else store_uri
     secrets.register_secret(s_reg)
     caplog.set_level(logging.DEBUG)
@@ -363,18 +439,37 @@ def test_no_secret_reaches_mlflow_or_logs(store_uri, project, adapter_dir, tmp_p
 
     leaky = {"api_token": s_key, "label_studio_url": f"http://annot:{s_uri}@ls:8080", "notes": f"token is {s_reg}"}
     h = label_set_hash(_labels())
-    tracker.log_estimate(project, "smollm2", h, _coslow(**leaky), {**_prediction(), "db": f"postgresql://u:{s_uri}@db/x"},
-                         figure=_figure(), tables={"config": [{"key": "dsn", "value": f"postgresql://u:{s_uri}@db/x"}]})
+    tracker.log_estimate(
+        project,
+        "smollm2",
+        h,
+        _coslow(**leaky),
+        {**_prediction(), "db": f"postgresql://u:{s_uri}@db/x"},
+        figure=_figure(),
+        tables={"config": [{"key": "dsn", "value": f"postgresql://u:{s_uri}@db/x"}]},
+    )
     plt.close("all")
     adapter_copy = tmp_path / "adapter"
     shutil.copytree(adapter_dir, adapter_copy)
     cfg = json.loads((adapter_copy / "adapter_config.json").read_text())
     cfg.update({"hub_token": s_key, "base_model_name_or_path": f"https://u:{s_uri}@hub/model"})
     (adapter_copy / "adapter_config.json").write_text(json.dumps(cfg))
-    tracker.log_finetune(project, "smollm2", h, 50, {"score": 0.3, "password": s_key, "metric": f"acc {s_reg}"}, adapter_dir=adapter_copy)
-    tracker.log_decision(project, "it-1", {"action": "request", "n_labels": 10, "reason": f"asked with {s_reg}",
-                                           "status_text": f"see http://x:{s_uri}@ls/"})
-    tracker.log_calibration(f"fam-{project}", {"coef": 0.5, "intercept": 0.3, "source_dsn": f"postgresql://a:{s_uri}@b/c"})
+    tracker.log_finetune(
+        project, "smollm2", h, 50, {"score": 0.3, "password": s_key, "metric": f"acc {s_reg}"}, adapter_dir=adapter_copy
+    )
+    tracker.log_decision(
+        project,
+        "it-1",
+        {
+            "action": "request",
+            "n_labels": 10,
+            "reason": f"asked with {s_reg}",
+            "status_text": f"see http://x:{s_uri}@ls/",
+        },
+    )
+    tracker.log_calibration(
+        f"fam-{project}", {"coef": 0.5, "intercept": 0.3, "source_dsn": f"postgresql://a:{s_uri}@b/c"}
+    )
     tracker.log_cursor(project, {"since": "2026", "token": s_key, "url": f"http://x:{s_uri}@ls/"})
     tracker.update_comparison(project, _figure(), [{"budget": 50, "note": s_reg}])
     plt.close("all")

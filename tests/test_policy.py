@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from dataeff.efficiency import LabelsNeeded, predict
@@ -65,17 +64,21 @@ def test_stop_when_cap_reached_or_need_beyond_cap():
     beyond = LabelsNeeded(0.9, 4000.0, 2000.0, 5000.0)
     # beyond the cap with little chance, measured across >= 80% of the log axis up to the cap: stop
     covered = {50: 0.4, 100: 0.4, 200: 0.4, 500: 0.4}  # log2(500) / log2(2000) = 0.82
-    d = decide(_state(labeled_count=500, finetuned=covered, need=beyond, p_within_cap=0.04),
-               PolicySettings(label_cap=2000))
+    d = decide(
+        _state(labeled_count=500, finetuned=covered, need=beyond, p_within_cap=0.04), PolicySettings(label_cap=2000)
+    )
     assert (d.action, d.rule) == ("stop", "beyond_cap")
     assert "4,000" in d.reason and "2,000" in d.reason and "4%" in d.reason
     # the same with thin evidence (measured up to 100 of a 2,000 cap): keep measuring
     thin = {50: 0.4, 100: 0.4}
-    d = decide(_state(labeled_count=100, finetuned=thin, need=beyond, p_within_cap=0.04), PolicySettings(label_cap=2000))
+    d = decide(
+        _state(labeled_count=100, finetuned=thin, need=beyond, p_within_cap=0.04), PolicySettings(label_cap=2000)
+    )
     assert d.action == "request_labels"
     # covered but still a real chance within the cap: keep labeling
-    d = decide(_state(labeled_count=500, finetuned=covered, need=beyond, p_within_cap=0.25),
-               PolicySettings(label_cap=2000))
+    d = decide(
+        _state(labeled_count=500, finetuned=covered, need=beyond, p_within_cap=0.25), PolicySettings(label_cap=2000)
+    )
     assert d.action == "request_labels"
     # the prior alone never stops labeling, however far beyond the cap it points
     d = decide(_state(need=LabelsNeeded(0.9, 4000.0, 2500.0, 5000.0), p_within_cap=0.0), PolicySettings(label_cap=2000))
@@ -97,8 +100,10 @@ def test_request_more_sizes():
     )
     assert d.n_labels == 290  # 500 - 210 to the next budget
     # grid budgets above the cap do not count; past the last one, toward the need within the batch bounds
-    d = decide(_state(labeled_count=510, finetuned={50: 0.5, 100: 0.5, 200: 0.5, 500: 0.5}, p_within_cap=0.5),
-               PolicySettings(label_cap=900))
+    d = decide(
+        _state(labeled_count=510, finetuned={50: 0.5, 100: 0.5, 200: 0.5, 500: 0.5}, p_within_cap=0.5),
+        PolicySettings(label_cap=900),
+    )
     assert d.n_labels == 390  # need 1030 - 510 = 520, but never past the cap of 900
     d = decide(
         _state(labeled_count=1010, finetuned={50: 0.5, 100: 0.5, 200: 0.5, 500: 0.5, 1000: 0.5}),
@@ -113,12 +118,17 @@ def test_with_real_prediction_and_posterior():
     pred = predict(0.65, 0.54, 0.31, auc_interval=(0.55, 0.77))
     d = decide(_state(need=pred.need(0.9), coslow=pred.coslow))
     assert d.action == "request_labels" and d.status_text.startswith("CoS-Low 0.65 -> about 1,000 more labels")
-    post = fit_posterior(0.2, 0.05, 0.3, [(50, 0.31, 500), (100, 0.31, 500), (500, 0.31, 500), (1000, 0.32, 500)],
-                         human_score=0.9)
+    post = fit_posterior(
+        0.2, 0.05, 0.3, [(50, 0.31, 500), (100, 0.31, 500), (500, 0.31, 500), (1000, 0.32, 500)], human_score=0.9
+    )
     p_in = float(post.weights[post.labels_grid(0.9) <= 3000].sum())
     d = decide(
-        _state(labeled_count=1000, need=post.need(0.9), finetuned={50: 0.31, 100: 0.31, 200: 0.31, 500: 0.31, 1000: 0.32},
-               p_within_cap=p_in),
+        _state(
+            labeled_count=1000,
+            need=post.need(0.9),
+            finetuned={50: 0.31, 100: 0.31, 200: 0.31, 500: 0.31, 1000: 0.32},
+            p_within_cap=p_in,
+        ),
         PolicySettings(label_cap=3000),
     )
     assert p_in < 0.1 and d.action == "stop" and d.rule == "beyond_cap"

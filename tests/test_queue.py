@@ -10,6 +10,9 @@ def test_first_id_is_labeled_first_and_batches_stack_in_request_order():
 
 
 def test_low_confidence_then_eval_then_any_batch_of_a_realistic_project():
-    queue = {**priorities(["x"], batch_base(40_000, 100)), **priorities(["low"], LOWCONF_PRIORITY),
-             **priorities(["ev"], EVAL_PRIORITY)}
+    queue = {
+        **priorities(["x"], batch_base(40_000, 100)),
+        **priorities(["low"], LOWCONF_PRIORITY),
+        **priorities(["ev"], EVAL_PRIORITY),
+    }
     assert requested_order(queue) == ["low", "ev", "x"]

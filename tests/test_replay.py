@@ -50,8 +50,25 @@ def test_demo_curve_replay_never_stops_before_the_target():
 
 def test_replay_benchmark_writes_the_issue_shape(tmp_path):
     out, md = tmp_path / "replay.json", tmp_path / "estimation.md"
-    code = main(["--reference", str(PAPER), "--curves", "3", "--draws", "1", "--no-trivial", "--workers", "1",
-                 "--cache", str(tmp_path / "cache.jsonl"), "--out", str(out), "--md", str(md)])
+    code = main(
+        [
+            "--reference",
+            str(PAPER),
+            "--curves",
+            "3",
+            "--draws",
+            "1",
+            "--no-trivial",
+            "--workers",
+            "1",
+            "--cache",
+            str(tmp_path / "cache.jsonl"),
+            "--out",
+            str(out),
+            "--md",
+            str(md),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     stage = next(s for s in report["stages"] if s["labels"] == 100)
@@ -62,7 +79,22 @@ def test_replay_benchmark_writes_the_issue_shape(tmp_path):
     assert "| labels seen |" in md.read_text()
     # a re-run resumes from the cache: same numbers, nothing recomputed
     lines = (tmp_path / "cache.jsonl").read_text().count("\n")
-    main(["--reference", str(PAPER), "--curves", "3", "--draws", "1", "--no-trivial", "--workers", "1",
-          "--cache", str(tmp_path / "cache.jsonl"), "--out", str(out)])
+    main(
+        [
+            "--reference",
+            str(PAPER),
+            "--curves",
+            "3",
+            "--draws",
+            "1",
+            "--no-trivial",
+            "--workers",
+            "1",
+            "--cache",
+            str(tmp_path / "cache.jsonl"),
+            "--out",
+            str(out),
+        ]
+    )
     assert (tmp_path / "cache.jsonl").read_text().count("\n") == lines
     assert json.loads(out.read_text())["stages"] == report["stages"]

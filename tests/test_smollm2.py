@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from dataeff.coslow import compute_coslow
 from dataeff.confidence import score_confidence
+from dataeff.coslow import compute_coslow
 from dataeff.data import Example
 from dataeff.models import LoraSettings
 
@@ -24,7 +24,9 @@ SENTENCES = [
     ("Patrick Mahomes threw a deep pass to the end zone.", "yes"),
     ("Kylian Mbappe hit a home run to left field.", "no"),
 ]
-EXAMPLES = [Example(f"Is this sentence plausible? {s}\nAnswer yes or no.", a, f"s{i}") for i, (s, a) in enumerate(SENTENCES)]
+EXAMPLES = [
+    Example(f"Is this sentence plausible? {s}\nAnswer yes or no.", a, f"s{i}") for i, (s, a) in enumerate(SENTENCES)
+]
 
 
 def test_confidence_on_real_model(smollm2):

@@ -35,8 +35,13 @@ def test_demo_points_do_not_stop_on_thin_evidence_but_the_old_rule_did():
     new = step(inputs, CAL, _settings(cap=633, grid=grid))
     assert new.decision.action == "request_labels" and new.decision.n_labels == 100  # up to the 200 budget
     assert 0.1 < new.state.p_within_cap < 0.9
-    old = step(inputs, CAL, StepSettings(curve_model="xp", policy=PolicySettings.legacy(
-        primary_target=0.8, label_cap=633, budget_grid=grid)))
+    old = step(
+        inputs,
+        CAL,
+        StepSettings(
+            curve_model="xp", policy=PolicySettings.legacy(primary_target=0.8, label_cap=633, budget_grid=grid)
+        ),
+    )
     assert old.decision.rule == "beyond_cap"  # the decision issue 8 measured as wrong
 
 
@@ -47,8 +52,10 @@ def test_flat_curve_measured_across_the_axis_stops_beyond_the_cap():
     assert out.state.p_within_cap < 0.1
     assert "P(within the cap)" in out.decision.reason
     thin = {b: s for b, s in flat.items() if b <= 100}  # log2(100)/log2(1000) = 0.67 < 0.8 of the axis
-    assert step(StepInputs(labeled=100, coslow=0.2, measured=thin, n_eval=500), CAL,
-                _settings(cap=1000)).decision.action == "request_labels"
+    assert (
+        step(StepInputs(labeled=100, coslow=0.2, measured=thin, n_eval=500), CAL, _settings(cap=1000)).decision.action
+        == "request_labels"
+    )
 
 
 def test_target_reached_needs_the_measurement_and_the_posterior():
@@ -62,8 +69,11 @@ def test_target_reached_needs_the_measurement_and_the_posterior():
     assert out.decision.rule == "request_more" and out.state.ceiling > out.assessment.ceiling
     # one lucky point after a flat start: measured share >= 0.8 but the posterior disagrees
     lucky = {0: 0.2, 50: 0.2, 100: 0.21, 200: 0.7}
-    out = step(StepInputs(labeled=200, coslow=0.3, measured=lucky, n_eval=60, human_score=0.75), CAL,
-               _settings(reached_p_min=0.99))
+    out = step(
+        StepInputs(labeled=200, coslow=0.3, measured=lucky, n_eval=60, human_score=0.75),
+        CAL,
+        _settings(reached_p_min=0.99),
+    )
     assert out.decision.rule != "target_reached"
 
 

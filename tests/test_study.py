@@ -15,7 +15,14 @@ from dataeff.errors import DataError
 from dataeff.finetune import FinetuneSettings
 from dataeff.models import LoraSettings
 from dataeff.study import (
-    StudySettings, TaskResult, budget_message, chance_level, majority_score, prepare_task, split_budgets, task_auc,
+    StudySettings,
+    TaskResult,
+    budget_message,
+    chance_level,
+    majority_score,
+    prepare_task,
+    split_budgets,
+    task_auc,
 )
 from dataeff.study_report import fit_study, render_markdown
 
@@ -39,15 +46,29 @@ def _write_task(path, n: int, kind: str) -> str:
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
     d = tmp_path_factory.mktemp("study-tasks")
-    return {"yesno": _write_task(d / "yesno.jsonl", 76, "yesno"), "sentiment": _write_task(d / "sentiment.jsonl", 72, "sent"),
-            "small": _write_task(d / "small.jsonl", 40, "yesno")}
+    return {
+        "yesno": _write_task(d / "yesno.jsonl", 76, "yesno"),
+        "sentiment": _write_task(d / "sentiment.jsonl", 72, "sent"),
+        "small": _write_task(d / "small.jsonl", 40, "yesno"),
+    }
 
 
 def _settings(tiny_model_dir, task_paths, name=None, **kw) -> StudySettings:
-    base = dict(model=str(tiny_model_dir), tasks=tuple(task_paths), budgets=(0, 8, 50), seeds=(0, 1), eval_size=16,
-                draws=2, k=8, lora=LoraSettings(r=4, alpha=8), device="cpu", dtype="fp32",
-                finetune=FinetuneSettings(r=4, alpha=8, max_steps=1, batch_size=8, eval_batch_size=16, max_new_tokens=3),
-                max_new_tokens=4, name=name or f"study-test-{uuid.uuid4().hex[:8]}")
+    base = dict(
+        model=str(tiny_model_dir),
+        tasks=tuple(task_paths),
+        budgets=(0, 8, 50),
+        seeds=(0, 1),
+        eval_size=16,
+        draws=2,
+        k=8,
+        lora=LoraSettings(r=4, alpha=8),
+        device="cpu",
+        dtype="fp32",
+        finetune=FinetuneSettings(r=4, alpha=8, max_steps=1, batch_size=8, eval_batch_size=16, max_new_tokens=3),
+        max_new_tokens=4,
+        name=name or f"study-test-{uuid.uuid4().hex[:8]}",
+    )
     base.update(kw)
     return StudySettings(**base)
 
@@ -91,7 +112,10 @@ def test_chance_and_majority():
     ev = [Example("q", "a", "4"), Example("q", "c", "5"), Example("q", "a", "6"), Example("q", "b", "7")]
     assert chance_level(spec, ev) == pytest.approx(1 / 3)
     assert majority_score(pool, ev, spec) == pytest.approx(0.5)
-    per = [Example("q", "x", "8", meta={"choices": ["x", "y"]}), Example("q", "x", "9", meta={"choices": ["x", "y", "z", "w"]})]
+    per = [
+        Example("q", "x", "8", meta={"choices": ["x", "y"]}),
+        Example("q", "x", "9", meta={"choices": ["x", "y", "z", "w"]}),
+    ]
     assert chance_level(TaskSpec("free"), per) == pytest.approx((0.5 + 0.25) / 2)
     assert chance_level(TaskSpec("free"), ev) is None
 
@@ -118,26 +142,55 @@ def test_settings_validation():
 
 
 def _result(name, coslow, auc, rand=0.1):
-    r = TaskResult(task=name, source=name, n_pool=100, n_eval=20, metric="exact_match", chance=0.5, majority=0.55,
-                   budgets=[0, 50, 100], dropped=[200], scores={0: {0: 0.1}, 50: {0: 0.3, 1: 0.4}, 100: {0: 0.5, 1: 0.5}},
-                   coslow_low={"mean": coslow, "std": 0.01, "draws": [coslow]}, coslow_random={"mean": rand}, cutoff=100,
-                   seconds=12.0)
+    r = TaskResult(
+        task=name,
+        source=name,
+        n_pool=100,
+        n_eval=20,
+        metric="exact_match",
+        chance=0.5,
+        majority=0.55,
+        budgets=[0, 50, 100],
+        dropped=[200],
+        scores={0: {0: 0.1}, 50: {0: 0.3, 1: 0.4}, 100: {0: 0.5, 1: 0.5}},
+        coslow_low={"mean": coslow, "std": 0.01, "draws": [coslow]},
+        coslow_random={"mean": rand},
+        cutoff=100,
+        seconds=12.0,
+    )
     r.auc, r.ceiling = auc, 0.5
     return r
 
 
 def test_fit_and_markdown():
     settings = StudySettings(budgets=(0, 50, 100, 200), tasks=("a", "b", "c", "d"))
-    results = [_result("a", 0.2, 0.3, 0.5), _result("b", 0.4, 0.45, 0.1), _result("c", 0.6, 0.62, 0.3),
-               _result("d", 0.5, 0.5, 0.2)]
+    results = [
+        _result("a", 0.2, 0.3, 0.5),
+        _result("b", 0.4, 0.45, 0.1),
+        _result("c", 0.6, 0.62, 0.3),
+        _result("d", 0.5, 0.5, 0.2),
+    ]
     fit = fit_study(results, "tiny", settings, provenance={"model": "m"})
     cal = fit.calibration
     assert cal is not None and cal.n_tasks == 4 and cal.fit_kind == "lora" and cal.provenance == {"model": "m"}
     assert fit.correlations["low"]["pearson"] > 0.9 and fit.correlations["random"]["n"] == 4
     md = render_markdown(results, settings, fit, provenance={"family": "tiny", "dtype": "fp32", "device": "cpu"})
-    for text in ("| a |", "| d |", "0.350 ± 0.071", "dropped", "leave-one-task-out MAE",
-                 "always predicting the mean AUC", "relative error", "Pearson", "Spearman", "N = 200", "ceiling",
-                 "0.200 ± 0.010", "100 / 20", "zero-shot"):
+    for text in (
+        "| a |",
+        "| d |",
+        "0.350 ± 0.071",
+        "dropped",
+        "leave-one-task-out MAE",
+        "always predicting the mean AUC",
+        "relative error",
+        "Pearson",
+        "Spearman",
+        "N = 200",
+        "ceiling",
+        "0.200 ± 0.010",
+        "100 / 20",
+        "zero-shot",
+    ):
         assert text in md, text
     assert f"{cal.coef:.3f} [" in md
     few = fit_study(results[:2], "tiny", settings)
@@ -161,8 +214,14 @@ def test_study_runs_resumes_and_rewrites_nothing(tiny_model_dir, tiny_loaded, ta
     paths = [tasks["yesno"], tasks["sentiment"]]
     # uninterrupted study: 1 parent per task, 2 CoS-Low children, 1 fine-tune per budget x seed (zero-shot once)
     full = _settings(tiny_model_dir, paths)
-    out = run_study(full, tracker, out=tmp_path / "full.md", calibration_out=tmp_path / "cal.json",
-                    loaded=tiny_loaded, progress=False)
+    out = run_study(
+        full,
+        tracker,
+        out=tmp_path / "full.md",
+        calibration_out=tmp_path / "cal.json",
+        loaded=tiny_loaded,
+        progress=False,
+    )
     kinds = _by_kind(_runs(tracker, full.study_name))
     assert kinds == {"study-task": 2, "study-coslow": 4, "study-finetune": 2 * (1 + 2 + 2), "study-summary": 1}
     md = (tmp_path / "full.md").read_text()
@@ -216,29 +275,47 @@ def test_results_folder_carries_finished_tasks_to_a_new_mlflow_store(tiny_model_
 
     study = _settings(tiny_model_dir, [tasks["yesno"], tasks["sentiment"]], name="carried")
     first = Tracker(f"sqlite:///{tmp_path / 'first.db'}")
-    done = run_study(study, first, out=tmp_path / "first.md", loaded=tiny_loaded, progress=False,
-                     results_dir=tmp_path / "results")
+    done = run_study(
+        study, first, out=tmp_path / "first.md", loaded=tiny_loaded, progress=False, results_dir=tmp_path / "results"
+    )
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["sentiment.json", "yesno.json"]
     fresh = Tracker(f"sqlite:///{tmp_path / 'second.db'}")
-    moved = run_study(study, fresh, out=tmp_path / "second.md", loaded=None, progress=False,  # None: never loads a model
-                      results_dir=tmp_path / "results")
+    moved = run_study(
+        study,
+        fresh,
+        out=tmp_path / "second.md",
+        loaded=None,
+        progress=False,  # None: never loads a model
+        results_dir=tmp_path / "results",
+    )
     assert [t["means"] for t in moved["tasks"]] == [t["means"] for t in done["tasks"]]
-    assert _by_kind(_runs(fresh, study.study_name)) == {"study-task": 2, "study-summary": 1}  # parents logged from files
-    assert (tmp_path / "second.md").read_text().split("## Calibration fit")[0] == (tmp_path / "first.md").read_text().split("## Calibration fit")[0]
+    assert _by_kind(_runs(fresh, study.study_name)) == {
+        "study-task": 2,
+        "study-summary": 1,
+    }  # parents logged from files
+    assert (tmp_path / "second.md").read_text().split("## Calibration fit")[0] == (
+        tmp_path / "first.md"
+    ).read_text().split("## Calibration fit")[0]
 
 
 def test_errors_failures_and_small_task(tiny_model_dir, tiny_loaded, tasks, tracker, tmp_path, monkeypatch):
     import flows.study as driver
 
     with pytest.raises(DataError, match="nope.jsonl"):
-        driver.run_study(_settings(tiny_model_dir, [tasks["yesno"], str(tmp_path / "nope.jsonl")]), tracker,
-                         loaded=tiny_loaded, progress=False)
+        driver.run_study(
+            _settings(tiny_model_dir, [tasks["yesno"], str(tmp_path / "nope.jsonl")]),
+            tracker,
+            loaded=tiny_loaded,
+            progress=False,
+        )
 
     from dataeff.bigbench import _archive_candidates, _index_file
 
     if _index_file().is_file() or any(p.is_file() for p in _archive_candidates()):
         with pytest.raises(DataError, match="sports_understandin.*similar names: sports_understanding"):
-            driver.run_study(_settings(tiny_model_dir, ["sports_understandin"]), tracker, loaded=tiny_loaded, progress=False)
+            driver.run_study(
+                _settings(tiny_model_dir, ["sports_understandin"]), tracker, loaded=tiny_loaded, progress=False
+            )
 
     real = driver.run_finetune
 
@@ -275,11 +352,32 @@ def test_cli_help_and_error(capsys, tmp_path, mlflow_sqlite_uri):
         main(["study", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--model", "--tasks", "--budgets", "--seeds", "--eval-size", "--draws", "--out", "--calibration-out",
-                   "--device", "--dtype", "--tracking-uri", "--max-budget"):
+    for option in (
+        "--model",
+        "--tasks",
+        "--budgets",
+        "--seeds",
+        "--eval-size",
+        "--draws",
+        "--out",
+        "--calibration-out",
+        "--device",
+        "--dtype",
+        "--tracking-uri",
+        "--max-budget",
+    ):
         assert option in text, option
-    code = main(["study", "--tasks", str(tmp_path / "missing.jsonl"), "--tracking-uri", mlflow_sqlite_uri,
-                 "--out", str(tmp_path / "x.md")])
+    code = main(
+        [
+            "study",
+            "--tasks",
+            str(tmp_path / "missing.jsonl"),
+            "--tracking-uri",
+            mlflow_sqlite_uri,
+            "--out",
+            str(tmp_path / "x.md"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "error:" in err and "missing.jsonl" in err
 
@@ -287,24 +385,67 @@ def test_cli_help_and_error(capsys, tmp_path, mlflow_sqlite_uri):
 def test_cli_study_fits_and_saves_calibration(tiny_model_dir, tmp_path, mlflow_sqlite_uri, monkeypatch, capsys):
     """Three tasks with a measurable AUC (fine-tune scores faked, everything else real) -> fit, file, report, no rewrite."""
     import flows.study as driver
-    from dataeff.calibration import Calibration
     from app.cli import main
+    from dataeff.calibration import Calibration
     from dataeff.finetune import FinetuneResult
 
     gains = {"t1": 0.2, "t2": 0.5, "t3": 0.8}
 
     def fake(loaded, train, ev, spec, budget, settings, **kw):
         score = {0: 0.1, 50: 0.1 + 0.5 * gains[spec.name], 100: 0.6}[budget] - 0.01 * settings.seed
-        return FinetuneResult(budget=budget, score=score, zero_shot=budget == 0, n_train=budget, n_eval=len(ev),
-                              seconds_train=0.5, seconds_eval=0.25, adapter_dir=None, settings=settings.as_dict())
+        return FinetuneResult(
+            budget=budget,
+            score=score,
+            zero_shot=budget == 0,
+            n_train=budget,
+            n_eval=len(ev),
+            seconds_train=0.5,
+            seconds_eval=0.25,
+            adapter_dir=None,
+            settings=settings.as_dict(),
+        )
 
     monkeypatch.setattr(driver, "run_finetune", fake)
-    paths = [_write_task(tmp_path / f"{name}.jsonl", 120 + 7 * i, ["yesno", "sent"][i % 2]) for i, name in enumerate(gains)]
+    paths = [
+        _write_task(tmp_path / f"{name}.jsonl", 120 + 7 * i, ["yesno", "sent"][i % 2]) for i, name in enumerate(gains)
+    ]
     study = f"study-cli-{uuid.uuid4().hex[:8]}"
-    argv = ["study", "--model", str(tiny_model_dir), "--tasks", ",".join(paths), "--budgets", "0,50,100", "--seeds", "0,1",
-            "--eval-size", "16", "--draws", "2", "--k", "8", "--lora-r", "4", "--lora-alpha", "8", "--device", "cpu",
-            "--dtype", "fp32", "--name", study, "--family", "tiny", "--tracking-uri", mlflow_sqlite_uri,
-            "--out", str(tmp_path / "study.md"), "--calibration-out", str(tmp_path / "tiny.json"), "--no-progress"]
+    argv = [
+        "study",
+        "--model",
+        str(tiny_model_dir),
+        "--tasks",
+        ",".join(paths),
+        "--budgets",
+        "0,50,100",
+        "--seeds",
+        "0,1",
+        "--eval-size",
+        "16",
+        "--draws",
+        "2",
+        "--k",
+        "8",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--name",
+        study,
+        "--family",
+        "tiny",
+        "--tracking-uri",
+        mlflow_sqlite_uri,
+        "--out",
+        str(tmp_path / "study.md"),
+        "--calibration-out",
+        str(tmp_path / "tiny.json"),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["fit"]["calibration"] is not None, out["fit"]["note"]
@@ -315,7 +456,19 @@ def test_cli_study_fits_and_saves_calibration(tiny_model_dir, tmp_path, mlflow_s
     assert cal.family == "tiny" and cal.n_tasks == 3 and cal.fit_kind == "lora" and cal.dtype == "fp32"
     assert cal.coef_interval is not None and cal.loo_mae is not None and cal.baseline_loo_mae is not None
     prov = cal.provenance
-    for key in ("model", "dtype", "device", "lora", "finetune", "budgets", "seeds", "tasks", "date", "eval_size", "draws"):
+    for key in (
+        "model",
+        "dtype",
+        "device",
+        "lora",
+        "finetune",
+        "budgets",
+        "seeds",
+        "tasks",
+        "date",
+        "eval_size",
+        "draws",
+    ):
         assert key in prov, key
     assert prov["budgets"] == [0, 50, 100] and prov["seeds"] == [0, 1] and len(prov["tasks"]) == 3
     md = (tmp_path / "study.md").read_text()
