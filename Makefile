@@ -10,6 +10,7 @@ demo: setup
 lint: setup
 	.venv/bin/ruff format --check .
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 test: setup lint
 	.venv/bin/python -m pytest -q

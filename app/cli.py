@@ -154,7 +154,7 @@ def cmd_assess(args) -> int:
             level=args.level,
         ),
     )
-    a = outcome.assessment
+    a = outcome.assessed
     post = a.posterior
     _print_json(
         {

@@ -30,10 +30,10 @@ def project(args) -> int:
     import sys
 
     from dataeff.bounds import likely_too_long
-    from dataeff.data import read_rows
+    from dataeff.data import RejectedRow, read_rows
     from flows.project import create_project
 
-    rejected = []
+    rejected: list[RejectedRow] = []
     eval_labeled = []
     if args.eval:
         read = read_rows(args.eval)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dataeff.data import Example
+from dataeff.errors import DataError
 from dataeff.generation import end_token_ids, model_device
 from dataeff.models import LoraSettings, attach_lora, encode_prompt, encode_prompt_answer
 
@@ -28,6 +29,8 @@ def naive_lora_gradients(peft_model, tokenizer, examples: Sequence[Example], cha
     params = {n: p for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" in n and p.dim() == 2}
     grads = []
     for ex in examples:
+        if ex.answer is None:
+            raise DataError(f"example {ex.id}: no gold answer; gradients need labeled examples")
         ids, n_prompt = encode_prompt_answer(tokenizer, ex.prompt, ex.answer, chat_template)
         input_ids = torch.tensor([ids], device=device)
         labels = input_ids.clone()
@@ -93,7 +96,7 @@ def naive_confidence(
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=sorted(ends), pad_token_id=pad_id
     )
-    out = []
+    out: list[tuple[list[int], list[float]]] = []
     for prompt in prompts:
         ids = encode_prompt(tokenizer, prompt, chat_template)
         input_ids = torch.tensor([ids], device=device)

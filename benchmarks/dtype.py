@@ -58,6 +58,8 @@ def run(device: str, task: str, n: int, seeds: list[int], model_source: str = "s
             seconds = time.perf_counter() - t0
             peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
             base = value if variant == "fp32" else base
+            if base is None:
+                raise RuntimeError("the fp32 variant must come first (the others are compared with it)")
             rows.append(
                 {
                     "task": task,

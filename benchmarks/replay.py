@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -164,7 +165,7 @@ def summarize(results: list[dict], prior: str = "coslow") -> dict:
         at = [r for r in rows if r["stage"] == stage]
         if not at:
             continue
-        entry = {
+        entry: dict[str, Any] = {
             "labels": stage,
             "n": len(at),
             "median_abs_log2_error": {m: _median(r["errors"].get(m) for r in at) for m in names},
@@ -178,7 +179,7 @@ def summarize(results: list[dict], prior: str = "coslow") -> dict:
         entry["coverage_80"] = entry["coverage_80_by_method"].get("dataeff")
         stages.append(entry)
     by_method = summarize_policy(results)
-    headline = next((v for k, v in by_method.items() if k.startswith("dataeff@")), {})
+    headline: dict = next((v for k, v in by_method.items() if k.startswith("dataeff@")), {})
     return {"prior": prior, "stages": stages, "policy": {**headline, "by_method": by_method}}
 
 
@@ -193,7 +194,7 @@ def _share(flags: list[bool]) -> float | None:
 
 def summarize_policy(results: list[dict]) -> dict:
     pol = [p for res in results for p in res["policy"]]
-    out = {}
+    out: dict[str, dict] = {}
     for name in sorted({p["method"] for p in pol}):
         for cap in sorted({p["cap"] for p in pol}):
             ps = [_as_result(p) for p in pol if p["method"] == name and p["cap"] == cap]
@@ -207,7 +208,7 @@ def summarize_policy(results: list[dict]) -> dict:
                 "stopped_too_early": _share([p.stopped_too_early for p in reach]),
                 "missed": _share([p.missed for p in reach]),
                 "overshoot": _share([p.overshoot for p in reach]),
-                "labels_vs_oracle": _median(p.spent / p.oracle for p in reach),
+                "labels_vs_oracle": _median(p.spent / p.oracle for p in reach if p.oracle is not None),
                 "false_reached": _share([p.false_reached for p in ps if p.rule == "target_reached"]),
                 "unreachable_labels_mean": round(float(np.mean([p.spent for p in unreach])), 1) if unreach else None,
                 "unreachable_stopped_beyond_cap": _share([p.rule == "beyond_cap" for p in unreach]),

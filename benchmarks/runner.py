@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("coslow", "projection", "confidence", "sweep")
@@ -49,7 +50,7 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **overrides) -> BenchConfig:
-        base = dict(
+        base: dict[str, Any] = dict(
             reps=2,
             n_examples=8,
             pool=48,
@@ -192,7 +193,7 @@ def bench_sweep(cfg: BenchConfig, log=print) -> list[dict]:
 def machine_info() -> dict:
     import torch
 
-    info = {
+    info: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
@@ -212,7 +213,7 @@ def machine_info() -> dict:
 
 def run_benchmarks(cfg: BenchConfig, log=print) -> dict:
     """Run the chosen sections; returns a JSON-ready dict."""
-    results = {"config": asdict(cfg), "machine": machine_info()}
+    results: dict[str, Any] = {"config": asdict(cfg), "machine": machine_info()}
     if "coslow" in cfg.sections or "projection" in cfg.sections:
         results["coslow"] = bench_coslow(cfg, log)
     if "confidence" in cfg.sections:

@@ -95,8 +95,10 @@ def measure(spec: dict) -> dict:
         if spec["variant"] == "naive":
             from benchmarks.baseline import naive_confidence
 
-            res = naive_confidence(loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new, chat_template=chat)
-            out["confidences"] = [float(sum(p) / len(p)) if p else 0.0 for _, p in res]
+            answers = naive_confidence(
+                loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new, chat_template=chat
+            )
+            out["confidences"] = [float(sum(p) / len(p)) if p else 0.0 for _, p in answers]
         else:
             from dataeff.confidence import score_confidence
 

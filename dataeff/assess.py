@@ -8,7 +8,7 @@ measured ``(labels, score)`` point.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dataeff.calibration import Calibration
@@ -21,7 +21,7 @@ from dataeff.posterior_flex import FlexPosterior, FlexSettings, fit_flex_posteri
 #: Curve models of the posterior, by name: ``"beta"`` (default; S-shaped, can saturate early or
 #: rise late, seed noise in the likelihood) and ``"xp"`` (the paper's ``x^p`` shape, the
 #: posterior before the replay study; kept as the baseline of ``dataeff bench replay``).
-CURVE_MODELS = {
+CURVE_MODELS: dict[str, Callable[..., CurvePosterior | FlexPosterior]] = {
     "beta": lambda prior_auc, prior_sd, s0, points, human_score, level, noise, n_max: fit_flex_posterior(
         prior_auc, prior_sd, s0, points, human_score, FlexSettings(level=level, seed_noise_sd=noise, max_budget=n_max)
     ),

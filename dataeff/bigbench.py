@@ -177,7 +177,10 @@ def extract_task_json(name: str) -> Path:
                 continue
             seen.append(hit.group(1))
             if hit.group(1) == name:
-                _write_atomic(out, tar.extractfile(member).read())
+                data = tar.extractfile(member)  # a regular file (checked above): never None
+                if data is None:
+                    raise DataError(f"{ARCHIVE_NAME}: {member.name} is not a regular file")
+                _write_atomic(out, data.read())
                 return out
     _write_atomic(index, "\n".join(sorted(seen)).encode("utf-8"))
     raise DataError(f"no BIG-bench task {name!r} in {ARCHIVE_NAME}; similar names: {_similar(name, seen)}")
@@ -313,7 +316,7 @@ def load_bigbench_task(name: str, *, max_examples: int | None = None, seed: int 
     raw = spec.get("examples") or []
     if not raw:
         raise DataError(f"{path}: no 'examples'")
-    indices = np.arange(len(raw))
+    indices: np.ndarray = np.arange(len(raw))
     if max_examples is not None:
         if max_examples < 1:
             raise DataError(f"max_examples must be >= 1, got {max_examples}")

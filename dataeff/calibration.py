@@ -109,13 +109,14 @@ class Calibration:
     @property
     def fitted(self) -> bool:
         """True when the calibration carries what an OLS prediction interval needs."""
-        return (
-            self.n_tasks is not None
-            and self.n_tasks >= 3
-            and self.residual_std is not None
-            and self.coslow_mean is not None
-            and bool(self.coslow_sxx)
-        )
+        return self._fit_stats() is not None
+
+    def _fit_stats(self) -> tuple[int, float, float, float] | None:
+        """``(n_tasks, residual_std, coslow_mean, coslow_sxx)`` when :attr:`fitted`, else ``None``."""
+        n, s, mean, sxx = self.n_tasks, self.residual_std, self.coslow_mean, self.coslow_sxx
+        if n is None or n < 3 or s is None or mean is None or not sxx:
+            return None
+        return n, s, mean, sxx
 
     def predict_sd(self, coslow: float) -> float:
         """Standard error of a new task's AUC at ``coslow`` (AUC units).
@@ -123,9 +124,10 @@ class Calibration:
         Fitted: ``s * sqrt(1 + 1/n + (coslow - mean)^2 / Sxx)``. Built-in: ``default_sd``
         (or :data:`BUILTIN_AUC_SD`).
         """
-        if self.fitted:
-            n = self.n_tasks
-            return float(self.residual_std * math.sqrt(1 + 1 / n + (coslow - self.coslow_mean) ** 2 / self.coslow_sxx))
+        fit = self._fit_stats()
+        if fit is not None:
+            n, s, mean, sxx = fit
+            return float(s * math.sqrt(1 + 1 / n + (coslow - mean) ** 2 / sxx))
         return float(self.default_sd if self.default_sd is not None else BUILTIN_AUC_SD)
 
     def predict_auc(self, coslow: float, level: float = 0.8) -> tuple[float, float, float]:

@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_string
+from email.message import Message
 from pathlib import Path
 
 from dataeff.data import Example, TaskSpec
@@ -178,11 +179,16 @@ def _spam(path: Path) -> tuple[TaskSpec, list[tuple[str, str, str]]]:
             m = re.match(r"package/data/(spam|easy-ham|hard-ham)-\d/(\d+)\.[0-9a-f]+\.json$", member.name)
             if not m:
                 continue
-            record = json.loads(tf.extractfile(member).read().decode("utf-8", errors="replace"))
+            data = tf.extractfile(member)
+            if data is None:  # a directory or special file with a message's name
+                raise DataError(f"{path}: {member.name} is not a regular file")
+            record = json.loads(data.read().decode("utf-8", errors="replace"))
             mail = message_from_string(record.get("text", ""))
             body = mail.get_payload(decode=False)
             if isinstance(body, list):  # multipart: first text part
-                body = next((p.get_payload() for p in body if isinstance(p.get_payload(), str)), "")
+                body = next(
+                    (p.get_payload() for p in body if isinstance(p, Message) and isinstance(p.get_payload(), str)), ""
+                )
             subject = _clip(str(mail.get("Subject") or "(no subject)"), 120)
             text = re.sub(r"<[^>]+>", " ", str(body))
             prompt = (

@@ -153,12 +153,13 @@ class _Collector:
         except DataError as exc:
             self._reject(line, _row_id(row), str(exc))
             return
-        if ex.id in self.first_line:
+        ex_id = str(ex.id)  # _row_to_example always gives one
+        if ex_id in self.first_line:
             self._reject(
-                line, ex.id, f"duplicate id {ex.id!r} (first on line {self.first_line[ex.id]}); ids must be unique"
+                line, ex_id, f"duplicate id {ex_id!r} (first on line {self.first_line[ex_id]}); ids must be unique"
             )
             return
-        self.first_line[ex.id] = line
+        self.first_line[ex_id] = line
         self.examples.append(ex)
 
     def result(self) -> ReadResult:

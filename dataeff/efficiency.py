@@ -179,7 +179,7 @@ def read_human_scores(source: str | Path | Mapping) -> dict[str, float | None]:
     for task, row in data.items():
         value = row.get("score") if isinstance(row, Mapping) else row
         ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-        out[task] = float(value) if ok else None
+        out[task] = float(value) if ok and value is not None else None
     return out
 
 
@@ -530,7 +530,7 @@ def predict(
     for t in targets:
         t = _check_target(t)
         needs[t] = int(math.ceil(labels_needed(auc, t, max_budget)))
-        if interval is not None:
+        if interval is not None and needs_iv is not None:
             needs_iv[t] = (
                 int(math.ceil(labels_needed(interval[1], t, max_budget))),
                 int(math.ceil(labels_needed(interval[0], t, max_budget))),

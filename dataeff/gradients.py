@@ -44,8 +44,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -86,7 +87,16 @@ def encode_examples(tokenizer, examples: Sequence[Example], chat_template: bool)
     return out
 
 
-def lora_layers(peft_model, adapter: str = "default") -> list[tuple[str, torch.nn.Module]]:
+class LoraLayerLike(Protocol):
+    """What the gradient code reads from a peft ``LoraLayer`` (:func:`lora_layers` checks A and B are Linear)."""
+
+    lora_A: Mapping[str, torch.nn.Linear]
+    lora_B: Mapping[str, torch.nn.Linear]
+    scaling: Mapping[str, float]
+    base_layer: torch.nn.Module
+
+
+def lora_layers(peft_model, adapter: str = "default") -> list[tuple[str, LoraLayerLike]]:
     """``(name, peft LoRA layer)`` of every vanilla LoRA linear layer of ``peft_model``, in module order.
 
     Raises:
@@ -95,7 +105,7 @@ def lora_layers(peft_model, adapter: str = "default") -> list[tuple[str, torch.n
     """
     from peft.tuners.lora import LoraLayer
 
-    found = []
+    found: list[tuple[str, LoraLayerLike]] = []
     for name, module in peft_model.named_modules():
         if not isinstance(module, LoraLayer) or adapter not in getattr(module, "lora_B", {}):
             continue
@@ -112,7 +122,7 @@ def lora_layers(peft_model, adapter: str = "default") -> list[tuple[str, torch.n
                 f"{name}: LoRA B is not zero; gradients must be taken at the un-trained initialisation "
                 "(attach a fresh adapter)"
             )
-        found.append((name, module))
+        found.append((name, cast(LoraLayerLike, module)))  # peft types lora_A/lora_B as ModuleDicts
     if not found:
         raise ValueError(
             f"the model has no LoRA layers with adapter {adapter!r}; attach one with dataeff.models.attach_lora"
@@ -168,7 +178,9 @@ def _answer_loss(
     head = base_model.get_output_embeddings()
     embeds = base_model.get_input_embeddings()(input_ids).detach().requires_grad_(True)
     hidden = decoder(inputs_embeds=embeds, attention_mask=attention, use_cache=False).last_hidden_state
-    rows, cols, weights = [], [], []
+    rows: list[int] = []
+    cols: list[int] = []
+    weights: list[float] = []
     for b, ex in enumerate(batch):
         n_answer = len(ex.ids) - ex.n_prompt
         rows.extend([b] * n_answer)
@@ -196,7 +208,7 @@ class _GramAccumulator:
         self.n, self.sizes, self.one_batch, self.sketch = n, list(sizes), one_batch, sketch
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.gram = torch.zeros((n, n), dtype=torch.float64, device=device)
-        self.store = None
+        self.store: torch.Tensor | None = None
         self.spill: tempfile.TemporaryDirectory | None = None
         if sketch is not None:
             self.store = torch.zeros((n, sketch.k), dtype=torch.float64, device=device)
@@ -208,20 +220,21 @@ class _GramAccumulator:
             self.store = torch.empty((n, int(self.offsets[-1])), dtype=torch.float32, device=device)
         self.start = self.stop = 0
 
-    def _module_file(self, module: int) -> str:
-        return os.path.join(self.spill.name, f"module-{module:04d}.f32")
+    @staticmethod
+    def _module_file(spill: tempfile.TemporaryDirectory, module: int) -> str:
+        return os.path.join(spill.name, f"module-{module:04d}.f32")
 
     def add(self, module: int, g: torch.Tensor, u: torch.Tensor, scale: float) -> None:
         """Add module ``module``'s gradients ``scale * sum_t g_t u_t^T`` of the current batch.
 
         ``g``: fp32 ``(batch, T, out)`` output gradients; ``u``: fp32 ``(batch, T, r)`` inputs of lora_B.
         """
-        if self.sketch is not None:
+        if self.sketch is not None and self.store is not None:  # a sketch always has its store
             self.store[self.start : self.stop] += self.sketch.sketch(module, g, u).mul_(scale).double()
             return
         block = torch.bmm(g.transpose(1, 2), u).mul_(scale).reshape(g.shape[0], -1)
         if self.spill is not None:
-            with open(self._module_file(module), "ab") as fh:
+            with open(self._module_file(self.spill, module), "ab") as fh:
                 fh.write(block.contiguous().numpy().tobytes())
         elif self.store is None:
             self.gram.add_((block @ block.T).double())
@@ -230,13 +243,13 @@ class _GramAccumulator:
 
     def result(self, order: Sequence[int]) -> np.ndarray:
         """The ``(n, n)`` float64 Gram matrix in input order; ``order[p]`` = input index of processed row ``p``."""
-        if self.sketch is not None:
+        if self.sketch is not None and self.store is not None:  # a sketch always has its store
             gram = self.store @ self.store.T
         elif self.spill is not None:
             gram = self.gram
             try:
                 for module, size in enumerate(self.sizes):
-                    rows = np.fromfile(self._module_file(module), dtype=np.float32).reshape(self.n, size)
+                    rows = np.fromfile(self._module_file(self.spill, module), dtype=np.float32).reshape(self.n, size)
                     block = torch.from_numpy(rows)
                     gram += (block @ block.T).double()
             finally:

@@ -185,7 +185,7 @@ def match_label(pred: str, labels: Sequence[str], *, cutoff: float = 0.8) -> str
         return min(found)[2]
     if not norm_pred:
         return None
-    by_norm = {}
+    by_norm: dict[str, str] = {}
     for lab, n in normed.items():
         by_norm.setdefault(n, lab)
     best, best_ratio = None, cutoff

@@ -17,10 +17,14 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from dataeff.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SMOLLM2_ALIASES = ("smollm2", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -135,8 +139,8 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
 class LoadedModel:
     """A model, its tokenizer and facts about it."""
 
-    model: object
-    tokenizer: object
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
     name: str
     source: str
     device: torch.device
@@ -245,7 +249,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load model {source!r} from {path}: {exc}") from exc
-    model.to(dev).eval()
+    model.to(dev).eval()  # type: ignore[arg-type]  # transformers types PreTrainedModel.to (functools.wraps) unbound
     name = "SmolLM2-135M-Instruct" if source.lower() in SMOLLM2_ALIASES else Path(source).name or source
     return LoadedModel(model=model, tokenizer=prepare_tokenizer(tok), name=name, source=source, device=dev, dtype=dt)
 

@@ -18,7 +18,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 from dataeff.defaults import TARGETS
 from dataeff.efficiency import BUDGET_GRID, Prediction, absolute_score, normalized_log_size, predicted_curve
 from dataeff.errors import DataError
-from dataeff.posterior import CurvePosterior, GridPosterior
+from dataeff.posterior import GridPosterior
 
 
 def _plot_x(n: np.ndarray) -> np.ndarray:
@@ -27,7 +27,7 @@ def _plot_x(n: np.ndarray) -> np.ndarray:
 
 
 def plot_curve(
-    source: Prediction | CurvePosterior | None,
+    source: Prediction | GridPosterior | None,
     measured: Mapping[int, float] | None = None,
     targets: Sequence[float] = TARGETS,
     title: str = "",
@@ -41,8 +41,9 @@ def plot_curve(
     """Predicted curve with its band, measured points and target lines.
 
     Args:
-        source: a :class:`~dataeff.efficiency.Prediction` (band from its AUC interval), a
-            :class:`~dataeff.posterior.CurvePosterior` (posterior median and central band), or
+        source: a :class:`~dataeff.efficiency.Prediction` (band from its AUC interval), a curve
+            posterior (:class:`~dataeff.posterior.CurvePosterior` or
+            :class:`~dataeff.posterior_flex.FlexPosterior`: posterior median and central band), or
             ``None`` (measured points only).
         measured: ``{labels: score}`` of measured fine-tunes (absolute scores; budget 0 = zero-shot).
         targets: normalised targets in (0, 1] drawn as horizontal lines, with a vertical line at
@@ -68,7 +69,7 @@ def plot_curve(
         post = None
         max_budget = max_budget or (source.max_budget if isinstance(source, Prediction) else 5000)
     absolute = s0 is not None and h is not None
-    if absolute and not h > s0:
+    if s0 is not None and h is not None and not h > s0:
         raise DataError(f"ceiling h={h} must be above the zero-shot score s0={s0}")
     if measured and not absolute:
         raise DataError("measured scores are absolute: give s0 (zero-shot) and h (ceiling) to plot them")
@@ -77,7 +78,7 @@ def plot_curve(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     n = np.unique(np.concatenate([[0.0], np.geomspace(1, max_budget, 300)]))
-    to_y = (lambda y: absolute_score(y, s0, h)) if absolute else (lambda y: np.asarray(y))
+    to_y = (lambda y: absolute_score(y, s0, h)) if s0 is not None and h is not None else (lambda y: np.asarray(y))
 
     needs: dict[float, float] = {}
     if post is not None:
@@ -116,7 +117,7 @@ def plot_curve(
 
     ax.set_xscale("log")
     ticks = [b for b in BUDGET_GRID if b <= max_budget]
-    ax.xaxis.set_major_locator(FixedLocator(_plot_x(np.array(ticks))))
+    ax.xaxis.set_major_locator(FixedLocator(_plot_x(np.array(ticks)).tolist()))
     ax.set_xticklabels([f"{b:,}" for b in ticks])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlim(0.9, max_budget * 1.1)
@@ -151,7 +152,7 @@ def plot_confidence(
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges = np.linspace(0.0, 1.0, bins + 1).tolist()
     ax.hist(np.asarray(confidences, dtype=float), bins=edges, color="#9aa7b8", label=f"pool ({len(confidences)})")
     if len(highlight):
         ax.hist(

@@ -30,6 +30,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Real
+from typing import Protocol
 
 import numpy as np
 from scipy.special import logsumexp
@@ -108,15 +109,28 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> floa
     return float(np.interp(qf, mid, v))
 
 
+class _GridSettings(Protocol):
+    """What :class:`GridPosterior` reads from a subclass's ``settings``."""
+
+    @property
+    def level(self) -> float: ...
+
+    @property
+    def max_budget(self) -> int: ...
+
+
 class GridPosterior:
     """What every grid posterior shares: intervals, labels needed and reach probabilities.
 
     A subclass holds ``weights`` (any shape, sums to 1) and ``settings`` (with ``level`` and
     ``max_budget``) and implements ``labels_grid(target, absolute)`` returning labels needed per
-    cell in the shape of ``weights`` (``inf`` = never within ``max_budget``).
+    cell in the shape of ``weights`` (``inf`` = never within ``max_budget``), ``h_summary`` and
+    ``curve_band``.
     """
 
     weights: np.ndarray
+    s0: float
+    settings: _GridSettings
 
     @property
     def max_budget(self) -> int:
@@ -136,6 +150,16 @@ class GridPosterior:
         return {"mean": float(np.sum(values * weights)), "median": med, "lo": lo, "hi": hi}
 
     def labels_grid(self, target: float, absolute: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def h_summary(self, level: float | None = None) -> dict[str, float]:
+        """``{"mean", "median", "lo", "hi"}`` of the posterior ceiling ``h``."""
+        raise NotImplementedError
+
+    def curve_band(
+        self, n: Sequence[float] | np.ndarray, level: float | None = None, normalized: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Posterior median and central band of the score at label counts ``n``: ``(median, lo, hi)``."""
         raise NotImplementedError
 
     def labels_needed(self, target: float, absolute: bool = False, level: float | None = None) -> LabelsNeeded:
@@ -251,7 +275,7 @@ def _as_observations(points, default_n_eval: int) -> tuple[Observation, ...]:
         return ()
     if isinstance(points, Mapping):
         points = [Observation(int(n), float(s)) for n, s in points.items()]
-    out = []
+    out: list[Observation] = []
     for i, p in enumerate(points):
         if not isinstance(p, Observation):
             try:
@@ -325,9 +349,9 @@ def fit_posterior(
 
     # ceiling grid
     best = max([s0] + [o.score for o in obs])
-    human_ok = human_score is not None and isinstance(human_score, Real) and math.isfinite(human_score)
-    if human_ok:
-        h_grid = np.array([max(float(human_score), best, s0 + 1e-3)])  # a zero-shot at the ceiling: no gain left
+    human = float(human_score) if isinstance(human_score, Real) and math.isfinite(human_score) else None
+    if human is not None:
+        h_grid = np.array([max(human, best, s0 + 1e-3)])  # a zero-shot at the ceiling: no gain left
     else:
         lo_h = max(best, s0 + 1e-6)
         h_grid = np.array([lo_h]) if lo_h >= st.score_max else np.linspace(lo_h, st.score_max, st.n_h)
@@ -356,5 +380,5 @@ def fit_posterior(
         prior_sd=float(prior_sd),
         observations=used,
         settings=st,
-        human_score=float(human_score) if human_ok else None,
+        human_score=human,
     )

@@ -249,12 +249,12 @@ def estimate_stages(
         for t in targets:
             true = curve.crossing(t)
             prior_need = pred.need(t)
-            errors = {"prior": log2_error(prior_need.median, true)}
+            errors: dict[str, float | None] = {"prior": log2_error(prior_need.median, true)}
             covered = {"prior": covers(prior_need.lo, prior_need.hi, true)}
             fit = curve_fit_need(seen, t, curve.human)
             errors["curve_fit"] = None if fit is None else log2_error(fit, true)
             for name, out in outcomes.items():
-                need = out.assessment.need(t)
+                need = out.assessed.need(t)
                 errors[name] = log2_error(need.median, true)
                 covered[name] = covers(need.lo, need.hi, true)
             rows.append(
@@ -306,7 +306,7 @@ class PolicyResult:
     @property
     def overshoot(self) -> bool:
         """Kept labeling past the first grid budget that truly reached the target."""
-        return self.reachable and self.spent > self.oracle
+        return self.oracle is not None and self.spent > self.oracle  # reachable
 
     @property
     def false_reached(self) -> bool:
@@ -348,9 +348,11 @@ def replay_policy(
             break
         if d.action == "request_labels":
             labeled += d.n_labels
+    if out is None:
+        raise DataError(f"replay of {curve.name}: max_iterations must be >= 1, got {max_iterations}")
     d = out.decision
     reached_share = None
-    if d.rule == "target_reached":
+    if d.rule == "target_reached" and d.budget is not None:  # a target_reached decision names its budget
         reached_share = curve.share_at(d.budget)
     return PolicyResult(
         labeled,

@@ -90,6 +90,13 @@ class StepOutcome:
     decision: Decision
     settings: StepSettings
 
+    @property
+    def assessed(self) -> Assessment:
+        """The assessment of a step given a CoS-Low (:class:`DataError` for a step before one)."""
+        if self.assessment is None:
+            raise DataError("no assessment: the step was given no CoS-Low")
+        return self.assessment
+
     def summary(self) -> dict:
         """JSON-ready record of the step (assessment, probability within the cap, decision)."""
         return {

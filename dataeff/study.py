@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -213,7 +214,7 @@ def load_task(task: str, *, seed: int = 0) -> tuple[TaskSpec, list[Example], str
                 "file with 'prompt' and 'answer'"
             )
         examples = read_examples(path)
-        labels = sorted({e.answer for e in examples})
+        labels = sorted({e.answer for e in examples if e.answer is not None})  # all have one (read_examples)
         spec = TaskSpec(name=path.stem, labels=tuple(labels) if len(labels) <= MAX_CHOICE_LABELS else None)
         return spec, examples, str(path)
     from dataeff import corpora
@@ -308,8 +309,9 @@ def chance_level(spec: TaskSpec, eval_examples: Sequence[Example]) -> float | No
     the mean of ``1 / len(choices)``.
     """
     per_example = [e.meta.get("choices") for e in eval_examples]
-    if per_example and all(isinstance(c, list) and c for c in per_example):
-        return float(np.mean([1.0 / len(c) for c in per_example]))
+    choices = [c for c in per_example if isinstance(c, list) and c]
+    if per_example and len(choices) == len(per_example):
+        return float(np.mean([1.0 / len(c) for c in choices]))
     if spec.labels:
         return 1.0 / len(spec.labels)
     return None
@@ -343,7 +345,7 @@ def task_auc(means: Mapping[int, float], cutoff: int = MAX_BUDGET, human_score: 
         ``{"auc", "ceiling", "cutoff", "note"}``; ``auc`` and ``ceiling`` are ``None`` (with the
         reason in ``note``) when there is no zero-shot point or the curve is flat.
     """
-    out = {"auc": None, "ceiling": None, "cutoff": int(cutoff), "note": ""}
+    out: dict[str, Any] = {"auc": None, "ceiling": None, "cutoff": int(cutoff), "note": ""}
     small = sorted(b for b in means if 0 < b < MIN_FINETUNE_BUDGET)
     notes = []
     if small:

@@ -122,7 +122,7 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
         if cfg.fixed_eval_ids:  # a given eval item the model cannot be run on is left out of the split
             evals = [i for i in cfg.fixed_eval_ids if i not in too_long]
         else:
-            evals = choose_eval_split([e.id for e in pool], cfg.eval_size, exclude=lowconf, seed=cfg.seed)
+            evals = choose_eval_split([str(e.id) for e in pool], cfg.eval_size, exclude=lowconf, seed=cfg.seed)
         roles = {ROLE_LOWCONF: list(lowconf), ROLE_EVAL: evals}
         if too_long:
             roles[ROLE_TOO_LONG] = sorted(too_long)  # so the loop never asks the team to label them

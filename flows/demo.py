@@ -21,6 +21,7 @@ from rich.table import Table
 
 from dataeff.bigbench import load_bigbench_task
 from dataeff.defaults import CALIBRATION
+from dataeff.errors import DataError
 from dataeff.project import ProjectConfig
 from dataeff.queue import UNREQUESTED, requested_order
 from flows.bootstrap import bootstrap
@@ -202,11 +203,11 @@ def run_demo(
     console.rule("[bold]dataeff demo")
     console.print(f"starting Label Studio on {server.url} (first boot ~1 minute of migrations)…")
     server.start()
-    os.environ["LABEL_STUDIO_API_KEY"] = server.token  # this process and its children only; never printed
+    os.environ["LABEL_STUDIO_API_KEY"] = server.api_token  # this process and its children only; never printed
     ui = start_mlflow_ui(workdir, mlflow_port)
     try:
         spec, examples = load_bigbench_task(settings.task, max_examples=settings.max_examples, seed=0)
-        gold = {str(e.id): e.answer for e in examples}
+        gold = {str(e.id): e.answer for e in examples if e.answer is not None}  # BIG-bench items all have one
         cfg = ProjectConfig(
             name=f"demo-{settings.task}".replace("_", "-"),
             task=spec,
@@ -240,8 +241,10 @@ def run_demo(
         console.print("bootstrap: SmolLM2 answers every item once; the 32 least confident go first")
         bootstrap(cfg.name)
         cfg = ProjectConfig.load(cfg.name)
+        if cfg.label_studio_project_id is None:  # saved by create_project above
+            raise DataError(f"project {cfg.name}: no Label Studio project id after `project create`")
         annotator = SimulatedAnnotator(
-            LabelStudioClient(server.url, server.token),
+            LabelStudioClient(server.url, server.api_token),
             cfg.label_studio_project_id,
             gold,
             spec.labels,

@@ -33,12 +33,17 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+from uuid import UUID
 
 from prefect import get_client
 from prefect.concurrency.sync import concurrency
 
 from dataeff.errors import DataEffError
 from dataeff.project import dataeff_home
+
+if TYPE_CHECKING:
+    from prefect.server.concurrency.lease_storage.filesystem import ConcurrencyLeaseStorage
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +144,7 @@ def _current_flow_run_id() -> str | None:
 # ----------------------------------------------------------------------------- leases
 
 
-def _local_lease_storage():
+def _local_lease_storage() -> ConcurrencyLeaseStorage | None:
     """Prefect's on-disk lease storage when the API keeps its leases there (ephemeral API / harness), else None."""
     from prefect.settings import get_current_settings
 
@@ -157,12 +162,13 @@ def _leases_of(limit_id, expired_only: bool) -> list:
     storage = _local_lease_storage()
     if storage is None:
         return []
-    ids = (
-        run_coro_as_sync(storage.read_expired_lease_ids(limit=1000))
-        if expired_only
-        else run_coro_as_sync(storage.read_active_lease_ids(limit=1000))
-        + run_coro_as_sync(storage.read_expired_lease_ids(limit=1000))
-    )
+    # annotated: mypy cannot solve run_coro_as_sync's result type (Prefect's TypeVar uses infer_variance)
+    ids: list[UUID]
+    if expired_only:
+        ids = run_coro_as_sync(storage.read_expired_lease_ids(limit=1000))
+    else:
+        active: list[UUID] = run_coro_as_sync(storage.read_active_lease_ids(limit=1000))
+        ids = active + run_coro_as_sync(storage.read_expired_lease_ids(limit=1000))
     leases = [run_coro_as_sync(storage.read_lease(i)) for i in ids]
     return [l for l in leases if l is not None and limit_id in l.resource_ids]
 
@@ -229,7 +235,7 @@ def project_slot(
     if flow_run_id:
         from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
-        lease_holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run_id)
+        lease_holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id))
     with contextlib.ExitStack() as stack:
         while True:
             given_back = reclaim_expired_leases(project)

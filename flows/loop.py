@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from typing import TypedDict
 
 from prefect import flow, get_run_logger, task
 
@@ -43,9 +45,21 @@ from flows.services import Services, get_model, open_services, retry_on_unavaila
 from integrations.label_studio import Cursor, PullResult
 
 log = logging.getLogger(__name__)
-RETRY = dict(retries=3, retry_delay_seconds=[1, 2, 4], retry_condition_fn=retry_on_unavailable)
+
+
+class RetryOptions(TypedDict):
+    """Retry keywords of Prefect's ``@task`` (typed, so that ``@task(**RETRY)`` matches Prefect's signature)."""
+
+    retries: int
+    retry_delay_seconds: list[float]
+    retry_condition_fn: Callable[..., bool]
+
+
+RETRY = RetryOptions(retries=3, retry_delay_seconds=[1, 2, 4], retry_condition_fn=retry_on_unavailable)
 """Label Studio calls (and quick reads): service blips, seconds."""
-LOG_RETRY = dict(retries=8, retry_delay_seconds=[5, 10, 20, 40, 60, 120, 120, 120], retry_condition_fn=retry_tracking)
+LOG_RETRY = RetryOptions(
+    retries=8, retry_delay_seconds=[5, 10, 20, 40, 60, 120, 120, 120], retry_condition_fn=retry_tracking
+)
 """Logging a finished result to MLflow: rides out an outage of ~8 minutes, saying so at each try;
 the result is kept on disk meanwhile (:mod:`flows.pending`), so even a longer outage loses nothing."""
 
@@ -289,7 +303,7 @@ def run_iteration(svc: Services) -> dict:
         settings,
     )
     assessment, decision = outcome.assessment, outcome.decision
-    if assessment is not None:
+    if assessment is not None and coslow_res is not None:  # an assessment exists only once CoS-Low is computed
         figure = plot_curve(
             assessment.posterior or assessment.prediction,
             measured=done,
@@ -335,6 +349,9 @@ def run_iteration(svc: Services) -> dict:
 def _comparison_rows(assessment: Assessment, cfg: ProjectConfig) -> list[dict]:
     """Per budget: the posterior's predicted score (band) beside the measured one."""
     budgets = sorted(set(cfg.budgets) | set(assessment.measured))
+    med: Sequence[float | None]
+    lo: Sequence[float | None]
+    hi: Sequence[float | None]
     if assessment.posterior is not None:
         med, lo, hi = (list(map(float, a)) for a in assessment.posterior.curve_band(budgets))
     else:  # no zero-shot yet: scores cannot be predicted on the absolute scale

@@ -18,6 +18,7 @@ Conventions (see docs/label-studio.md):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -220,9 +221,10 @@ def label_config(task: TaskSpec) -> str:
     if task.instructions:
         parts.append(f"  <Header value={quoteattr(task.instructions)}/>")
     parts.append(f'  <Text name="{PROMPT_FIELD}" value="${PROMPT_FIELD}"/>')
-    if task.is_choice:
+    labels = _labels_of(task)
+    if labels is not None:
         parts.append(f'  <Choices name="{ANSWER_NAME}" toName="{PROMPT_FIELD}" choice="single" required="true">')
-        parts.extend(f"    <Choice value={quoteattr(label)}/>" for label in task.labels)
+        parts.extend(f"    <Choice value={quoteattr(label)}/>" for label in labels)
         parts.append("  </Choices>")
     else:
         parts.append(
@@ -256,8 +258,8 @@ class _Schema:
             "it was not made by dataeff (use ensure_project)"
         )
 
-    def result(self, answer: str, where: str) -> list[dict]:
-        """Annotation/prediction ``result`` for ``answer``; :class:`InvalidLabel` if not allowed."""
+    def result(self, answer: str | None, where: str) -> list[dict]:
+        """Annotation/prediction ``result`` for ``answer``; :class:`InvalidLabel` if not allowed (or missing)."""
         if not isinstance(answer, str) or not answer.strip():
             raise InvalidLabel(f"{where}: empty answer; give one of the labels or a non-empty text")
         if self.labels is not None:
@@ -291,7 +293,7 @@ class _Schema:
 
 
 def _labels_of(task: TaskSpec) -> tuple[str, ...] | None:
-    return tuple(task.labels) if task.is_choice else None
+    return tuple(task.labels) if task.labels else None  # the test of task.is_choice, which mypy can narrow on
 
 
 def _ts(value: Any) -> datetime:
@@ -418,7 +420,7 @@ class LabelStudioClient:
         for start in range(0, len(rows), batch_size):
             chunk = list(rows[start : start + batch_size])
             self._call(
-                f"import {len(chunk)} {what}", lambda chunk=chunk: send(chunk), idempotent=False, not_found=not_found
+                f"import {len(chunk)} {what}", functools.partial(send, chunk), idempotent=False, not_found=not_found
             )
 
     def _project(self, project_id: int) -> Any:
@@ -482,7 +484,7 @@ class LabelStudioClient:
     # -- projects
     def find_project(self, title: str) -> int | None:
         """Id of the project titled exactly ``title`` (lowest id if several), or ``None``."""
-        found = self._call(f"find project {title!r}", lambda: list(self._sdk.projects.list(title=title)))
+        found: list[Any] = self._call(f"find project {title!r}", lambda: list(self._sdk.projects.list(title=title)))
         ids = sorted(p.id for p in found if p.title == title)
         return ids[0] if ids else None
 
@@ -513,6 +515,8 @@ class LabelStudioClient:
             idempotent=False,
         )
         log.info("created Label Studio project %r (id %s)", title, project.id)
+        if project.id is None:  # the SDK's model allows it; a created project always has one
+            raise LabelStudioError(f"Label Studio created project {title!r} but returned no id")
         return project.id
 
     def delete_project(self, project_id: int) -> None:
@@ -709,7 +713,7 @@ class LabelStudioClient:
     def create_annotations(
         self,
         project_id: int,
-        answers: Mapping[str, str],
+        answers: Mapping[str, str | None],
         *,
         annotator_id: int | None = None,
         ground_truth: bool = False,
@@ -736,7 +740,7 @@ class LabelStudioClient:
             task_id = index[item_id].task_id
             ann = self._call(
                 f"annotate item {item_id!r}",
-                lambda task_id=task_id, kwargs=kwargs: self._sdk.annotations.create(id=task_id, **kwargs),
+                functools.partial(self._sdk.annotations.create, id=task_id, **kwargs),
                 idempotent=False,
             )
             created[item_id] = int(ann.id)
@@ -794,7 +798,7 @@ class LabelStudioClient:
             data = {**record.data, PRIORITY_FIELD: value}
             self._call(
                 f"set the priority of item {item_id!r}",
-                lambda record=record, data=data: self._sdk.tasks.update(id=str(record.task_id), data=data),
+                functools.partial(self._sdk.tasks.update, id=str(record.task_id), data=data),
             )
             updated += 1
         return updated

@@ -237,6 +237,13 @@ class LabelStudioServer:
     def credentials_file(self) -> Path:
         return self.data_dir / CREDENTIALS_FILE
 
+    @property
+    def api_token(self) -> str:
+        """The admin's API token: ``token`` as given, stored or generated when the object was created."""
+        if self.token is None:  # set by __post_init__; None only if a caller reset it
+            raise LabelStudioServerError("no Label Studio token: create the LabelStudioServer again")
+        return self.token
+
     def _load_or_create_credentials(self) -> None:
         stored: dict = {}
         if self.credentials_file.exists():
@@ -294,12 +301,14 @@ class LabelStudioServer:
 
     def environment(self) -> dict[str, str]:
         """Environment of the server process (contains the secrets: never log it)."""
+        if self.password is None:  # set by __post_init__; None only if a caller reset it
+            raise LabelStudioServerError("no Label Studio password: create the LabelStudioServer again")
         env = dict(os.environ)
         env.update(
             LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir),
             LABEL_STUDIO_USERNAME=self.username,
             LABEL_STUDIO_PASSWORD=self.password,
-            LABEL_STUDIO_USER_TOKEN=self.token,
+            LABEL_STUDIO_USER_TOKEN=self.api_token,
             LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
             LATEST_VERSION_CHECK="false",
             SENTRY_DSN="",
@@ -400,7 +409,7 @@ class LabelStudioServer:
             text = self.log_file.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return "(no log)"
-        return "\n".join(line.replace(self.token, "***") for line in text)
+        return "\n".join(line.replace(self.api_token, "***") for line in text)
 
     def stop(self, timeout: float = 20.0) -> bool:
         """Terminate the server recorded in the data dir (its whole process group).

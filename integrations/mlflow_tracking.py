@@ -45,7 +45,8 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal, overload
 from urllib.parse import unquote, urlparse
 
 import requests
@@ -88,6 +89,8 @@ COMPARISON_TABLE_CSV = "comparison/table.csv"
 COMPARISON_TABLE_JSON = "comparison/table.json"
 
 _UNFINISHED = ("RUNNING", "SCHEDULED")
+_NO_VALUES: Mapping[str, Any] = MappingProxyType({})
+"""Default of optional tags/params/metrics arguments: an empty, read-only mapping."""
 
 
 class TrackingError(DataEffError):
@@ -340,7 +343,8 @@ class Tracker:
 
     def _search(self, experiment_id: str, filter_string: str = "", *, view: int = ViewType.ACTIVE_ONLY) -> list:
         """All runs matching ``filter_string``, newest first (every page)."""
-        runs, token = [], None
+        runs: list = []
+        token = None
         while True:
             page = self._client.search_runs(
                 [experiment_id],
@@ -371,8 +375,8 @@ class Tracker:
         key: str,
         run_name: str,
         tags: Mapping[str, Any],
-        params: Mapping[str, Any] = (),
-        metrics: Mapping[str, Any] = (),
+        params: Mapping[str, Any] = _NO_VALUES,
+        metrics: Mapping[str, Any] = _NO_VALUES,
         artifacts: Callable[[str], None] | None = None,
     ) -> LoggedRun:
         existing = self._search(experiment_id, f"tags.`{TAG_RUN_KEY}` = '{key}'")
@@ -483,7 +487,7 @@ class Tracker:
         roles_json = {str(role): [str(i) for i in ids] for role, ids in roles.items()}
         stats = dict(stats or {})
         exp_id = self._experiment(project, model=model)
-        params = {f"n_{role}": len(ids) for role, ids in roles_json.items()}
+        params: dict[str, Any] = {f"n_{role}": len(ids) for role, ids in roles_json.items()}
         params["n_pool"] = stats.get("pool")
         metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         rows = [dict(r) for r in scores]
@@ -866,6 +870,12 @@ class Tracker:
 
     # ------------------------------------------------------------------ summary run: cursor + comparison
 
+    @overload
+    def _summary_run(self, project: str, *, create: Literal[True]) -> str: ...
+
+    @overload
+    def _summary_run(self, project: str, *, create: bool) -> str | None: ...
+
     def _summary_run(self, project: str, *, create: bool) -> str | None:
         exp_id = self._experiment(project) if create else self._existing_experiment(project)
         if exp_id is None:
@@ -944,7 +954,7 @@ class Tracker:
 
     @_guarded
     def start_study_task(
-        self, study: str, key: str, *, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any] = ()
+        self, study: str, key: str, *, run_name: str, tags: Mapping[str, Any], params: Mapping[str, Any] = _NO_VALUES
     ) -> tuple[str, str]:
         """The parent run of one task of a study: ``(run_id, state)``.
 
@@ -978,11 +988,11 @@ class Tracker:
         self,
         run_id: str,
         *,
-        metrics: Mapping[str, Any] = (),
+        metrics: Mapping[str, Any] = _NO_VALUES,
         data: Any = None,
         artifact_file: str = "task_result.json",
         status: str = "FINISHED",
-        tags: Mapping[str, Any] = (),
+        tags: Mapping[str, Any] = _NO_VALUES,
     ) -> None:
         """Log the task's metrics and result JSON on its parent run and end it with ``status``."""
         now = int(time.time() * 1000)
@@ -1024,12 +1034,12 @@ class Tracker:
         kind: str,
         run_name: str,
         parent_run_id: str | None = None,
-        tags: Mapping[str, Any] = (),
-        params: Mapping[str, Any] = (),
-        metrics: Mapping[str, Any] = (),
+        tags: Mapping[str, Any] = _NO_VALUES,
+        params: Mapping[str, Any] = _NO_VALUES,
+        metrics: Mapping[str, Any] = _NO_VALUES,
         data: Any = None,
         artifact_file: str = "result.json",
-        texts: Mapping[str, str] = (),
+        texts: Mapping[str, str] = _NO_VALUES,
     ) -> LoggedRun:
         """Log one measurement of a study (idempotent on ``key``), as a child of ``parent_run_id`` if given.
 
@@ -1060,8 +1070,8 @@ class Tracker:
         run_name: str,
         error: str,
         parent_run_id: str | None = None,
-        tags: Mapping[str, Any] = (),
-        params: Mapping[str, Any] = (),
+        tags: Mapping[str, Any] = _NO_VALUES,
+        params: Mapping[str, Any] = _NO_VALUES,
     ) -> str:
         """Record a measurement that raised as a FAILED run (tag ``dataeff.error``); a re-run tries it again."""
         exp_id = self.study_experiment(study)
