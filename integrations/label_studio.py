@@ -25,8 +25,7 @@ import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from xml.sax.saxutils import quoteattr
 
@@ -36,12 +35,17 @@ from label_studio_sdk.core.api_error import ApiError
 
 from dataeff.data import Example, TaskSpec
 from dataeff.errors import DataEffError, DataError
+from integrations.ls_reconcile import (
+    ID_FIELD,
+    PROMPT_FIELD,
+    Cursor,
+    PullResult,
+    reconcile,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PROMPT_FIELD = "prompt"
-ID_FIELD = "dataeff_id"
 PRIORITY_FIELD = "dataeff_priority"
 ANSWER_NAME = "answer"
 PRIORITY_VIEW_TITLE = "dataeff priority"
@@ -107,95 +111,6 @@ class ImportReport:
     created: int
     skipped: int
     invalid: tuple[InvalidTask, ...] = ()
-
-
-@dataclass(frozen=True)
-class PullError:
-    """A task/annotation that could not be read; the rest of the pull went on.
-
-    Attributes:
-        dataeff_id: the item's ``dataeff_id``.
-        task_id: Label Studio task id.
-        annotation_id: the offending annotation (``None`` when the task itself is bad).
-        reason: what is wrong and what to do.
-    """
-
-    dataeff_id: str
-    task_id: int
-    annotation_id: int | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """What a pull has seen; JSON-serialisable so the caller can persist it (e.g. in MLflow).
-
-    Attributes:
-        updated_at: the latest ``updated_at`` (ISO 8601) of the counted annotations, or ``None``.
-        seen: ``dataeff_id -> (annotation_id, updated_at)`` of the annotation counted for every
-            labeled item at that pull.
-
-    Never mutated by this module: each pull returns a new cursor.
-    """
-
-    updated_at: str | None = None
-    seen: Mapping[str, tuple[int, str]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"version": 1, "updated_at": self.updated_at, "seen": {k: list(v) for k, v in self.seen.items()}}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, payload: Mapping) -> Cursor:
-        try:
-            seen = {str(k): (int(v[0]), str(v[1])) for k, v in payload.get("seen", {}).items()}
-            return cls(updated_at=payload.get("updated_at"), seen=seen)
-        except (TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise DataError(
-                f"malformed Label Studio cursor ({exc}); pass since=None to pull everything again"
-            ) from None
-
-    @classmethod
-    def from_json(cls, text: str) -> Cursor:
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"malformed Label Studio cursor JSON ({exc.msg}); pass since=None to pull everything again"
-            ) from None
-
-
-@dataclass(frozen=True)
-class PullResult:
-    """Outcome of :meth:`LabelStudioClient.pull_labeled`.
-
-    Attributes:
-        examples: every item labeled now (the current truth, not only the changes), one
-            :class:`Example` per item with ``answer`` from the counted annotation and ``meta``
-            holding ``task_id``, ``annotation_id``, ``updated_at``, ``dataeff_id``, ``annotator``.
-        changed_ids: items new or edited since the given cursor (all of them when ``since=None``).
-        deleted_ids: items labeled at the cursor that are not labeled any more (annotation
-            deleted, cancelled, or now malformed).
-        errors: malformed tasks/annotations, each named, skipped.
-        cursor: the new cursor to persist.
-        unmanaged_task_ids: annotated tasks that carry no ``dataeff_id`` (made by hand in Label
-            Studio, not imported by dataeff). Skipped, never counted: dataeff cannot tell whether
-            they are pool, eval or duplicate items. Import such items with ``dataeff project create``.
-    """
-
-    examples: tuple[Example, ...]
-    changed_ids: tuple[str, ...]
-    deleted_ids: tuple[str, ...]
-    errors: tuple[PullError, ...]
-    cursor: Cursor
-    unmanaged_task_ids: tuple[int, ...] = ()
-
-    @property
-    def has_changes(self) -> bool:
-        """Whether anything was added, edited or deleted since the cursor."""
-        return bool(self.changed_ids or self.deleted_ids)
 
 
 @dataclass(frozen=True)
@@ -294,25 +209,6 @@ class _Schema:
 
 def _labels_of(task: TaskSpec) -> tuple[str, ...] | None:
     return tuple(task.labels) if task.labels else None  # the test of task.is_choice, which mypy can narrow on
-
-
-def _ts(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
-
-
-def _iso(value: Any) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
-
-
-def _field(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-# ----------------------------------------------------------------------------- the client
 
 
 class LabelStudioClient:
@@ -519,14 +415,6 @@ class LabelStudioClient:
             raise LabelStudioError(f"Label Studio created project {title!r} but returned no id")
         return project.id
 
-    def delete_project(self, project_id: int) -> None:
-        """Delete a project and everything in it."""
-        self._call(
-            f"delete project {project_id}",
-            lambda: self._sdk.projects.delete(id=project_id),
-            not_found=ProjectNotFound(f"Label Studio project {project_id} not found at {self.url}"),
-        )
-
     # -- import
     def import_pool(self, project_id: int, examples: Sequence[Example], batch_size: int = 500) -> ImportReport:
         """Import unlabeled items as tasks, each once (keyed by ``Example.id`` as ``dataeff_id``).
@@ -605,111 +493,9 @@ class LabelStudioClient:
         """
         schema = self._schema(project_id)
         tasks = self._list_tasks(project_id, fields="all", query=_ANNOTATED_QUERY, check_project=False)
-        examples: list[Example] = []
-        errors: list[PullError] = []
-        seen: dict[str, tuple[int, str]] = {}
-        unmanaged: list[int] = []
-        for task in tasks:
-            data = task.data or {}
-            if ID_FIELD not in data:
-                unmanaged.append(int(task.id))
-                continue
-            item_id = str(data[ID_FIELD])
-            prompt = data.get(PROMPT_FIELD)
-            if not isinstance(prompt, str) or not prompt.strip():
-                errors.append(
-                    PullError(
-                        item_id, task.id, None, f"task {task.id} has no {PROMPT_FIELD!r} text; fix or delete the task"
-                    )
-                )
-                continue
-            best: tuple | None = None
-            for ann in task.annotations or []:
-                if _field(ann, "was_cancelled"):
-                    continue
-                ann_id = _field(ann, "id")
-                try:
-                    answer = schema.answer(_field(ann, "result"))
-                except ValueError as exc:
-                    errors.append(
-                        PullError(
-                            item_id,
-                            task.id,
-                            ann_id,
-                            f"annotation {ann_id} of task {task.id}: {exc}; fix it in Label Studio",
-                        )
-                    )
-                    continue
-                updated = _ts(_field(ann, "updated_at") or _field(ann, "created_at"))
-                rank = (bool(_field(ann, "ground_truth")), updated, ann_id or 0)
-                if best is None or rank > best[0]:
-                    best = (rank, ann, answer)
-            if best is None:
-                continue
-            _, ann, answer = best
-            if item_id in seen:
-                errors.append(
-                    PullError(
-                        item_id,
-                        task.id,
-                        _field(ann, "id"),
-                        f"dataeff_id {item_id!r} is on several tasks; kept the first",
-                    )
-                )
-                continue
-            updated_iso = _iso(_field(ann, "updated_at") or _field(ann, "created_at"))
-            seen[item_id] = (int(_field(ann, "id")), updated_iso)
-            examples.append(
-                Example(
-                    prompt=prompt,
-                    answer=answer,
-                    id=item_id,
-                    meta={
-                        "task_id": task.id,
-                        "annotation_id": int(_field(ann, "id")),
-                        "updated_at": updated_iso,
-                        "dataeff_id": item_id,
-                        "annotator": self._annotator(_field(ann, "completed_by")),
-                        "ground_truth": bool(_field(ann, "ground_truth")),
-                    },
-                )
-            )
-        before = dict(since.seen) if since is not None else {}
-        changed = tuple(i for i, v in seen.items() if before.get(i) != v)
-        deleted = tuple(sorted(i for i in before if i not in seen))
-        stamps = [v[1] for v in seen.values()] + ([since.updated_at] if since is not None and since.updated_at else [])
-        latest = max(stamps, key=_ts, default=None)
-        return PullResult(
-            examples=tuple(examples),
-            changed_ids=changed,
-            deleted_ids=deleted,
-            errors=tuple(errors),
-            cursor=Cursor(updated_at=latest, seen=seen),
-            unmanaged_task_ids=tuple(sorted(unmanaged)),
-        )
+        return reconcile(tasks, schema.answer, since, annotator_of=self._annotator)
 
     # -- annotations (simulated annotator, tests)
-    def create_annotation(
-        self,
-        project_id: int,
-        dataeff_id: str,
-        answer: str,
-        *,
-        annotator_id: int | None = None,
-        ground_truth: bool = False,
-        cancelled: bool = False,
-    ) -> int:
-        """Annotate item ``dataeff_id`` with ``answer`` and return the annotation id.
-
-        Raises:
-            InvalidLabel: ``answer`` is not one of the project's labels (or is empty).
-            InvalidTask: no task carries that ``dataeff_id``.
-        """
-        ids = self.create_annotations(
-            project_id, {dataeff_id: answer}, annotator_id=annotator_id, ground_truth=ground_truth, cancelled=cancelled
-        )
-        return ids[str(dataeff_id)]
-
     def create_annotations(
         self,
         project_id: int,
@@ -745,36 +531,6 @@ class LabelStudioClient:
             )
             created[item_id] = int(ann.id)
         return created
-
-    def update_annotation(self, project_id: int, annotation_id: int, answer: str) -> None:
-        """Replace the answer of an annotation (its ``updated_at`` moves)."""
-        result = self._schema(project_id).result(answer, f"annotation {annotation_id} of project {project_id}")
-        self._call(
-            f"update annotation {annotation_id}",
-            lambda: self._sdk.annotations.update(id=annotation_id, result=result),
-            not_found=LabelStudioError(f"annotation {annotation_id} not found at {self.url}"),
-        )
-
-    def delete_annotation(self, annotation_id: int) -> None:
-        """Delete an annotation (Label Studio keeps no trace of it)."""
-        self._call(
-            f"delete annotation {annotation_id}",
-            lambda: self._sdk.annotations.delete(id=annotation_id),
-            not_found=LabelStudioError(f"annotation {annotation_id} not found at {self.url}"),
-        )
-
-    def ensure_user(self, email: str) -> int:
-        """Id of the user with ``email``, created when missing (e.g. a second annotator)."""
-        users = self._call("list users", lambda: list(self._sdk.users.list()))
-        for u in users:
-            if u.email == email:
-                return int(u.id)
-        user = self._call(
-            f"create user {email!r}",
-            lambda: self._sdk.users.create(email=email, username=email.split("@")[0]),
-            idempotent=False,
-        )
-        return int(user.id)
 
     # -- priorities and the sorted view
     def push_priorities(
@@ -874,17 +630,6 @@ class LabelStudioClient:
             lambda: self._sdk.projects.update(id=project_id, model_version=model_version),
         )
         return created
-
-    def predictions(self, project_id: int) -> list[dict]:
-        """Predictions of a project as plain dicts ``{task_id, model_version, score, result}``."""
-        self._project(project_id)
-        found = self._call(
-            f"list the predictions of project {project_id}",
-            lambda: list(self._sdk.predictions.list(project=project_id)),
-        )
-        return [
-            {"task_id": p.task, "model_version": p.model_version, "score": p.score, "result": p.result} for p in found
-        ]
 
     def project_info(self, project_id: int) -> dict:
         """``{id, title, description, model_version, label_config}`` of a project."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+import ls_testing
 import pytest
 
 from dataeff.data import TaskSpec
@@ -57,6 +58,6 @@ def ls_project(ls_client, request):
     project_id = ls_client.ensure_project(title, LS_TEST_TASK, description="Label carefully.")
     yield LSProject(client=ls_client, project_id=project_id, task=LS_TEST_TASK, title=title)
     try:
-        ls_client.delete_project(project_id)
+        ls_testing.delete_project(ls_client, project_id)
     except Exception:  # the server may be down if the test stopped it; the data dir is tmp anyway
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 
+import ls_testing
 import pytest
 
 from dataeff.data import Example, TaskSpec
@@ -77,7 +78,9 @@ def make_project(label_studio, prefect_harness, tiny_model_dir, tmp_path, monkey
     yield make
     for cfg in made:
         try:
-            LabelStudioClient(label_studio.url, label_studio.token).delete_project(cfg.label_studio_project_id)
+            ls_testing.delete_project(
+                LabelStudioClient(label_studio.url, label_studio.token), cfg.label_studio_project_id
+            )
         except Exception:  # noqa: BLE001 - best-effort clean-up
             pass
 

@@ -8,6 +8,7 @@ in the pool.
 
 from __future__ import annotations
 
+import ls_testing
 import pytest
 from tiny import build_tiny_tokenizer
 
@@ -142,6 +143,6 @@ def test_bootstrap_skips_the_huge_prompt_names_it_and_scores_the_rest(huge_promp
     roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
     assert "huge-one" not in set(roles["lowconf"]) | set(roles["eval"])
     huge_task = next(t.task_id for t in svc.ls.tasks(cfg.label_studio_project_id) if t.dataeff_id == "huge-one")
-    assert huge_task not in {p["task_id"] for p in svc.ls.predictions(cfg.label_studio_project_id)}
+    assert huge_task not in {p["task_id"] for p in ls_testing.predictions(svc.ls, cfg.label_studio_project_id)}
     again = bootstrap(cfg.name, home=str(home))  # idempotent: roles kept, nothing re-checked
     assert "skipped" not in again and again["lowconf"] == 4

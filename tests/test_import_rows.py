@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import ls_testing
 import pytest
 
 from app.cli import main
@@ -58,7 +59,7 @@ def cli_env(label_studio, tmp_path, monkeypatch):
     for name in names:
         pid = client.find_project(name)
         if pid is not None:
-            client.delete_project(pid)
+            ls_testing.delete_project(client, pid)
 
 
 def _run(capsys, argv):

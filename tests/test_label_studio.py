@@ -12,6 +12,7 @@ import time
 import xml.etree.ElementTree as ET
 
 import httpx
+import ls_testing
 import pytest
 from fixtures_label_studio import LS_TEST_TASK
 
@@ -159,11 +160,11 @@ def test_import_pool_is_idempotent_and_reports_bad_items(ls_project):
 def test_pull_new_edited_deleted_cancelled_and_two_annotators(ls_project):
     client, pid = ls_project.client, ls_project.project_id
     client.import_pool(pid, _pool(8))
-    second = client.ensure_user("second.annotator@example.com")
-    a0 = client.create_annotation(pid, "item-0", "positive")
-    a1 = client.create_annotation(pid, "item-1", "negative")
-    client.create_annotation(pid, "item-2", "neutral")
-    client.create_annotation(pid, "item-3", "positive", cancelled=True)  # skipped: ignored
+    second = ls_testing.ensure_user(client, "second.annotator@example.com")
+    a0 = ls_testing.create_annotation(client, pid, "item-0", "positive")
+    a1 = ls_testing.create_annotation(client, pid, "item-1", "negative")
+    ls_testing.create_annotation(client, pid, "item-2", "neutral")
+    ls_testing.create_annotation(client, pid, "item-3", "positive", cancelled=True)  # skipped: ignored
 
     first = client.pull_labeled(pid, since=None)
     assert {e.id: e.answer for e in first.examples} == {"item-0": "positive", "item-1": "negative", "item-2": "neutral"}
@@ -180,14 +181,14 @@ def test_pull_new_edited_deleted_cancelled_and_two_annotators(ls_project):
 
     # Edit, delete, and several annotators.
     time.sleep(0.01)
-    client.update_annotation(pid, a1, "positive")
-    client.delete_annotation(a0)
-    client.create_annotation(pid, "item-4", "negative")
-    client.create_annotation(pid, "item-4", "neutral", annotator_id=second)  # later one wins
-    client.create_annotation(pid, "item-5", "positive", annotator_id=second, ground_truth=True)
-    client.create_annotation(pid, "item-5", "negative")  # later, but ground truth wins
-    client.create_annotation(pid, "item-6", "negative", cancelled=True)
-    client.create_annotation(pid, "item-6", "neutral", annotator_id=second)  # cancelled one ignored
+    ls_testing.update_annotation(client, pid, a1, "positive")
+    ls_testing.delete_annotation(client, a0)
+    ls_testing.create_annotation(client, pid, "item-4", "negative")
+    ls_testing.create_annotation(client, pid, "item-4", "neutral", annotator_id=second)  # later one wins
+    ls_testing.create_annotation(client, pid, "item-5", "positive", annotator_id=second, ground_truth=True)
+    ls_testing.create_annotation(client, pid, "item-5", "negative")  # later, but ground truth wins
+    ls_testing.create_annotation(client, pid, "item-6", "negative", cancelled=True)
+    ls_testing.create_annotation(client, pid, "item-6", "neutral", annotator_id=second)  # cancelled one ignored
 
     second_pull = client.pull_labeled(pid, since=cursor1)
     answers = {e.id: e.answer for e in second_pull.examples}
@@ -210,7 +211,7 @@ def test_pull_new_edited_deleted_cancelled_and_two_annotators(ls_project):
 def test_pull_reports_malformed_annotations_and_goes_on(ls_project):
     client, pid = ls_project.client, ls_project.project_id
     client.import_pool(pid, _pool(3))
-    client.create_annotation(pid, "item-0", "positive")
+    ls_testing.create_annotation(client, pid, "item-0", "positive")
     task_id = {t.dataeff_id: t.task_id for t in client.tasks(pid)}["item-1"]
     # Written behind the adapter's back (another tool, an old label set): a label not in the config.
     client._sdk.annotations.create(
@@ -284,12 +285,12 @@ def test_predictions_with_model_version_are_idempotent(ls_project):
     assert client.push_predictions(pid, preds, model_version="smollm2-r1") == 2
     assert client.push_predictions(pid, preds, model_version="smollm2-r1") == 0  # no duplicates
     assert client.project_info(pid)["model_version"] == "smollm2-r1"
-    seen = client.predictions(pid)
+    seen = ls_testing.predictions(client, pid)
     assert len(seen) == 2 and {p["model_version"] for p in seen} == {"smollm2-r1"}
     assert sorted(round(p["score"], 2) for p in seen) == [0.35, 0.91]
     with pytest.raises(InvalidLabel, match="maybe"):
         client.push_predictions(pid, {"item-1": ("maybe", 0.5)}, model_version="smollm2-r2")
-    assert len(client.predictions(pid)) == 2  # nothing pushed
+    assert len(ls_testing.predictions(client, pid)) == 2  # nothing pushed
     assert client.push_predictions(pid, {"item-1": ("negative", 0.5)}, model_version="smollm2-r2") == 1
     assert client.project_info(pid)["model_version"] == "smollm2-r2"
 
@@ -318,16 +319,16 @@ def test_bad_token_missing_project_invalid_label(label_studio, ls_project):
         client.import_pool(987654, _pool(1))
     client.import_pool(ls_project.project_id, _pool(1))
     with pytest.raises(InvalidLabel, match="'maybe' is not in"):
-        client.create_annotation(ls_project.project_id, "item-0", "maybe")
+        ls_testing.create_annotation(client, ls_project.project_id, "item-0", "maybe")
     with pytest.raises(InvalidTask, match="item-77"):
-        client.create_annotation(ls_project.project_id, "item-77", "positive")
+        ls_testing.create_annotation(client, ls_project.project_id, "item-77", "positive")
 
 
 def test_no_token_in_logs_errors_or_reprs(label_studio, ls_project, caplog):
     caplog.set_level(logging.DEBUG)
     client = LabelStudioClient(label_studio.url, label_studio.token, retries=1, backoff=0.05)
     client.import_pool(ls_project.project_id, _pool(2))
-    client.create_annotation(ls_project.project_id, "item-0", "positive")
+    ls_testing.create_annotation(client, ls_project.project_id, "item-0", "positive")
     client.pull_labeled(ls_project.project_id)
     down = LabelStudioClient("http://127.0.0.1:9", label_studio.token, retries=1, backoff=0.05)
     with pytest.raises(LabelStudioUnavailable) as info:
@@ -349,10 +350,10 @@ def test_server_stopped_mid_pull_loses_nothing(label_studio, ls_project):
     setup = ls_project.client
     setup.import_pool(pid, _pool(6))
     for i in range(3):
-        setup.create_annotation(pid, f"item-{i}", "positive")
+        ls_testing.create_annotation(setup, pid, f"item-{i}", "positive")
     cursor = setup.pull_labeled(pid).cursor
     for i in range(3, 6):
-        setup.create_annotation(pid, f"item-{i}", "negative")
+        ls_testing.create_annotation(setup, pid, f"item-{i}", "negative")
     before = cursor.to_json()
 
     stopped = []
