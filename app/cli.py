@@ -190,9 +190,9 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_calibrations(args) -> int:
-    from dataeff.calibration import BUILTIN_CALIBRATIONS
+    from dataeff.calibration import builtin_calibrations
 
-    _print_json({name: (c.to_dict() if hasattr(c, "to_dict") else c) for name, c in BUILTIN_CALIBRATIONS.items()})
+    _print_json({name: c.to_dict() for name, c in builtin_calibrations().items()})
     return 0
 
 

@@ -426,14 +426,33 @@ BUILTIN_CALIBRATIONS: dict[str, Calibration] = {
 }
 
 
-def get_calibration(name_or_path: str | Path) -> Calibration:
-    """A built-in calibration by name or alias (case-insensitive), or one saved as a JSON file.
+PACKAGED_DIR = Path(__file__).with_name("calibrations")
+"""Calibrations fitted by ``dataeff study`` and shipped with dataeff (one JSON file per family)."""
+
+
+def builtin_calibrations(packaged_dir: Path | None = None) -> dict[str, Calibration]:
+    """The paper's calibrations (read off its figure) plus every fitted one shipped in :data:`PACKAGED_DIR`.
+
+    A shipped file whose family is also a figure-read one replaces it (a fit beats a reading).
+    """
+    found = dict(BUILTIN_CALIBRATIONS)
+    folder = PACKAGED_DIR if packaged_dir is None else packaged_dir
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        cal = Calibration.load(path)
+        found[cal.family] = cal
+    return found
+
+
+def get_calibration(name_or_path: str | Path, packaged_dir: Path | None = None) -> Calibration:
+    """A built-in calibration by name or alias (case-insensitive; the shipped fitted ones included),
+    or one saved as a JSON file.
 
     Raises:
         DataError: listing the known names when ``name_or_path`` is neither.
     """
     key = str(name_or_path).strip()
-    for cal in BUILTIN_CALIBRATIONS.values():
+    known = builtin_calibrations(packaged_dir)
+    for cal in known.values():
         if key.lower() in [cal.family.lower()] + [a.lower() for a in cal.aliases]:
             return cal
     path = Path(key)
@@ -441,8 +460,8 @@ def get_calibration(name_or_path: str | Path) -> Calibration:
         if not path.is_file():
             raise DataError(f"calibration file {path} not found; fit one with fit_calibration() and save() it")
         return Calibration.load(path)
-    names = sorted(c.family for c in BUILTIN_CALIBRATIONS.values())
-    aliases = sorted(a for c in BUILTIN_CALIBRATIONS.values() for a in c.aliases)
+    names = sorted(c.family for c in known.values())
+    aliases = sorted(a for c in known.values() for a in c.aliases)
     raise DataError(
         f"unknown calibration {key!r}; use one of {names} (aliases: {aliases}) or the path of a calibration JSON file"
     )

@@ -133,3 +133,19 @@ def test_trivial_baseline_on_published_llama_aucs():
     print(f"predict-the-mean LOO MAE over {len(aucs)} published llama AUCs: {mae:.4f}")
     # method.md: "about 0.125"; 8.6% would be about a third better
     assert 0.09 < mae < 0.16
+
+
+def test_a_shipped_calibration_file_is_found_by_name_and_listed(tmp_path):
+    from dataeff.calibration import builtin_calibrations, fit_calibration, get_calibration
+
+    rows = [("a", 0.2, 0.3), ("b", 0.4, 0.42), ("c", 0.6, 0.5), ("d", 0.5, 0.47)]
+    fit = fit_calibration(
+        rows, "smollm2-135m-instruct-lora", fit_kind="lora", dtype="fp32", provenance={"grid": [0, 50]}
+    )
+    fit.aliases = ["smollm2-lora"]
+    fit.save(tmp_path / "smollm2-135m-instruct-lora.json")
+    assert get_calibration("SmolLM2-LoRA", packaged_dir=tmp_path) == fit
+    assert "smollm2-135m-instruct-lora" in builtin_calibrations(tmp_path)
+    assert "llama-3.1-8b-instruct" in builtin_calibrations(tmp_path)  # the paper's stay
+    with pytest.raises(DataError, match="smollm2-135m-instruct-lora"):
+        get_calibration("nope", packaged_dir=tmp_path)
