@@ -1,5 +1,5 @@
 # The two commands of the README. Both set everything up first (idempotent).
-.PHONY: setup demo test test-fast lint bench
+.PHONY: setup demo test test-fast lint bench constraints
 
 setup:
 	bash scripts/setup.sh
@@ -20,3 +20,9 @@ test-fast: setup lint
 
 bench: setup
 	.venv/bin/python -m benchmarks
+
+# Re-pin every package after a deliberate upgrade (then run make test).
+constraints:
+	(echo "# Every package of the tested set-up, pinned (pip freeze --exclude-editable of .venv; refresh with make constraints)."; \
+	 echo "# scripts/setup.sh installs with -c constraints.txt, so a fresh machine gets exactly what CI tested."; \
+	 .venv/bin/pip freeze --exclude-editable) > constraints.txt

