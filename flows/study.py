@@ -11,9 +11,11 @@ interrupted study resumes where it stopped and a re-run of a finished study writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -99,14 +101,23 @@ class _Study:
         }
 
     def _child(self, task, parent, done, key, kind, run_name, compute, *, params=None, event=None):
-        """Stored data of a FINISHED child with ``key``, else ``compute()`` -> (data, metrics), logged."""
+        """Stored data of a FINISHED child with ``key``, else a result kept in ``results_dir`` by an earlier
+        (interrupted) run on another machine, else ``compute()`` -> (data, metrics); logged either way."""
         if key in done:
             data = self.tracker.read_run_json(
                 done[key]["run_id"], COSLOW_JSON if kind == "study-coslow" else FINETUNE_JSON
             )
             if data is not None:
                 return data
-        data, metrics = compute()
+        kept_path = self._child_path(task, key)
+        kept = _read_json(kept_path) if kept_path is not None else None
+        carried = kept is not None and kept.get("key") == key
+        if kept is not None and carried:
+            data, metrics = kept["data"], kept["metrics"]
+        else:
+            data, metrics = compute()
+            if kept_path is not None:
+                _write_json(kept_path, {"key": key, "data": data, "metrics": metrics})
         logged = self.tracker.log_study_run(
             self.name,
             key=key,
@@ -122,7 +133,14 @@ class _Study:
         self.written += int(logged.created)
         if self.on_run is not None:
             self.on_run(
-                {"task": task.name, "kind": kind, "created": logged.created, "run_id": logged.run_id, **(event or {})}
+                {
+                    "task": task.name,
+                    "kind": kind,
+                    "created": logged.created,
+                    "carried": carried,
+                    "run_id": logged.run_id,
+                    **(event or {}),
+                }
             )
         return data
 
@@ -239,21 +257,20 @@ class _Study:
     def _kept_result(self, task: PreparedTask, key: str) -> TaskResult | None:
         """A finished task's result kept in ``results_dir`` under the same key (inputs), else ``None``."""
         path = self._result_path(task)
-        if path is None or not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            return None
-        return TaskResult.from_dict(data["result"]) if data.get("key") == key else None
+        data = _read_json(path) if path is not None else None
+        return TaskResult.from_dict(data["result"]) if data is not None and data.get("key") == key else None
 
     def _keep_result(self, task: PreparedTask, key: str, result: TaskResult) -> None:
         path = self._result_path(task)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(
-                json.dumps({"key": key, "result": result.as_dict()}, indent=1, default=str) + "\n", encoding="utf-8"
-            )
+            _write_json(path, {"key": key, "result": result.as_dict()})
+            shutil.rmtree(path.with_suffix(""), ignore_errors=True)  # the task's kept children: superseded
+
+    def _child_path(self, task: PreparedTask, key: str) -> Path | None:
+        """Where a measured child (CoS-Low, fine-tune) is kept until its task finishes: ``<results>/<task>/<hash>.json``."""
+        if self.results_dir is None:
+            return None
+        return self.results_dir / task.name / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
 
     def _measure(self, task, result, parent, done, units, bar, eval_hash) -> float:
         s, tracker = self.s, self.tracker
@@ -422,6 +439,21 @@ class _Study:
             seconds += float(data.get("seconds") or 0.0)
             bar.update(1)
         return seconds
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def _task_metrics(result: TaskResult) -> dict:

@@ -298,6 +298,46 @@ def test_results_folder_carries_finished_tasks_to_a_new_mlflow_store(tiny_model_
     ).read_text().split("## Calibration fit")[0]
 
 
+def test_an_interrupted_task_resumes_on_a_new_mlflow_store_from_its_kept_children(
+    tiny_model_dir, tiny_loaded, tasks, tmp_path
+):
+    """Children measured before an interruption are kept in the results folder and not measured again elsewhere."""
+    from flows.study import run_study
+    from integrations.mlflow_tracking import Tracker
+
+    study = _settings(tiny_model_dir, [tasks["yesno"]], name="kept-children")
+    created = []
+
+    def stop(event):
+        if event["created"]:
+            created.append(event)
+        if len(created) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(
+            study,
+            Tracker(f"sqlite:///{tmp_path / 'a.db'}"),
+            loaded=tiny_loaded,
+            progress=False,
+            on_run=stop,
+            results_dir=tmp_path / "results",
+        )
+    assert len(list((tmp_path / "results" / "yesno").glob("*.json"))) == 3
+    events = []
+    out = run_study(
+        study,
+        Tracker(f"sqlite:///{tmp_path / 'b.db'}"),
+        loaded=tiny_loaded,
+        progress=False,
+        on_run=events.append,
+        results_dir=tmp_path / "results",
+    )
+    assert sum(e["carried"] for e in events) == 3 and len(events) > 3  # 3 carried, the rest measured
+    assert not (tmp_path / "results" / "yesno").exists() and (tmp_path / "results" / "yesno.json").is_file()
+    assert out["tasks"][0]["coslow_low"] is not None
+
+
 def test_errors_failures_and_small_task(tiny_model_dir, tiny_loaded, tasks, tracker, tmp_path, monkeypatch):
     import flows.study as driver
 
