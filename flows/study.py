@@ -103,13 +103,16 @@ class _Study:
     def _child(self, task, parent, done, key, kind, run_name, compute, *, params=None, event=None):
         """Stored data of a FINISHED child with ``key``, else a result kept in ``results_dir`` by an earlier
         (interrupted) run on another machine, else ``compute()`` -> (data, metrics); logged either way."""
+        kept_path = self._child_path(task, key)
         if key in done:
             data = self.tracker.read_run_json(
                 done[key]["run_id"], COSLOW_JSON if kind == "study-coslow" else FINETUNE_JSON
             )
             if data is not None:
+                if kept_path is not None and not kept_path.is_file():  # a run from before --results: keep it too
+                    metrics = dict(done[key].get("metrics", {}))
+                    _write_json(kept_path, {"key": key, "data": data, "metrics": metrics})
                 return data
-        kept_path = self._child_path(task, key)
         kept = _read_json(kept_path) if kept_path is not None else None
         carried = kept is not None and kept.get("key") == key
         if kept is not None and carried:
