@@ -202,12 +202,28 @@ def _load(args):
     return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
+def _within_bounds(loaded, examples, args, what: str) -> tuple[list, list[dict]]:
+    """The examples within ``--max-prompt-tokens``/``--max-answer-tokens``; each other one named on stderr."""
+    from dataeff.bounds import split_by_token_bounds
+
+    kept, rejected = split_by_token_bounds(
+        loaded.tokenizer,
+        examples,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_answer_tokens=args.max_answer_tokens,
+        chat_template=args.chat_template,
+    )
+    for item in rejected:
+        print(f"skipped {what} item {item.id}: {item.reason}", file=sys.stderr)
+    return kept, [{"id": item.id, "reason": item.reason} for item in rejected]
+
+
 def cmd_confidence(args) -> int:
     from dataeff.confidence import score_confidence, select_low_confidence
     from dataeff.data import read_examples, write_jsonl
 
-    examples = read_examples(args.data, require_answer=False)
     loaded = _load(args)
+    examples, skipped = _within_bounds(loaded, read_examples(args.data, require_answer=False), args, "pool")
     scores = score_confidence(
         loaded,
         examples=examples,
@@ -217,7 +233,7 @@ def cmd_confidence(args) -> int:
     )
     rows = [s.as_dict() if hasattr(s, "as_dict") else _json_default(s) for s in scores]
     write_jsonl(args.out, rows)
-    summary = {"scored": len(rows), "out": str(args.out)}
+    summary = {"scored": len(rows), "out": str(args.out), "skipped": skipped}
     if args.select_low:
         ids = select_low_confidence(scores, k=args.select_low, fraction=args.fraction, seed=args.seed, by=args.by)
         summary["low_confidence_ids"] = ids
@@ -268,16 +284,16 @@ def cmd_finetune(args) -> int:
     from dataeff.data import TaskSpec, read_examples
     from dataeff.finetune import FinetuneSettings, run_finetune
 
-    train = read_examples(args.train)
-    evals = read_examples(args.eval)
+    loaded = _load(args)
+    train, skipped_train = _within_bounds(loaded, read_examples(args.train), args, "training")
+    evals, skipped_eval = _within_bounds(loaded, read_examples(args.eval), args, "eval")
     labels = tuple(l for l in args.labels.split(",") if l) if args.labels else None
     task = TaskSpec(name=Path(args.train).stem, labels=labels, metric=args.metric)
     settings = FinetuneSettings(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, chat_template=args.chat_template
     )
-    loaded = _load(args)
     res = run_finetune(loaded, train, evals, task, args.budget, settings, adapter_dir=args.adapter_dir)
-    _print_json(res.as_dict() if hasattr(res, "as_dict") else res)
+    _print_json({**res.as_dict(), "skipped": skipped_train + skipped_eval})
     return 0
 
 
@@ -453,6 +469,23 @@ def _model_args(p: argparse.ArgumentParser, chat_default: bool) -> None:
         dest="chat_template",
         action="store_false",
         help=f"use prompts as they are{' (default)' if not chat_default else ''}",
+    )
+
+
+def _bound_args(p) -> None:
+    from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS
+
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=DEFAULT_MAX_PROMPT_TOKENS,
+        help="longer prompts (chat template included) are skipped and named, never run",
+    )
+    p.add_argument(
+        "--max-answer-tokens",
+        type=int,
+        default=DEFAULT_MAX_ANSWER_TOKENS,
+        help="longer gold answers are skipped and named",
     )
 
 
@@ -785,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("confidence", cmd_confidence, "greedy answers and per-answer confidence for an unlabeled pool (batched)")
     _model_args(p, chat_default=True)
+    _bound_args(p)
     p.add_argument("--data", required=True, help="pool JSONL/CSV with a 'prompt' column ('answer' optional)")
     p.add_argument("--out", required=True, help="scores JSONL: id, answer, confidence, perplexity, n_tokens")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
@@ -826,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("finetune", cmd_finetune, "LoRA fine-tune on a seeded subset of N labels and evaluate on a held-out set")
     _model_args(p, chat_default=True)
+    _bound_args(p)
     p.add_argument("--train", required=True)
     p.add_argument("--eval", required=True)
     p.add_argument("--budget", type=int, required=True, help="training examples (0 = zero-shot evaluation)")

@@ -140,3 +140,25 @@ def test_assess_bad_input_is_a_clear_error(capsys, argv, message):
     code, out, err = _run(capsys, "assess", "--coslow", "0.3", *argv)
     assert code == 2 and out is None
     assert message in err and "Traceback" not in err
+
+
+def test_confidence_and_finetune_skip_over_long_items_by_name(tiny_model_dir, tmp_path, capsys):
+    rows = [
+        {"id": f"q{i}", "prompt": f"Question {i}: is it so? Answer:", "answer": "yes" if i % 2 else "no"}
+        for i in range(6)
+    ]
+    rows.append({"id": "huge", "prompt": "word " * 5000, "answer": "yes"})
+    data = tmp_path / "pool.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    model = ["--model", str(tiny_model_dir), "--no-chat-template", "--max-prompt-tokens", "64"]
+    assert (
+        main(["confidence", *model, "--data", str(data), "--out", str(tmp_path / "s.jsonl"), "--max-new-tokens", "2"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["scored"] == 6 and [s["id"] for s in summary["skipped"]] == ["huge"]
+    assert "skipped pool item huge: prompt is" in err
+    assert main(["finetune", *model, "--train", str(data), "--eval", str(data), "--budget", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert [s["id"] for s in json.loads(out)["skipped"]] == ["huge", "huge"] and "skipped eval item huge" in err
