@@ -47,10 +47,16 @@ def main(argv=None) -> int:
     text = to_markdown(results, command)
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) if out.suffix == ".json" else text + "\n")
+        write_report(args.out, results, text)
     return 0
+
+
+def write_report(path: str | Path, data, markdown: str) -> Path:
+    """Write a benchmark's result: raw JSON for a ``.json`` path, else the markdown tables."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) if out.suffix == ".json" else markdown + "\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -15,11 +15,9 @@ Reports CoS-Low, the difference to fp32, seconds and (CUDA) peak GPU memory per 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
-from pathlib import Path
 
 VARIANTS = ("fp32", "bf16-weights", "bf16", "fp16")
 
@@ -113,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     text = to_markdown(rows, "python -m benchmarks dtype " + " ".join(argv if argv is not None else sys.argv[1:]))
     print(text)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=2) if out.suffix == ".json" else text + "\n")
+        from benchmarks.__main__ import write_report
+
+        write_report(args.out, rows, text)
     return 0
 
 

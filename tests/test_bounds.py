@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ls_testing
 import pytest
+from fixtures_projects import LABELS, SENTENCES
 from tiny import build_tiny_tokenizer
 
 from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS, likely_too_long, split_by_token_bounds
@@ -19,15 +20,6 @@ from dataeff.models import encode_prompt
 from dataeff.project import ProjectConfig
 
 HUGE = ("The quick brown fox jumps over the lazy dog. " * 2300)[:100_000]
-LABELS = ("yes", "no")
-SENTENCES = [
-    "the quick brown fox jumps",
-    "play some jazz music please",
-    "what is the weather like tomorrow",
-    "wake me up at seven",
-    "the lazy dog sleeps",
-    "book a flight to paris",
-]
 
 
 @pytest.fixture(scope="module")
