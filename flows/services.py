@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from dataeff.models import LoadedModel, load_model
 from dataeff.project import ProjectConfig
-from integrations.label_studio import LabelStudioClient, LabelStudioUnavailable
+from integrations.label_studio import LabelStudioClient
 from integrations.mlflow_tracking import Tracker, TrackingError
 
 log = logging.getLogger(__name__)
@@ -63,43 +63,41 @@ def get_model(source: str, device: str | None = None, dtype: str | None = None) 
     return load_model(source, device=device, dtype=dtype)
 
 
+def _failure(state) -> Exception | None:
+    """The exception a finished Prefect state holds, or ``None`` when it completed."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - returned to the caller, which classifies it
+        return exc
+    return None
+
+
 def retry_on_unavailable(task, old_state, new_state) -> bool:
-    """Prefect ``retry_condition_fn``: retry service blips (Label Studio down/slow, MLflow errors), not bad input."""
+    """Prefect ``retry_condition_fn``: retry service blips (Label Studio down/slow, MLflow errors), not bad input.
+
+    Anything but a :class:`~dataeff.errors.DataError` (bad input, which another try cannot fix) is
+    worth another try: Label Studio unavailable, HTTP or database errors, MLflow errors.
+    """
     from dataeff.errors import DataError
 
-    try:
-        new_state.result()
-    except LabelStudioUnavailable:
-        return True
-    except DataError:
-        return False
-    except Exception:  # noqa: BLE001 - anything else from a service (HTTP, DB) is worth another try
-        return True
-    return False
+    exc = _failure(new_state)
+    return exc is not None and not isinstance(exc, DataError)
 
 
 def retry_tracking(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn`` of MLflow logging: retry an unreachable MLflow, saying so; never bad input."""
-    from dataeff.errors import DataError
-
-    try:
-        state.result()
-    except DataError:
-        return False
-    except TrackingError as exc:
-        attempt = getattr(task_run, "run_count", 0)
+    """:func:`retry_on_unavailable` for MLflow logging, saying when MLflow is unreachable and which attempt this is."""
+    retry = retry_on_unavailable(task, task_run, state)
+    exc = _failure(state)
+    if retry and isinstance(exc, TrackingError):
         why = str(exc) if len(str(exc)) <= 200 else str(exc)[:200] + "..."
         _run_logger().warning(
             "MLflow is unreachable (%s); the finished result is kept and logging will be retried "
             "(attempt %d of %d); nothing is measured again",
             why,
-            attempt,
+            getattr(task_run, "run_count", 0),
             (task.retries or 0) + 1,
         )
-        return True
-    except Exception:  # noqa: BLE001 - a service error of another kind: also worth another try
-        return True
-    return False
+    return retry
 
 
 def _run_logger():
