@@ -434,6 +434,30 @@ class TaskResult:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+def restrict_result(
+    result: TaskResult, budgets: Sequence[int], dropped: Sequence[int], cutoff: int, human_score: float | None = None
+) -> TaskResult:
+    """A copy of ``result`` measured on fewer budgets: scores and failures outside ``budgets`` removed,
+    the AUC recomputed at ``cutoff`` (the same fine-tunes, so nothing is measured again).
+
+    Args:
+        result: a finished task measured on a grid that holds every budget in ``budgets``.
+        budgets: the smaller grid (sizes in labels).
+        dropped: budgets of the smaller grid the pool was too small for.
+        cutoff: N of the AUC for the smaller grid.
+        human_score: the task's human score, if any (as in :func:`task_auc`).
+    """
+    keep = set(int(b) for b in budgets)
+    out = TaskResult.from_dict(result.as_dict())
+    out.scores = {b: dict(v) for b, v in out.scores.items() if b in keep}
+    out.failures = [f for f in out.failures if int(f.get("budget", -1)) in keep]
+    left = sorted(set(out.budgets) - keep)
+    out.budgets, out.dropped, out.cutoff = sorted(keep), list(dropped), int(cutoff)
+    if left:
+        out.messages = [*out.messages, f"restricted from a kept result on a larger grid (budgets {left} not used)"]
+    return out.finish(human_score)
+
+
 def coslow_mean(result: Mapping | None) -> float | None:
     """Mean CoS-Low over the draws of a ``CosLowResult.as_dict()`` (``None`` when missing)."""
     if not result:

@@ -41,6 +41,7 @@ from dataeff.study import (
     majority_score,
     prepare_task,
     random_sample,
+    restrict_result,
 )
 from dataeff.study_report import StudyFit, fit_study, render_markdown
 from integrations.mlflow_tracking import Tracker, run_key
@@ -154,16 +155,20 @@ class _Study:
         split_hash = label_set_hash([*task.pool, *task.eval])
         eval_hash = label_set_hash(task.eval)
         human = s.human_scores.get(task.name)
-        parent_key = run_key(
-            kind="study-task",
-            **self.base(task),
-            split=split_hash,
-            method=s.method_hash(),
-            budgets=list(task.budgets),
-            seeds=list(s.seeds),
-            cutoff=s.cutoff,
-            human=human,
-        )
+
+        def key_for(budgets: list[int], cutoff: int) -> str:
+            return run_key(
+                kind="study-task",
+                **self.base(task),
+                split=split_hash,
+                method=s.method_hash(),
+                budgets=list(budgets),
+                seeds=list(s.seeds),
+                cutoff=cutoff,
+                human=human,
+            )
+
+        parent_key = key_for(list(task.budgets), s.cutoff)
         params = {
             "task": task.name,
             "source": task.source,
@@ -195,7 +200,7 @@ class _Study:
             if stored is not None:
                 tqdm.write(f"task {position} {task.name}: already measured (run {parent})", file=sys.stderr)
                 return TaskResult.from_dict(stored)
-        kept = self._kept_result(task, parent_key)
+        kept = self._kept_result(task, parent_key, key_for, human)
         if kept is not None:  # measured in an earlier session (another MLflow store): log it, do not measure again
             tqdm.write(
                 f"task {position} {task.name}: measured before, logged from {self._result_path(task)}", file=sys.stderr
@@ -257,11 +262,23 @@ class _Study:
     def _result_path(self, task: PreparedTask) -> Path | None:
         return self.results_dir / f"{task.name}.json" if self.results_dir is not None else None
 
-    def _kept_result(self, task: PreparedTask, key: str) -> TaskResult | None:
-        """A finished task's result kept in ``results_dir`` under the same key (inputs), else ``None``."""
+    def _kept_result(self, task: PreparedTask, key: str, key_for, human: float | None) -> TaskResult | None:
+        """A finished task's result kept in ``results_dir`` under the same key (inputs), else ``None``.
+
+        A result kept for a *larger* grid of the same measurement (same split, method, seeds; its key
+        recomputed from its own budgets and cut-off matches) is reused restricted to this grid, its AUC
+        recomputed at this study's cut-off: shrinking the grid never re-measures a budget.
+        """
         path = self._result_path(task)
         data = _read_json(path) if path is not None else None
-        return TaskResult.from_dict(data["result"]) if data is not None and data.get("key") == key else None
+        if data is None:
+            return None
+        kept = TaskResult.from_dict(data["result"])
+        if data.get("key") == key:
+            return kept
+        if not set(task.budgets) <= set(kept.budgets) or data.get("key") != key_for(kept.budgets, kept.cutoff):
+            return None
+        return restrict_result(kept, task.budgets, task.dropped, self.s.cutoff, human)
 
     def _keep_result(self, task: PreparedTask, key: str, result: TaskResult) -> None:
         path = self._result_path(task)

@@ -297,6 +297,17 @@ def test_results_folder_carries_finished_tasks_to_a_new_mlflow_store(tiny_model_
         tmp_path / "first.md"
     ).read_text().split("## Calibration fit")[0]
 
+    # a smaller grid of the same measurement reuses the kept results (no model), AUC recomputed at its N
+    small = _settings(tiny_model_dir, [tasks["yesno"], tasks["sentiment"]], name="carried", budgets=(0, 8))
+    third = Tracker(f"sqlite:///{tmp_path / 'third.db'}")
+    shrunk = run_study(small, third, loaded=None, progress=False, results_dir=tmp_path / "results")
+    assert shrunk["runs_written"] == 3 and shrunk["cutoff_N"] == 8
+    for big, row in zip(done["tasks"], shrunk["tasks"], strict=True):
+        assert set(row["means"]) == {"0", "8"} and row["means"] == {b: big["means"][b] for b in ("0", "8")}
+        assert "budgets [50] not used" in " ".join(row["messages"])
+    kept = json.loads((tmp_path / "results" / "yesno.json").read_text())
+    assert kept["result"]["budgets"] == [0, 8, 50]  # the larger grid's file is not overwritten
+
 
 def test_an_interrupted_task_resumes_on_a_new_mlflow_store_from_its_kept_children(
     tiny_model_dir, tiny_loaded, tasks, tmp_path
