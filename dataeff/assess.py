@@ -108,6 +108,7 @@ def assess(
     """
     if curve_model not in CURVE_MODELS:
         raise DataError(f"unknown curve model {curve_model!r}; choose one of {sorted(CURVE_MODELS)}")
+    calibration = calibration.at_cutoff(max_budget)  # a calibration measured up to fewer labels, on this axis
     prediction = calibration.predict(coslow, targets=targets, max_budget=max_budget, level=level)
     measured = {int(b): float(s) for b, s in measured.items()}
     s0 = measured.get(0)

@@ -19,7 +19,7 @@ import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from numbers import Real
 from pathlib import Path
@@ -72,6 +72,9 @@ class Calibration:
             batch gave 0.327 in fp32 and 0.244 in bf16 on SmolLM2).
         provenance: how the fitted curves and CoS-Low values were made: model, device, LoRA and
             fine-tune settings, budget grid, seeds, eval size, draws, command, date.
+        max_budget: N of the size axis the fitted AUCs were measured on (``None``: the paper's
+            :data:`dataeff.efficiency.MAX_BUDGET` = 5000). A study on a CPU grid up to 200 labels
+            has N = 200; :meth:`at_cutoff` carries it to another N.
     """
 
     family: str
@@ -94,6 +97,7 @@ class Calibration:
     intercept_interval: tuple[float, float] | None = None
     dtype: str | None = None
     provenance: dict = field(default_factory=dict)
+    max_budget: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("coef_interval", "intercept_interval"):  # JSON gives lists back
@@ -105,6 +109,72 @@ class Calibration:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
                 raise DataError(f"calibration {self.family!r}: {name} must be a finite number, got {value!r}")
+
+    @property
+    def cutoff(self) -> int:
+        """N of this calibration's AUC axis (:attr:`max_budget`, else the paper's 5000)."""
+        return int(self.max_budget or MAX_BUDGET)
+
+    def at_cutoff(self, max_budget: int) -> Calibration:
+        """This calibration on another AUC axis: predicts the AUC a curve has up to ``max_budget`` labels.
+
+        A calibration measured up to N (its :attr:`cutoff`) knows nothing of the curve beyond N, so the
+        curve is taken to stay at its best score within N. On the larger axis N' the normalised log
+        size of the old axis is stretched by ``r = log N' / log N`` and the curve is 1 from ``x = 1/r``
+        on, which gives exactly ``AUC' = 1 - (1 - AUC) / r``: linear in AUC, so the map from CoS-Low
+        stays linear (``coef / r``, ``intercept / r + 1 - 1/r``) and every sd and error scales by
+        ``1 / r``. The curve posterior's ceiling prior and the measured fine-tunes correct the
+        saturation assumption as points arrive.
+
+        Args:
+            max_budget: N' (>= this calibration's N; the same N returns ``self``).
+
+        Raises:
+            DataError: ``max_budget`` below this calibration's N (the curve after N' is unknown).
+        """
+        n_own, n_new = self.cutoff, int(max_budget)
+        if n_new == n_own:
+            return self
+        if n_new < n_own:
+            raise DataError(
+                f"calibration {self.family!r} is on an axis up to {n_own} labels; it cannot predict the AUC up to "
+                f"{n_new} (set the project's max_budget to {n_own} or more, or use a calibration measured up to {n_new})"
+            )
+        r = math.log2(n_new) / math.log2(n_own)
+
+        def scale(v: float | None) -> float | None:
+            return None if v is None else v / r
+
+        shift = 1.0 - 1.0 / r
+        ci, ii = self.coef_interval, self.intercept_interval
+        return replace(
+            self,
+            coef=self.coef / r,
+            intercept=self.intercept / r + shift,
+            residual_std=scale(self.residual_std),
+            loo_mae=scale(self.loo_mae),
+            baseline_loo_mae=scale(self.baseline_loo_mae),
+            loo_relative_error=None,
+            default_sd=scale(self.default_sd if self.default_sd is not None else BUILTIN_AUC_SD),
+            coef_interval=None if ci is None else (ci[0] / r, ci[1] / r),
+            intercept_interval=None if ii is None else (ii[0] / r + shift, ii[1] / r + shift),
+            provenance={**self.provenance, "rescaled_from_max_budget": n_own},
+            max_budget=n_new,
+        )
+
+    def describe(self) -> str:
+        """One line a reader can judge the calibration by: what it was fitted on and how well.
+
+        Examples:
+            >>> Calibration("x", 0.5, 0.3, source="figure 3").describe()
+            'x: AUC = 0.500 * CoS-Low + 0.300 (figure 3; not fitted here, no error known)'
+        """
+        head = f"{self.family}: AUC = {self.coef:.3f} * CoS-Low + {self.intercept:.3f}"
+        if self.n_tasks is None or self.loo_mae is None:
+            return f"{head} ({self.source or 'built in'}; not fitted here, no error known)"
+        base = f" vs {self.baseline_loo_mae:.3f} predicting the mean" if self.baseline_loo_mae is not None else ""
+        axis = f"N = {self.cutoff}, " + (f"{self.dtype}, " if self.dtype else "")
+        return f"{head} ({self.fit_kind} curves of {self.n_tasks} tasks, {axis}leave-one-task-out MAE {self.loo_mae:.3f}{base})"
 
     @property
     def fitted(self) -> bool:
@@ -158,7 +228,10 @@ class Calibration:
         max_budget: int = MAX_BUDGET,
         level: float = 0.8,
     ) -> Prediction:
-        """:func:`dataeff.efficiency.predict` with this calibration and its AUC interval."""
+        """:func:`dataeff.efficiency.predict` with this calibration (on the ``max_budget`` axis, see
+        :meth:`at_cutoff`) and its AUC interval."""
+        if max_budget != self.cutoff:
+            return self.at_cutoff(max_budget).predict(coslow, targets, max_budget, level)
         _, lo, hi = self.predict_auc(coslow, level)
         pred = predict(coslow, self.coef, self.intercept, targets, max_budget, auc_interval=(lo, hi))
         pred.extra.update(
@@ -259,6 +332,7 @@ def fit_calibration(
     aliases: Sequence[str] = (),
     dtype: str | None = None,
     provenance: dict | None = None,
+    max_budget: int | None = None,
 ) -> Calibration:
     """Fit ``AUC = coef * CoS-Low + intercept`` by least squares, with leave-one-task-out errors.
 
@@ -271,6 +345,7 @@ def fit_calibration(
         aliases: other names for :func:`get_calibration`.
         dtype: arithmetic dtype of the CoS-Low values (recorded; estimates in another dtype warn).
         provenance: free-form record of how the rows were measured (model, settings, grid, seeds).
+        max_budget: N of the size axis the AUCs were measured on (``None``: the paper's 5000).
 
     Returns:
         A fitted :class:`Calibration` with ``residual_std``, ``loo_mae``,
@@ -317,6 +392,7 @@ def fit_calibration(
         intercept_interval=(intercept - t * se_int, intercept + t * se_int),
         dtype=dtype,
         provenance=dict(provenance or {}),
+        max_budget=max_budget,
     )
 
 

@@ -94,6 +94,7 @@ def fit_study(
             fit_kind="lora",
             dtype=settings.dtype,
             provenance=dict(provenance or {}),
+            max_budget=settings.cutoff,
         )
     except DataError as exc:
         return StudyFit(None, rows, corr, f"fit skipped: {exc}")
@@ -113,6 +114,15 @@ def _pm(mean, sd, digits: int = 3) -> str:
 
 def _interval(iv) -> str:
     return "" if not iv else f" [{iv[0]:.3f}, {iv[1]:.3f}]"
+
+
+def _gain(r: TaskResult) -> str:
+    """Best mean fine-tuned score minus the majority-class score: what the model learned beyond
+    answering the commonest label (near 0 or below: a format-learning curve)."""
+    tuned = [v for b, v in r.means().items() if b > 0]
+    if not tuned or r.majority is None:
+        return "–"
+    return f"{max(tuned) - r.majority:+.3f}"
 
 
 def render_markdown(
@@ -147,6 +157,7 @@ def render_markdown(
         *[("zero-shot" if b == 0 else str(b)) for b in budgets],
         "AUC",
         "ceiling",
+        "best − majority",
         "CoS-Low low-conf",
         "CoS-Low random",
         "seconds",
@@ -167,6 +178,7 @@ def render_markdown(
         cells += [
             _num(r.auc),
             _num(r.ceiling),
+            _gain(r),
             _pm(low.get("mean"), low.get("std", 0.0)) if low else "–",
             _num(coslow_mean(r.coslow_random)),
             f"{r.seconds:.0f}",

@@ -23,9 +23,9 @@ def calibration_rows(projects: Sequence[ProjectConfig], tracker_for) -> list[tup
     """``(task, coslow, auc)`` per project with an estimate and a measured zero-shot point."""
     rows = []
     for cfg in projects:
-        tracker = tracker_for(cfg)
-        est = tracker.latest_estimate(cfg.name, cfg.model)
-        curve = tracker.finetuned_budgets(cfg.name, cfg.model)
+        runs = tracker_for(cfg).for_project(cfg.name, cfg.model)
+        est = runs.latest_estimate()
+        curve = runs.finetuned_budgets()
         if not est or 0 not in curve or len(curve) < 2:
             raise DataError(
                 f"project {cfg.name}: needs a CoS-Low estimate and a measured curve "
@@ -49,10 +49,14 @@ def calibrate_family(
         return trackers.setdefault(uri, Tracker(uri))
 
     rows = calibration_rows(configs, tracker_for)
+    cutoffs = sorted({cfg.max_budget for cfg in configs})
+    if len(cutoffs) > 1:
+        raise DataError(f"projects {list(projects)} measure their AUC up to different N {cutoffs}; fit one N at a time")
     cal = fit_calibration(
         rows,
         family=family,
         fit_kind="lora",
+        max_budget=cutoffs[0] if cutoffs else None,
         source=f"dataeff loop: LoRA fine-tune curves of projects {', '.join(projects)}",
     )
     path = Path(out) if out else dataeff_home() / "calibrations" / f"{family}.json"

@@ -149,3 +149,27 @@ def test_a_shipped_calibration_file_is_found_by_name_and_listed(tmp_path):
     assert "llama-3.1-8b-instruct" in builtin_calibrations(tmp_path)  # the paper's stay
     with pytest.raises(DataError, match="smollm2-135m-instruct-lora"):
         get_calibration("nope", packaged_dir=tmp_path)
+
+
+def test_at_cutoff_carries_a_short_axis_calibration_to_the_projects_axis(tmp_path):
+    from dataeff.efficiency import normalized_log_size
+
+    short = Calibration("smol", coef=1.0, intercept=0.1, max_budget=200, residual_std=0.05, n_tasks=10)
+    short.coslow_mean, short.coslow_sxx = 0.25, 0.1
+    long = short.at_cutoff(5000)
+    auc200 = 0.3  # CoS-Low 0.2 on the 200-label axis: curve x**p with p = 1/AUC - 1, flat at 1 after 200 labels
+    p = 1 / auc200 - 1
+    n = np.logspace(0, np.log2(5000), 200_001, base=2)
+    f = np.minimum(normalized_log_size(n, 200), 1.0) ** p
+    x = normalized_log_size(n, 5000)
+    numeric = float(np.sum(np.diff(x) * (f[1:] + f[:-1]) / 2))
+    assert long.predict_auc(0.2)[0] == pytest.approx(numeric, abs=1e-4)
+    assert long.max_budget == 5000 and long.cutoff == 5000 and short.at_cutoff(200) is short
+    r = np.log2(5000) / np.log2(200)
+    assert long.predict_sd(0.2) == pytest.approx(short.predict_sd(0.2) / r)
+    # predict() on another axis is the rescaled calibration's prediction
+    assert short.predict(0.2, max_budget=5000).auc == pytest.approx(long.predict(0.2, max_budget=5000).auc)
+    with pytest.raises(DataError, match="up to 200 labels.*up to 100"):
+        short.at_cutoff(100)
+    back = Calibration.load(short.save(tmp_path / "smol.json"))
+    assert back.max_budget == 200 and Calibration("paper", 1.0, 0.0).cutoff == 5000
