@@ -36,7 +36,10 @@ def plot_curve(
     h: float | None = None,
     max_budget: int | None = None,
     level: float | None = None,
-    figsize: tuple[float, float] = (7.0, 4.5),
+    label_cap: int | None = None,
+    metric: str = "score",
+    n_eval: int | None = None,
+    figsize: tuple[float, float] = (8.5, 4.5),
 ) -> Figure:
     """Predicted curve with its band, measured points and target lines.
 
@@ -54,7 +57,9 @@ def plot_curve(
             points cannot be drawn.
         max_budget: N (default: the source's, else 5000).
         level: band coverage for a posterior (default: its settings).
-        figsize: inches.
+        label_cap: the most labels the team will give, drawn as a vertical line (``None``: not drawn).
+        metric, n_eval: the score's metric and the size of the held-out split, named on the y axis.
+        figsize: inches (the legend sits to the right of the axes, outside the band).
 
     Returns:
         The :class:`~matplotlib.figure.Figure` (x: labels on a log scale with 0 at the left,
@@ -104,12 +109,21 @@ def plot_curve(
     elif source is not None:
         raise DataError(f"source must be a Prediction, a CurvePosterior or None, got {type(source).__name__}")
 
+    if absolute:
+        ax.axhline(float(s0), color="0.4", lw=0.8, label=f"zero-shot {s0:.3f}")
+        ax.axhline(float(h), color="0.2", lw=0.8, ls="-.", label=f"ceiling {h:.3f} (assumed)")
     for i, t in enumerate(targets):
         color = f"C{i + 2}"
-        ax.axhline(float(to_y(t)), color=color, ls="--", lw=0.8, label=f"target {t:g}")
         need = needs.get(t)
-        if need is not None and math.isfinite(need) and need <= max_budget:
+        reach = need is not None and math.isfinite(need) and need <= max_budget
+        when = f" at ~{math.ceil(need):,} labels" if reach and need is not None else " not within N"
+        y = float(to_y(t))
+        score = f" (score {y:.3f})" if absolute else ""
+        ax.axhline(y, color=color, ls="--", lw=0.8, label=f"{t:.0%} of the gain{score}{when if needs else ''}")
+        if reach and need is not None:
             ax.axvline(max(need, 1.0), color=color, ls=":", lw=0.8)
+    if label_cap is not None and 0 < label_cap:
+        ax.axvline(min(label_cap, max_budget), color="C3", lw=1.2, label=f"label cap {label_cap:,}")
 
     if measured:
         ns = np.array(sorted(measured), dtype=float)
@@ -122,11 +136,12 @@ def plot_curve(
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlim(0.9, max_budget * 1.1)
     ax.set_xlabel("labels (log scale; 0 = zero-shot)")
-    ax.set_ylabel("score" if absolute else "share of the achievable gain")
+    eval_part = f" on {n_eval} held-out items" if n_eval else ""
+    ax.set_ylabel(f"{metric}{eval_part}" if absolute else "share of the achievable gain")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig
 
 

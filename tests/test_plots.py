@@ -22,13 +22,26 @@ def _check_png(path):
 def test_prediction_figure(tmp_path):
     pred = get_calibration("llama").predict(0.65)
     fig = plot_curve(
-        pred, measured={0: 0.30, 50: 0.45, 100: 0.52, 200: 0.61}, title="CoS-Low prediction", s0=0.30, h=0.90
+        pred,
+        measured={0: 0.30, 50: 0.45, 100: 0.52, 200: 0.61},
+        title="CoS-Low prediction",
+        s0=0.30,
+        h=0.90,
+        label_cap=1000,
+        metric="exact_match",
+        n_eval=200,
     )
     ax = fig.axes[0]
-    assert ax.get_xscale() == "log" and ax.get_ylabel() == "score"
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "exact_match on 200 held-out items"
     assert [t.get_text() for t in ax.get_xticklabels()][:2] == ["0", "50"]
     labels = ax.get_legend_handles_labels()[1]
-    assert "measured" in labels and "target 0.9" in labels and any(lab.startswith("AUC") for lab in labels)
+    need = pred.need(0.9).median
+    assert "measured" in labels and any(lab.startswith("AUC") for lab in labels)
+    # targets say they are shares of the gain, their score and labels; zero-shot, ceiling and the cap are named
+    assert f"90% of the gain (score {0.30 + 0.9 * 0.6:.3f}) at ~{int(np.ceil(need)):,} labels" in labels
+    assert "zero-shot 0.300" in labels and "ceiling 0.900 (assumed)" in labels and "label cap 1,000" in labels
+    legend = ax.get_legend()
+    assert legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1  # outside the axes, not over the band
     path = tmp_path / "prediction.png"
     fig.savefig(path, dpi=80)
     _check_png(path)
