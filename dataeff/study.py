@@ -452,9 +452,13 @@ def restrict_result(
     out.scores = {b: dict(v) for b, v in out.scores.items() if b in keep}
     out.failures = [f for f in out.failures if int(f.get("budget", -1)) in keep]
     left = sorted(set(out.budgets) - keep)
+    stale = budget_message(out.task, out.n_pool, out.budgets, out.dropped) if out.dropped else None
+    out.messages = [m for m in out.messages if m != stale]  # about the larger grid's budgets
+    if dropped:
+        out.messages.append(budget_message(out.task, out.n_pool, sorted(keep), dropped))
     out.budgets, out.dropped, out.cutoff = sorted(keep), list(dropped), int(cutoff)
     if left:
-        out.messages = [*out.messages, f"restricted from a kept result on a larger grid (budgets {left} not used)"]
+        out.messages.append(f"restricted from a kept result on a larger grid (budgets {left} not used)")
     return out.finish(human_score)
 
 

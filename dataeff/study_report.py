@@ -10,7 +10,9 @@ import numpy as np
 from scipy import stats
 
 from dataeff.calibration import Calibration, fit_calibration
+from dataeff.efficiency import clip_auc, labels_needed
 from dataeff.errors import DataError
+from dataeff.replay import Curve, log2_error
 from dataeff.study import StudySettings, TaskResult, coslow_mean
 
 #: Fewer tasks with an AUC and a CoS-Low than this: no fit.
@@ -33,6 +35,7 @@ class StudyFit:
     rows: list[tuple[str, float, float]] = field(default_factory=list)
     correlations: dict = field(default_factory=dict)
     note: str = ""
+    labels_check: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -40,6 +43,7 @@ class StudyFit:
             "rows": [list(r) for r in self.rows],
             "correlations": self.correlations,
             "note": self.note,
+            "labels_check": self.labels_check,
         }
 
 
@@ -61,6 +65,47 @@ def _correlation(rows: Sequence[tuple[str, float, float]]) -> dict:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"pearson": None, "spearman": None, "n": len(rows)}
     return {"pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0]), "n": len(rows)}
+
+
+def loo_labels_needed(results: Sequence[TaskResult], cutoff: int, targets: Sequence[float] = (0.5, 0.8)) -> dict:
+    """What the calibration's answer is worth in labels: leave-one-task-out, from CoS-Low alone.
+
+    For each task with a curve and a CoS-Low, a calibration fitted on the *other* tasks predicts the
+    AUC, hence the labels needed for each normalised target on the study's axis (``N = cutoff``);
+    the truth is where the task's measured (cleaned) curve crosses the target, interpolated in
+    log labels. The trivial answer predicts the mean AUC of the other tasks. Errors are
+    ``|log2(predicted / true)|`` (1.0 = off by a factor of two) with both clipped into
+    [:data:`dataeff.replay.ERROR_FLOOR`, :data:`dataeff.replay.ERROR_CEIL`].
+
+    Returns:
+        ``{"targets", "n_tasks", "median_error": {"calibration", "trivial"},
+        "tasks": [{"task", "target", "true", "calibration", "trivial", ...}]}``; ``n_tasks`` 0
+        (and no medians) with fewer than ``MIN_FIT_TASKS + 1`` usable tasks.
+    """
+    rows = {t: (c, a) for t, c, a in fit_rows(results, "low")}
+    usable = [r for r in results if r.task in rows and 0 in r.means()]
+    out: dict = {"targets": list(targets), "n_tasks": 0, "median_error": {}, "tasks": []}
+    if len(usable) < MIN_FIT_TASKS + 1:
+        return out
+    errs: dict[str, list[float]] = {"calibration": [], "trivial": []}
+    for r in usable:
+        others = [(t, c, a) for t, (c, a) in rows.items() if t != r.task]
+        cal = fit_calibration(others, "loo", fit_kind="lora", max_budget=cutoff)
+        auc_cal = clip_auc(cal.coef * rows[r.task][0] + cal.intercept)
+        auc_triv = clip_auc(float(np.mean([a for _, _, a in others])))
+        curve = Curve.from_results(r.task, r.means())
+        for t in targets:
+            true = curve.crossing(t)
+            pred = {"calibration": labels_needed(auc_cal, t, cutoff), "trivial": labels_needed(auc_triv, t, cutoff)}
+            row = {"task": r.task, "target": t, "true": true, "auc_true": rows[r.task][1]}
+            row |= {"auc_calibration": auc_cal, "auc_trivial": auc_triv}
+            for k, v in pred.items():
+                row[k] = v
+                errs[k].append(log2_error(v, true))
+            out["tasks"].append(row)
+    out["n_tasks"] = len(usable)
+    out["median_error"] = {k: float(np.median(v)) for k, v in errs.items()}
+    return out
 
 
 def fit_study(
@@ -98,7 +143,7 @@ def fit_study(
         )
     except DataError as exc:
         return StudyFit(None, rows, corr, f"fit skipped: {exc}")
-    return StudyFit(cal, rows, corr)
+    return StudyFit(cal, rows, corr, labels_check=loo_labels_needed(results, settings.cutoff))
 
 
 # --------------------------------------------------------------------------- markdown
@@ -114,6 +159,10 @@ def _pm(mean, sd, digits: int = 3) -> str:
 
 def _interval(iv) -> str:
     return "" if not iv else f" [{iv[0]:.3f}, {iv[1]:.3f}]"
+
+
+def _labels(n: float) -> str:
+    return "never" if not np.isfinite(n) else f"{n:,.0f}"
 
 
 def _gain(r: TaskResult) -> str:
@@ -212,4 +261,27 @@ def render_markdown(
             f"Spearman {_num(c.get('spearman'))}"
         )
     lines.append(f"- N = {settings.cutoff}; ceiling = max(human score, best mean score)")
+    check = fit.labels_check or {}
+    if check.get("n_tasks"):
+        med = check["median_error"]
+        lines += [
+            "",
+            "### The answer in labels, leave one task out",
+            "",
+            f"From CoS-Low alone, a calibration fitted on the other {check['n_tasks'] - 1} tasks predicts the labels "
+            f"needed for {', '.join(f'{t:.0%}' for t in check['targets'])} of the achievable gain; the truth is where "
+            "the task's measured curve crosses the target. Median |log2(predicted / true)| (1.0 = off by a factor of "
+            f"two): **calibration {med['calibration']:.2f}** vs {med['trivial']:.2f} predicting the mean AUC of the "
+            "other tasks.",
+            "",
+            "| task | target | true labels | calibration | trivial |",
+            "|---|---|---|---|---|",
+        ]
+        for row in check["tasks"]:
+            cells = [
+                row["task"],
+                f"{row['target']:.0%}",
+                *(_labels(row[k]) for k in ("true", "calibration", "trivial")),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -567,6 +567,7 @@ def run_study(
     family = settings.family_name
     summary_key = run_key(
         kind="study-summary",
+        report=REPORT_VERSION,
         study=study.name,
         method=settings.method_hash(),
         settings={k: v for k, v in settings.as_dict().items() if k not in ("device",)},
@@ -683,6 +684,11 @@ def run_study(
         "runs_written": study.written,
         "tracking_uri": tracker.display_uri,
     }
+
+
+REPORT_VERSION = 2
+"""Version of the summary (fit, report, calibration fields): a new one refits a finished study's summary
+(2: the calibration records its N, the report the best - majority column)."""
 
 
 def _json(obj) -> str:

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from dataeff.calibration import fit_calibration
 from dataeff.data import Example, TaskSpec
 from dataeff.efficiency import data_efficiency_auc
 from dataeff.errors import DataError
@@ -193,6 +194,14 @@ def test_fit_and_markdown():
     ):
         assert text in md, text
     assert f"{cal.coef:.3f} [" in md
+    # the answer in labels, leave one task out: truth = where the measured curve crosses the target
+    check = fit.labels_check
+    assert check["n_tasks"] == 4 and set(check["median_error"]) == {"calibration", "trivial"}
+    half = [row for row in check["tasks"] if row["task"] == "a" and row["target"] == 0.5][0]
+    assert half["true"] == pytest.approx(50**0.8)  # 0 -> 0.1, 50 -> 0.35 of a 0.1..0.5 gain: 62.5% at 50 labels
+    loo = fit_calibration([(r.task, r.coslow_low["mean"], r.auc) for r in results[1:]], "x", max_budget=200)
+    assert half["auc_calibration"] == pytest.approx(loo.coef * 0.2 + loo.intercept)
+    assert "The answer in labels, leave one task out" in md and "| a | 50% |" in md
     few = fit_study(results[:2], "tiny", settings)
     assert few.calibration is None and "fit skipped" in few.note
     assert "fit skipped" in render_markdown(results[:2], settings, few)
