@@ -79,7 +79,7 @@ def _calibration_from_args(args):
 def cmd_predict(args) -> int:
     from dataeff.efficiency import predict
 
-    cal = _calibration_from_args(args)
+    cal = _calibration_from_args(args).at_cutoff(args.max_budget)
     auc, lo, hi = cal.predict_auc(args.coslow, level=args.level)
     pred = predict(
         args.coslow,
@@ -515,7 +515,12 @@ def _project_commands(add) -> None:
     )
     cp.add_argument("--metric", choices=["exact_match", "f1"], default="exact_match")
     cp.add_argument("--model", default="smollm2", help="model source (see `dataeff confidence --help`)")
-    cp.add_argument("--calibration", default=CALIBRATION, help="calibration name or JSON file of the model family")
+    cp.add_argument(
+        "--calibration",
+        default="",
+        help="calibration name or JSON file of the model family (default: the model's fitted one when dataeff "
+        f"ships it, e.g. smollm2 -> smollm2-135m-instruct-lora, else {CALIBRATION}); `dataeff calibrations` lists them",
+    )
     cp.add_argument("--no-chat-template", dest="chat_template", action="store_false", default=True)
     cp.add_argument("--target", type=float, nargs="+", default=list(TARGETS), help="normalised targets")
     cp.add_argument("--primary-target", type=float, default=PRIMARY_TARGET, help="target the stop rule uses")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -86,6 +86,22 @@ class CosLowResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CosLowResult:
+        """The inverse of :meth:`as_dict` (e.g. a result read back from a tracking store).
+
+        Raises:
+            DataError: a field is missing or unknown (the dict was not written by :meth:`as_dict`).
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise DataError(f"CoS-Low result: unknown field(s) {unknown}; expected those of CosLowResult.as_dict()")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise DataError(f"CoS-Low result: {exc}") from None
 
 
 def compute_coslow(
@@ -163,12 +179,11 @@ def compute_coslow(
                 progress=progress,
             )
         finally:
-            model = peft_model.unload()
+            peft_model.unload()  # takes the adapters out of ``model`` in place (peft returns ``model`` itself)
             if hasattr(model, "peft_config"):
                 del model.peft_config
         values.append(coslow_from_gram(gram))
     model.train(was_training)
-    loaded.model = model
     return CosLowResult(
         coslow=values[0],
         draws=values,

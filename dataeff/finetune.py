@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from dataeff.data import Example, TaskSpec, require_labeled
 from dataeff.errors import DataError
+from dataeff.generation import generate_answers, length_batches
 from dataeff.metrics import score_predictions
 from dataeff.models import (
     ALL_LINEAR_TARGETS,
@@ -110,6 +112,11 @@ class FinetuneSettings:
         d["target_modules"] = ",".join(self.target_modules)
         return d
 
+    @classmethod
+    def from_dict(cls, data: dict) -> FinetuneSettings:
+        """The inverse of :meth:`as_dict` (e.g. :attr:`FinetuneResult.settings`)."""
+        return cls(**{**data, "target_modules": tuple(str(data["target_modules"]).split(","))})
+
 
 @dataclass
 class EvalResult:
@@ -167,6 +174,11 @@ class FinetuneResult:
         d = asdict(self)
         d.pop("predictions")
         return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FinetuneResult:
+        """The inverse of :meth:`as_dict` (the predictions come back empty), e.g. a result kept on disk."""
+        return cls(**data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,12 +250,6 @@ def encode_training_example(
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
-def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (sorted by length, then chunked)."""
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i][0]), i))
-    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-
-
 def _collate(encoded, idx: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
     width = max(len(encoded[i][0]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
@@ -267,9 +273,24 @@ def _autocast(device: torch.device, dtype: str | None):
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainedLora:
+    """What :func:`finetune_lora` returns.
+
+    Attributes:
+        model: the trained peft model, in eval mode (its adapters sit inside the loaded model).
+        steps: optimizer steps taken.
+        final_loss: mean training loss of the last epoch's worth of steps (NaN when no step was taken).
+    """
+
+    model: Any
+    steps: int
+    final_loss: float
+
+
 def finetune_lora(
     loaded: LoadedModel, train: Sequence[Example], settings: FinetuneSettings | None = None, progress: bool = True
-):
+) -> TrainedLora:
     """Attach fresh LoRA adapters to ``loaded.model`` and train them on ``train``.
 
     The adapters are injected into the loaded model itself (peft wraps it in place): call
@@ -282,8 +303,7 @@ def finetune_lora(
         progress: show a tqdm bar with the running loss.
 
     Returns:
-        The trained peft model, in eval mode, with ``.dataeff_steps`` and ``.dataeff_final_loss``
-        attributes (optimizer steps taken, mean loss of the last epoch's worth of steps).
+        The trained peft model (eval mode) with its step count and final loss.
 
     Raises:
         DataError: no examples, or an example without an answer.
@@ -293,7 +313,7 @@ def finetune_lora(
         raise DataError("finetune_lora: no training examples; use budget 0 for a zero-shot evaluation")
     tok = loaded.tokenizer
     encoded = [encode_training_example(tok, e, settings.chat_template, settings.max_length) for e in train]
-    batches = _batches(encoded, settings.batch_size)
+    batches = length_batches([len(ids) for ids, _ in encoded], settings.batch_size, longest_first=False)
     steps = settings.max_steps or settings.epochs * len(batches)
 
     peft_model = attach_lora(loaded.model, settings.lora(), seed=settings.seed)
@@ -332,16 +352,15 @@ def finetune_lora(
         bar.close()
         peft_model.eval()
     tail = losses[-len(batches) :]
-    peft_model.dataeff_steps = len(losses)
-    peft_model.dataeff_final_loss = float(np.mean(tail)) if tail else math.nan
-    return peft_model
+    return TrainedLora(peft_model, len(losses), float(np.mean(tail)) if tail else math.nan)
 
 
-def remove_adapters(peft_model, loaded: LoadedModel | None = None, requires_grad: dict[str, bool] | None = None):
+def remove_adapters(peft_model, requires_grad: dict[str, bool] | None = None):
     """Take LoRA adapters out of a peft-wrapped model without merging them; return the base model.
 
-    ``requires_grad`` (parameter name -> flag, as before the adapters were attached) is restored
-    when given. ``loaded.model`` is pointed back at the base model when ``loaded`` is given.
+    peft unloads in place: the base model returned is the model the adapters were attached to
+    (``loaded.model`` stays valid). ``requires_grad`` (parameter name -> flag, as before the
+    adapters were attached) is restored when given.
     """
     base = peft_model.unload() if hasattr(peft_model, "peft_config") else peft_model
     if requires_grad is not None:
@@ -349,8 +368,6 @@ def remove_adapters(peft_model, loaded: LoadedModel | None = None, requires_grad
             if name in requires_grad:
                 p.requires_grad_(requires_grad[name])
     base.eval()
-    if loaded is not None:
-        loaded.model = base
     return base
 
 
@@ -393,8 +410,6 @@ def evaluate(
     Returns:
         :class:`EvalResult` with the score in [0, 1].
     """
-    from dataeff.generation import generate_answers
-
     settings = settings or FinetuneSettings()
     if isinstance(model, LoadedModel):
         tokenizer = tokenizer or model.tokenizer
@@ -466,9 +481,9 @@ def run_finetune(
     try:
         if budget > 0:
             t0 = time.perf_counter()
-            model = finetune_lora(loaded, subset, settings, progress=progress)
+            trained = finetune_lora(loaded, subset, settings, progress=progress)
             seconds_train = time.perf_counter() - t0
-            steps, final_loss = model.dataeff_steps, model.dataeff_final_loss
+            model, steps, final_loss = trained.model, trained.steps, trained.final_loss
             if adapter_dir is not None:
                 model.save_pretrained(str(adapter_dir))
                 saved = str(adapter_dir)
@@ -476,7 +491,7 @@ def run_finetune(
         result = evaluate(model, loaded.tokenizer, eval, task, settings, progress=progress)
         seconds_eval = time.perf_counter() - t0
     finally:
-        remove_adapters(model, loaded, flags)
+        remove_adapters(model, flags)
         if target != home:
             loaded.model.to(home)
     return FinetuneResult(

@@ -60,11 +60,16 @@ def end_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of at most ``batch_size``, longest first (similar lengths together)."""
+def length_batches(lengths: Sequence[int], batch_size: int, *, longest_first: bool = True) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` of similar lengths.
+
+    The indices are sorted by length (longest first, or shortest first when ``longest_first`` is
+    False; ties by index) and chunked in that order.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sign = -1 if longest_first else 1
+    order = sorted(range(len(lengths)), key=lambda i: (sign * lengths[i], i))
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 

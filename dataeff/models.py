@@ -72,6 +72,16 @@ class LoraSettings:
             "target_modules": ",".join(self.target_modules),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> LoraSettings:
+        """The inverse of :meth:`as_dict` (``target_modules`` comma-separated)."""
+        return cls(
+            r=data["r"],
+            alpha=data["alpha"],
+            dropout=data["dropout"],
+            target_modules=tuple(str(data["target_modules"]).split(",")),
+        )
+
 
 def attach_lora(model, settings: LoraSettings, seed: int | None = 0):
     """Wrap ``model`` with fresh LoRA adapters created right after ``torch.manual_seed(seed)``.

@@ -109,7 +109,7 @@ def plot_curve(
     elif source is not None:
         raise DataError(f"source must be a Prediction, a CurvePosterior or None, got {type(source).__name__}")
 
-    if absolute:
+    if s0 is not None and h is not None:
         ax.axhline(float(s0), color="0.4", lw=0.8, label=f"zero-shot {s0:.3f}")
         ax.axhline(float(h), color="0.2", lw=0.8, ls="-.", label=f"ceiling {h:.3f} (assumed)")
     for i, t in enumerate(targets):

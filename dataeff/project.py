@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS
 from dataeff.data import TaskSpec
-from dataeff.defaults import CALIBRATION, LABEL_CAP, PRIMARY_TARGET, TARGETS
+from dataeff.defaults import LABEL_CAP, PRIMARY_TARGET, TARGETS, calibration_for
 from dataeff.efficiency import BUDGET_GRID
 from dataeff.errors import DataError
 
@@ -34,7 +34,8 @@ class ProjectConfig:
         name: project name; also the Label Studio project title and the MLflow experiment name.
         task: task name, label set (``None`` = free text) and metric.
         model: model source for :func:`dataeff.models.load_model` (``"smollm2"``, folder, .gguf, hub id).
-        calibration: calibration name or JSON path for :func:`dataeff.calibration.get_calibration`.
+        calibration: calibration name or JSON path for :func:`dataeff.calibration.get_calibration`;
+            empty (the default): the model's own (:func:`dataeff.defaults.calibration_for`).
         chat_template: prompt the model through its chat template.
         targets: normalised targets reported (share of the way from zero-shot to ceiling).
         primary_target: the target the stop rule uses.
@@ -64,7 +65,7 @@ class ProjectConfig:
     name: str
     task: TaskSpec
     model: str = "smollm2"
-    calibration: str = CALIBRATION
+    calibration: str = ""
     chat_template: bool = True
     targets: tuple[float, ...] = TARGETS
     primary_target: float = PRIMARY_TARGET
@@ -91,6 +92,7 @@ class ProjectConfig:
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise DataError(f"project name {self.name!r}: use 1-64 letters, digits, '_', '-', '.'")
+        self.calibration = self.calibration or calibration_for(self.model)
         if isinstance(self.task, dict):
             task = dict(self.task)
             if task.get("labels") is not None:

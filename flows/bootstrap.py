@@ -7,8 +7,11 @@
 4. Draw the low-confidence batch (k items from the bottom decile) and the held-out eval split
    (neither ever holds a skipped item).
 5. Log the roles, the confidence table and a histogram to MLflow (a ``bootstrap`` run).
-6. Put the low-confidence batch, then the eval split, at the top of the annotators' queue; every
-   scored item gets the model's answer as a pre-annotation (choice tasks: only valid labels).
+6. Put the low-confidence batch, then the eval split, at the top of the annotators' queue, show
+   the status to annotators (project description and labeling instructions) and pre-annotate
+   with the model's answers only when they help (:mod:`dataeff.prelabel`: an answer must name
+   exactly one label; none at all when one label is more than 60% of the answers on a task with
+   3+ labels, a degenerate guesser; the reason is logged and returned).
 
 Idempotent: a project already bootstrapped keeps its roles (they are read back from MLflow) and
 only the queue is pushed again (the summary then has no ``skipped`` list: nothing was checked).
@@ -21,11 +24,11 @@ from pathlib import Path
 from prefect import flow, task
 
 from dataeff.bounds import RejectedItem, split_by_token_bounds
-from dataeff.confidence import score_confidence, select_low_confidence
+from dataeff.confidence import ConfidenceScore, score_confidence, select_low_confidence
 from dataeff.data import Example
 from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, ROLE_TOO_LONG, choose_eval_split
-from dataeff.metrics import match_label
 from dataeff.plots import plot_confidence
+from dataeff.prelabel import PrelabelPlan, plan_prelabels
 from dataeff.project import ProjectConfig
 from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities
 from flows.loop import RETRY, _logger
@@ -51,7 +54,7 @@ def check_bounds(svc: Services, pool: list[Example]) -> tuple[list[Example], lis
 
 
 @task(name="score-confidence", persist_result=False)
-def score_pool(svc: Services, pool: list[Example], batch_size: int) -> list:
+def score_pool(svc: Services, pool: list[Example], batch_size: int) -> list[ConfidenceScore]:
     cfg = svc.config
     loaded = get_model(cfg.model)
     return score_confidence(
@@ -74,33 +77,31 @@ def queue(svc: Services, roles: dict, answers: dict[str, tuple[str, float]]) -> 
     )
     if answers:
         svc.ls.push_predictions(svc.project_id, answers, model_version=f"dataeff-{cfg.model}")
-    k, e = len(roles[ROLE_LOWCONF]), len(roles[ROLE_EVAL])
-    svc.ls.set_status(
-        svc.project_id,
-        f"dataeff needs the {k} hard examples first (top of the 'dataeff priority' tab), "
-        f"then {e} held-out examples for evaluation; then batches as requested",
+    svc.ls.set_status(svc.project_id, bootstrap_status(len(roles[ROLE_LOWCONF]), len(roles[ROLE_EVAL])))
+
+
+def bootstrap_status(n_lowconf: int, n_eval: int) -> str:
+    """The annotators' status after bootstrap: what to label first, and when the estimate comes."""
+    return (
+        f"label the {n_lowconf} hard examples first, then the {n_eval} examples the model is tested on; "
+        f"after the {n_lowconf} hard ones dataeff says here how many more labels it expects and asks for "
+        "them in batches"
     )
 
 
-def _pre_annotations(cfg: ProjectConfig, scores: list) -> dict[str, tuple[str, float]]:
-    """The model's answers as pre-annotations (score = its confidence); for a choice task only
-    answers that map to a label."""
-    out = {}
-    for s in scores:
-        if not s.answer:
-            continue
-        answer = match_label(s.answer, cfg.task.labels) if cfg.task.labels else s.answer
-        if answer:
-            out[s.id] = (answer, float(s.confidence))
-    return out
+def _pre_annotations(cfg: ProjectConfig, scores: list[ConfidenceScore]) -> PrelabelPlan:
+    """The model's answers to push as pre-annotations (score = its confidence), by the rules of
+    :mod:`dataeff.prelabel`: exact labels only, none from a degenerate guesser."""
+    return plan_prelabels(((s.id, s.answer, s.confidence) for s in scores), cfg.task.labels or None)
 
 
 def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
     cfg = svc.config
     logger = _logger()
-    roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
+    roles = svc.runs.read_bootstrap()
     answers: dict[str, tuple[str, float]] = {}
     skipped: list[RejectedItem] | None = None
+    prelabel: str | None = None
     if roles:
         logger.info("%s: already bootstrapped; pushing the queue again", cfg.name)
     else:
@@ -139,8 +140,14 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
             highlight=[s.confidence for s in scores if s.id in set(lowconf)],
             title=f"{cfg.name}: confidence of {cfg.model} over the pool",
         )
-        svc.tracker.log_bootstrap(cfg.name, cfg.model, roles, stats, [s.as_dict() for s in scores], figure=figure)
-        answers = _pre_annotations(cfg, scores)
+        svc.runs.log_bootstrap(roles, stats, scores, figure=figure)
+        plan = _pre_annotations(cfg, scores)
+        answers = dict(plan.answers)
+        prelabel = plan.reason
+        if plan.push:
+            logger.info("%s: pre-annotations: %s", cfg.name, plan.reason)
+        else:
+            logger.warning("%s: no pre-annotations: %s", cfg.name, plan.reason)
     queue(svc, roles, answers)
     out = {
         "project": cfg.name,
@@ -148,6 +155,8 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
         "eval": len(roles[ROLE_EVAL]),
         "pre_annotations": len(answers),
     }
+    if prelabel is not None:
+        out["pre_annotations_reason"] = prelabel
     if skipped is not None:
         out["scored"] = len(scores)
         out["skipped"] = [{"id": item.id, "reason": item.reason} for item in skipped]

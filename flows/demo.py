@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dataeff.bigbench import load_bigbench_task
-from dataeff.defaults import CALIBRATION
+from dataeff.calibration import get_calibration
 from dataeff.errors import DataError
 from dataeff.project import ProjectConfig
 from dataeff.queue import UNREQUESTED, requested_order
@@ -170,9 +170,7 @@ def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
             table.add_row("ceiling assumed", f"{a['ceiling']:.3f} (posterior median; no human score given)")
     for b, s in last["measured"].items():
         table.add_row(f"measured score @ {b} labels", f"{s:.3f}")
-    table.add_row(
-        "calibration assumed", f"{cfg.calibration} (borrowed; see docs/estimation.md for how far to trust it)"
-    )
+    table.add_row("calibration", get_calibration(cfg.calibration).describe())
     if last.get("p_within_cap") is not None:
         table.add_row(f"P(target within the cap of {cfg.label_cap:,})", f"{last['p_within_cap']:.0%}")
     d = last["decision"]
@@ -216,7 +214,6 @@ def run_demo(
             # The team's question: can the items we have reach 80% of the achievable gain?
             primary_target=settings.primary_target,
             label_cap=len(examples) - settings.eval_size,
-            calibration=CALIBRATION,
             budgets=settings.budgets,
             eval_size=settings.eval_size,
             low_confidence_k=settings.low_confidence_k,

@@ -22,8 +22,8 @@ from prefect import flow, get_run_logger, task
 
 from dataeff.assess import Assessment
 from dataeff.calibration import dtype_warning, get_calibration
-from dataeff.coslow import compute_coslow
-from dataeff.finetune import FinetuneSettings, nested_subset, run_finetune
+from dataeff.coslow import CosLowResult, compute_coslow
+from dataeff.finetune import FinetuneResult, FinetuneSettings, nested_subset, run_finetune
 from dataeff.iteration import (
     ROLE_EVAL,
     ROLE_LOWCONF,
@@ -43,6 +43,7 @@ from flows import pending
 from flows.locks import project_slot
 from flows.services import Services, get_model, open_services, retry_on_unavailable, retry_tracking
 from integrations.label_studio import Cursor, PullResult
+from integrations.mlflow_tracking import LoggedRun
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +98,12 @@ def pull_warnings(pulled: PullResult) -> list[str]:
 
 
 @task(name="estimate", persist_result=False)
-def estimate(svc: Services, sets: LabeledSets) -> dict:
+def estimate(svc: Services, sets: LabeledSets) -> CosLowResult:
     """CoS-Low of the labeled low-confidence batch: reused from MLflow when its labels are unchanged."""
     cfg = svc.config
-    lhash = label_set_hash(sets.lowconf)
-    latest = svc.tracker.latest_estimate(cfg.name, cfg.model)
-    if latest and latest.get("label_hash") == lhash and latest.get("coslow_result"):
-        return latest["coslow_result"]
+    stored = svc.runs.stored_coslow(label_set_hash(sets.lowconf))
+    if stored is not None:
+        return stored
     loaded = get_model(cfg.model)
     res = compute_coslow(
         loaded,
@@ -117,11 +117,11 @@ def estimate(svc: Services, sets: LabeledSets) -> dict:
     )
     for item in res.skipped:
         _logger().warning("%s: CoS-Low left out %s: %s", cfg.name, item["id"], item["reason"])
-    return res.as_dict()
+    return res
 
 
 @task(name="finetune", persist_result=False)
-def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> dict:
+def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> FinetuneResult:
     """LoRA fine-tune on the first ``budget`` training labels (budget 0: zero-shot), scored on the eval split.
 
     The result is kept on disk before anything is logged; a kept result for the same labels and
@@ -137,28 +137,27 @@ def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> dict:
             cfg.name,
             budget,
         )
-        return kept
+        return FinetuneResult.from_dict(kept)
     loaded = get_model(cfg.model)
     settings = FinetuneSettings(seed=cfg.seed, chat_template=cfg.chat_template, **cfg.finetune)
-    out = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings).as_dict()
-    pending.keep(path, out)
-    return out
+    result = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings)
+    pending.keep(path, result.as_dict())
+    return result
 
 
 @task(name="log-finetune", persist_result=False, **LOG_RETRY)
-def log_finetune(svc: Services, sets: LabeledSets, budget: int, result: dict) -> None:
+def log_finetune(svc: Services, sets: LabeledSets, result: FinetuneResult) -> None:
     """Log a measured fine-tune to MLflow (retried through an outage), then forget the kept copy."""
-    cfg = svc.config
-    train_hash = _train_hash(cfg, sets, budget)
-    svc.tracker.log_finetune(cfg.name, cfg.model, train_hash, budget, result)
-    pending.done(pending.pending_path(cfg.name, "finetune", train_hash, budget))
+    train_hash = _train_hash(svc.config, sets, result.budget)
+    svc.runs.log_finetune(train_hash, result)
+    pending.done(pending.pending_path(svc.config.name, "finetune", train_hash, result.budget))
 
 
 def measure_budget(svc: Services, sets: LabeledSets, budget: int) -> float:
     """Fine-tune at ``budget`` (or take the kept result) and log it; returns the score."""
     result = finetune_budget(svc, sets, budget)
-    log_finetune(svc, sets, budget, result)
-    return float(result["score"])
+    log_finetune(svc, sets, result)
+    return float(result.score)
 
 
 def _train_hash(cfg: ProjectConfig, sets: LabeledSets, budget: int) -> str:
@@ -166,18 +165,11 @@ def _train_hash(cfg: ProjectConfig, sets: LabeledSets, budget: int) -> str:
 
 
 @task(name="log-estimate", persist_result=False, **LOG_RETRY)
-def log_estimate(svc: Services, sets: LabeledSets, coslow: dict, assessment: Assessment, figure) -> bool:
-    cfg = svc.config
-    pred = assessment.prediction
-    prediction = {
-        "auc": pred.auc,
-        "auc_lo": pred.auc_interval[0] if pred.auc_interval else None,
-        "auc_hi": pred.auc_interval[1] if pred.auc_interval else None,
-        "calibration": {"family": pred.extra.get("calibration"), "coef": pred.coef, "intercept": pred.intercept},
-        "targets": {t: {"n": n.median, "lo": n.lo, "hi": n.hi} for t, n in ((t, pred.need(t)) for t in cfg.targets)},
-    }
-    run = svc.tracker.log_estimate(cfg.name, cfg.model, label_set_hash(sets.lowconf), coslow, prediction, figure=figure)
-    return bool(getattr(run, "created", False))
+def log_estimate(svc: Services, sets: LabeledSets, coslow: CosLowResult, assessment: Assessment, figure) -> bool:
+    """Log the estimate (CoS-Low and the prediction at the project's targets); ``True`` when it is new."""
+    lhash = label_set_hash(sets.lowconf)
+    run = svc.runs.log_estimate(lhash, coslow, assessment.prediction, svc.config.targets, figure=figure)
+    return run.created
 
 
 @task(name="request-labels", persist_result=False, **RETRY)
@@ -207,18 +199,18 @@ def update_status(svc: Services, text: str) -> None:
 
 
 @task(name="log-decision", persist_result=False, **LOG_RETRY)
-def log_decision(svc: Services, iteration_key: str, record: dict):
-    return svc.tracker.log_decision(svc.config.name, iteration_key, record, model=svc.config.model)
+def log_decision(svc: Services, iteration_key: str, decision: Decision, summary: dict) -> LoggedRun:
+    return svc.runs.log_decision(iteration_key, decision, summary)
 
 
 @task(name="log-comparison", persist_result=False, **LOG_RETRY)
 def log_comparison(svc: Services, figure, rows: list[dict]) -> None:
-    svc.tracker.update_comparison(svc.config.name, figure, rows)
+    svc.runs.update_comparison(figure, rows)
 
 
 @task(name="save-cursor", persist_result=False, **LOG_RETRY)
 def save_cursor(svc: Services, cursor: dict) -> None:
-    svc.tracker.log_cursor(svc.config.name, cursor)
+    svc.runs.log_cursor(cursor)
 
 
 def decision_key(pulled: PullResult, measured: dict, settings, cfg: ProjectConfig) -> str:
@@ -245,12 +237,12 @@ def run_iteration(svc: Services) -> dict:
     """One iteration for an opened project (no lock; :func:`loop_iteration` adds it). Returns a summary dict."""
     cfg = svc.config
     logger = _logger()
-    roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
+    roles = svc.runs.read_bootstrap()
     if not roles:
         from dataeff.errors import DataError
 
         raise DataError(f"project {cfg.name}: not bootstrapped yet; run `dataeff bootstrap {cfg.name}` first")
-    stored_cursor = svc.tracker.read_cursor(cfg.name)
+    stored_cursor = svc.runs.read_cursor()
     pulled = pull_labels(svc, Cursor.from_dict(stored_cursor) if stored_cursor else None)
     warnings = pull_warnings(pulled)
     for line in warnings:
@@ -273,7 +265,7 @@ def run_iteration(svc: Services) -> dict:
     )
 
     # Fine-tunes the labels now cover (zero-shot first), each logged as soon as it is measured.
-    done = svc.tracker.finetuned_budgets(cfg.name, cfg.model)
+    done = svc.runs.finetuned_budgets()
     eval_ready = n_eval > 0 and len(sets.eval) >= n_eval
     finetuned_now = []
     for budget in budgets_due(len(sets.train), cfg.budgets, done, eval_ready):
@@ -284,7 +276,7 @@ def run_iteration(svc: Services) -> dict:
     coslow_res, estimate_logged = None, False
     if n_lowconf and len(sets.lowconf) >= n_lowconf:
         coslow_res = estimate(svc, sets)
-        mismatch = dtype_warning(get_calibration(cfg.calibration), coslow_res.get("dtype"))
+        mismatch = dtype_warning(get_calibration(cfg.calibration), coslow_res.dtype)
         if mismatch:
             warnings.append(mismatch)
             logger.warning("%s: %s", cfg.name, mismatch)
@@ -294,7 +286,7 @@ def run_iteration(svc: Services) -> dict:
             labeled=len(sets.train),
             lowconf_total=n_lowconf,
             lowconf_labeled=len(sets.lowconf),
-            coslow=coslow_res["coslow"] if coslow_res else None,
+            coslow=coslow_res.coslow if coslow_res else None,
             measured=done,
             n_eval=n_eval or None,
             human_score=cfg.human_score,
@@ -327,21 +319,19 @@ def run_iteration(svc: Services) -> dict:
         "errors": [asdict(e) for e in pulled.errors],
         "unmanaged_task_ids": list(pulled.unmanaged_task_ids),
         "warnings": warnings,
-        "coslow": coslow_res,
+        "coslow": coslow_res.as_dict() if coslow_res else None,
         "calibration": cfg.calibration,
         "measured": {str(b): s for b, s in sorted(done.items())},
         "finetuned_now": finetuned_now,
         **outcome.summary(),  # assessment, p_within_cap, label_cap, curve_model, decision
     }
-    decision_run = log_decision(
-        svc, decision_key(pulled, done, settings, cfg), {**decision.as_dict(), "summary": summary}
-    )
+    decision_run = log_decision(svc, decision_key(pulled, done, settings, cfg), decision, summary)
     requested = request_next(svc, decision, roles, labeled_ids)
     update_status(svc, decision.status_text)
     if pulled.cursor.to_dict() != stored_cursor:
         save_cursor(svc, pulled.cursor.to_dict())
     summary["requested"] = len(requested)
-    summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(getattr(decision_run, "created", False))
+    summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(decision_run.created)
     logger.info("%s: %s — %s", cfg.name, decision.action, decision.reason)
     return summary
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dataeff.models import LoadedModel, load_model
 from dataeff.project import ProjectConfig
 from integrations.label_studio import LabelStudioClient
-from integrations.mlflow_tracking import Tracker, TrackingError
+from integrations.mlflow_tracking import ProjectTracker, Tracker, TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,11 @@ class Services:
     config: ProjectConfig
     ls: LabelStudioClient
     tracker: Tracker
+
+    @property
+    def runs(self) -> ProjectTracker:
+        """The tracker bound to this project and its model."""
+        return self.tracker.for_project(self.config.name, self.config.model)
 
     @property
     def project_id(self) -> int:
@@ -50,7 +55,7 @@ def preflight(config: ProjectConfig, *, bootstrapped: bool = True) -> Services:
         raise LabelStudioAuthError(
             f"project {config.name}: {exc}; this project reads its token from ${config.label_studio_token_env}"
         ) from None
-    if bootstrapped and not svc.tracker.read_bootstrap(config.name, config.model):
+    if bootstrapped and not svc.runs.read_bootstrap():
         from dataeff.errors import DataError
 
         raise DataError(f"project {config.name}: not bootstrapped yet; run `dataeff bootstrap {config.name}` first")

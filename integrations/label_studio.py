@@ -42,6 +42,8 @@ from integrations.ls_reconcile import (
     PullResult,
     reconcile,
 )
+from integrations.ls_status import STATUS_MARKER as STATUS_MARKER  # re-exported: the marker people write below
+from integrations.ls_status import compose, split_description
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,8 +51,29 @@ T = TypeVar("T")
 PRIORITY_FIELD = "dataeff_priority"
 ANSWER_NAME = "answer"
 PRIORITY_VIEW_TITLE = "dataeff priority"
+PRIORITY_VIEW_ORDERING = f"-tasks:data.{PRIORITY_FIELD}"
+PRIORITY_VIEW_COLUMNS: tuple[str, ...] = (
+    "tasks:id",
+    "tasks:completed_at",  # "Completed": when the task got its first annotation (empty = still to label)
+    "tasks:annotators",  # "Annotated by"
+    "tasks:annotations_results",
+    "tasks:predictions_score",
+    "tasks:predictions_results",
+    f"tasks:data.{PRIORITY_FIELD}",
+    f"tasks:data.{PROMPT_FIELD}",
+)
+"""Columns of the "dataeff priority" tab (Label Studio 1.23 column ids, ``data_manager/functions.py``
+``get_all_columns``); every other column is hidden."""
+PRIORITY_VIEW_LABELING_COLUMNS: tuple[str, ...] = (
+    "tasks:id",
+    "tasks:completed_at",
+    f"tasks:data.{PRIORITY_FIELD}",
+    f"tasks:data.{PROMPT_FIELD}",
+)
+"""Columns of the task list beside the labeling stream (the tab's "labeling" mode)."""
+PRIORITY_VIEW_ALWAYS_HIDDEN = frozenset({f"tasks:data.{ID_FIELD}", "tasks:inner_id"})
+"""Hidden even when the server does not list them yet (a project before its first import)."""
 MIN_TITLE, MAX_TITLE = 3, 50
-STATUS_MARKER = "--- dataeff status (updated automatically; write above this line) ---"
 _ANNOTATED_QUERY = json.dumps(
     {
         "filters": {
@@ -205,6 +228,16 @@ class _Schema:
                 raise ValueError("empty text answer")
             return texts[0].strip()
         raise ValueError(f"no result for the control {ANSWER_NAME!r}")
+
+
+def _view_differs(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether a view's data lacks the title, order or columns of ``wanted`` (column order aside)."""
+    if current.get("title") != wanted["title"] or list(current.get("ordering") or []) != wanted["ordering"]:
+        return True
+    hidden = current.get("hiddenColumns")
+    if not isinstance(hidden, Mapping):
+        return True
+    return any(set(hidden.get(mode) or []) != set(cols) for mode, cols in wanted["hiddenColumns"].items())
 
 
 def _labels_of(task: TaskSpec) -> tuple[str, ...] | None:
@@ -559,29 +592,83 @@ class LabelStudioClient:
             updated += 1
         return updated
 
+    def _dm_columns(self, project_id: int) -> set[str]:
+        """Ids of every Data Manager column of the project, as views name them (``tasks:<id>``,
+        ``tasks:data.<field>``), from ``GET /api/dm/columns`` (not wrapped by the SDK)."""
+
+        def fetch() -> Any:
+            response = self._sdk._client_wrapper.httpx_client.request(
+                "api/dm/columns/", method="GET", params={"project": project_id}
+            )
+            if not 200 <= response.status_code < 300:
+                raise ApiError(status_code=response.status_code, headers=dict(response.headers), body=response.text)
+            return response.json()
+
+        payload = self._call(f"list the Data Manager columns of project {project_id}", fetch)
+        ids: set[str] = set()
+        for column in payload.get("columns", []) if isinstance(payload, dict) else []:
+            if column.get("id") == "data" and column.get("parent") is None and column.get("children"):
+                continue  # the group header of the data fields, not a column
+            prefix = "tasks:data." if column.get("parent") == "data" else "tasks:"
+            ids.add(prefix + str(column["id"]))
+        return ids
+
+    def _view_columns(self, project_id: int, hidden: Any) -> dict[str, list[str]]:
+        """The ``hiddenColumns`` of the priority view: every column but :data:`PRIORITY_VIEW_COLUMNS`
+        hidden (a view made by an older dataeff, without ``hiddenColumns``), or the view's own
+        choice with those columns shown again."""
+        if isinstance(hidden, Mapping) and hidden:
+            out = {}
+            for mode, shown in (("explore", PRIORITY_VIEW_COLUMNS), ("labeling", PRIORITY_VIEW_LABELING_COLUMNS)):
+                kept = [c for c in hidden.get(mode) or [] if c not in shown]
+                out[mode] = kept
+            return out
+        every = self._dm_columns(project_id) | PRIORITY_VIEW_ALWAYS_HIDDEN
+        return {
+            "explore": sorted(every - set(PRIORITY_VIEW_COLUMNS)),
+            "labeling": sorted(every - set(PRIORITY_VIEW_LABELING_COLUMNS)),
+        }
+
     def ensure_priority_view(self, project_id: int) -> int:
-        """Create (once) a Data Manager tab titled ``dataeff priority`` sorted by
-        ``dataeff_priority`` descending; returns its view id. Annotators open that tab and use
-        "Label Tasks As Displayed" (Community edition has no server-side active learning).
+        """Create or repair the Data Manager tab ``dataeff priority``; returns its view id.
+
+        The tab is sorted by ``dataeff_priority`` descending and shows the columns an annotator
+        needs (:data:`PRIORITY_VIEW_COLUMNS`: ID, completed, annotated by, annotation results,
+        prediction score and result, the priority, the text); every other column (Inner ID, upload
+        and storage filename, drafts, lead time, ...) is hidden through the view's
+        ``hiddenColumns``, which Label Studio also needs to compute the annotation and prediction
+        columns at all. Idempotent: a tab made by an older dataeff (no ``hiddenColumns``) or
+        re-sorted by hand is updated in place; columns someone showed or hid by hand are kept,
+        except that the columns above are shown again. Annotators open the tab and click "Label
+        Tasks As Displayed" (Community edition has no server-side queue that follows a field).
         """
         self._project(project_id)
         views = self._call(
             f"list the views of project {project_id}", lambda: list(self._sdk.views.list(project=project_id))
         )
-        for view in views:
-            if (view.data or {}).get("title") == PRIORITY_VIEW_TITLE:
-                return int(view.id)
+        existing = next((v for v in views if (v.data or {}).get("title") == PRIORITY_VIEW_TITLE), None)
+        current: dict[str, Any] = dict(existing.data or {}) if existing is not None else {}
         data = {
+            **current,
             "title": PRIORITY_VIEW_TITLE,
-            "ordering": [f"-tasks:data.{PRIORITY_FIELD}"],
-            "filters": {"conjunction": "and", "items": []},
+            "ordering": [PRIORITY_VIEW_ORDERING],
+            "filters": current.get("filters") or {"conjunction": "and", "items": []},
+            "hiddenColumns": self._view_columns(project_id, current.get("hiddenColumns")),
         }
-        view = self._call(
-            f"create the priority view of project {project_id}",
-            lambda: self._sdk.views.create(project=project_id, data=data),
-            idempotent=False,
-        )
-        return int(view.id)
+        if existing is None:
+            view = self._call(
+                f"create the priority view of project {project_id}",
+                lambda: self._sdk.views.create(project=project_id, data=data),
+                idempotent=False,
+            )
+            return int(view.id)
+        if _view_differs(current, data):
+            log.info("updating the %r tab of project %s (columns / order)", PRIORITY_VIEW_TITLE, project_id)
+            self._call(
+                f"update the priority view of project {project_id}",
+                lambda: self._sdk.views.update(str(existing.id), project=project_id, data=data),
+            )
+        return int(existing.id)
 
     # -- predictions
     def push_predictions(
@@ -632,7 +719,8 @@ class LabelStudioClient:
         return created
 
     def project_info(self, project_id: int) -> dict:
-        """``{id, title, description, model_version, label_config}`` of a project."""
+        """``{id, title, description, model_version, label_config, expert_instruction,
+        show_instruction, sampling}`` of a project."""
         p = self._project(project_id)
         return {
             "id": p.id,
@@ -640,22 +728,42 @@ class LabelStudioClient:
             "description": p.description or "",
             "model_version": p.model_version or "",
             "label_config": p.label_config or "",
+            "expert_instruction": p.expert_instruction or "",
+            "show_instruction": bool(p.show_instruction),
+            "sampling": str(p.sampling or ""),
         }
 
     # -- status
-    def set_status(self, project_id: int, text: str) -> None:
-        """Show ``text`` in the project's description, below a marker line.
+    def set_status(self, project_id: int, text: str, *, done: bool | None = None) -> bool:
+        """Show the status ``text`` to annotators where they look; returns whether anything changed.
 
-        What users wrote above the marker is kept; only the dataeff block is replaced.
+        Written at the top of the project's description (with how to label, above
+        :data:`STATUS_MARKER`) and at the top of the labeling instructions, which are switched on
+        (``show_instruction``); what people wrote below the marker in either is kept (a description
+        of an older dataeff, status at the bottom, is converted). ``done`` says that no more labels
+        are needed; by default a text starting with ``stop`` (every stop decision of the policy)
+        means done. Nothing is written when both are already current. See
+        :mod:`integrations.ls_status` for the wording.
         """
-        description = self.project_info(project_id)["description"]
-        user_part = description.split(STATUS_MARKER, 1)[0].rstrip()
-        new = f"{user_part}\n\n{STATUS_MARKER}\n{text.strip()}" if user_part else f"{STATUS_MARKER}\n{text.strip()}"
+        info = self.project_info(project_id)
+        texts = compose(text, info["description"], info["expert_instruction"], done)
+        if (
+            texts.description == info["description"]
+            and texts.instructions == info["expert_instruction"]
+            and info["show_instruction"]
+        ):
+            return False
         self._call(
-            f"set the status of project {project_id}", lambda: self._sdk.projects.update(id=project_id, description=new)
+            f"set the status of project {project_id}",
+            lambda: self._sdk.projects.update(
+                id=project_id,
+                description=texts.description,
+                expert_instruction=texts.instructions,
+                show_instruction=True,
+            ),
         )
+        return True
 
     def get_status(self, project_id: int) -> str:
-        """The dataeff status block of the project's description ('' when none)."""
-        description = self.project_info(project_id)["description"]
-        return description.split(STATUS_MARKER, 1)[1].strip() if STATUS_MARKER in description else ""
+        """The status text last given to :meth:`set_status` ('' when none)."""
+        return split_description(self.project_info(project_id)["description"])[0]

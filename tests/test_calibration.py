@@ -173,3 +173,21 @@ def test_at_cutoff_carries_a_short_axis_calibration_to_the_projects_axis(tmp_pat
         short.at_cutoff(100)
     back = Calibration.load(short.save(tmp_path / "smol.json"))
     assert back.max_budget == 200 and Calibration("paper", 1.0, 0.0).cutoff == 5000
+
+
+def test_projects_default_to_their_models_fitted_calibration():
+    from dataeff.data import TaskSpec
+    from dataeff.defaults import CALIBRATION, calibration_for
+    from dataeff.project import ProjectConfig
+
+    spec = TaskSpec(name="t", labels=("a", "b"))
+    smol = ProjectConfig(name="p", task=spec, model="smollm2")
+    assert smol.calibration == calibration_for("smollm2") == "smollm2-135m-instruct-lora"
+    shipped = get_calibration(smol.calibration)  # ships with dataeff, fitted by `dataeff study`
+    assert shipped.fit_kind == "lora" and shipped.n_tasks >= 10 and shipped.dtype == "fp32"
+    assert shipped.provenance["model"] == "smollm2" and shipped.max_budget == shipped.provenance["cutoff_N"]
+    assert calibration_for("/models/SmolLM2-135M-Instruct.Q4_1.gguf") == shipped.family
+    assert ProjectConfig(name="q", task=spec, model="/models/llama-8b").calibration == CALIBRATION
+    assert ProjectConfig(name="r", task=spec, model="smollm2", calibration="mistral").calibration == "mistral"
+    # a saved config keeps its resolved name (re-loading never changes the project's calibration)
+    assert ProjectConfig.from_dict(smol.to_dict()).calibration == smol.calibration

@@ -391,6 +391,7 @@ def test_mlflow_outage_keeps_the_finished_fine_tune_and_logs_it_when_back(flow_p
 
     from prefect import flow
 
+    from dataeff.finetune import FinetuneResult
     from dataeff.iteration import partition
     from flows.bootstrap import bootstrap
     from flows.loop import finetune_budget, measure_budget
@@ -425,13 +426,13 @@ def test_mlflow_outage_keeps_the_finished_fine_tune_and_logs_it_when_back(flow_p
 
     # A result measured but never logged (the run died during the outage) is logged, not measured again.
     @flow
-    def measure_only(budget: int) -> dict:
+    def measure_only(budget: int) -> FinetuneResult:
         return finetune_budget(svc, sets, budget)
 
     kept = measure_only(0)
     assert len(list((home / "pending").rglob("*.json"))) == 1
     caplog.clear()
-    assert measure(0) == kept["score"]
+    assert measure(0) == kept.score
     assert any("logging the kept result instead of training again" in line for line in lines())
     assert not list((home / "pending").rglob("*.json"))
     assert len(svc.tracker.list_runs(cfg.name, kind="finetune")) == 1  # same labels, same budget: one run

@@ -46,6 +46,8 @@ def test_length_batches_cover_all_indices_once():
     batches = length_batches([3, 9, 1, 7, 7], 2)
     assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
     assert batches[0] == [1, 3]  # longest first
+    shortest_first = length_batches([3, 9, 1, 7, 7], 2, longest_first=False)
+    assert shortest_first == [[2, 0], [3, 4], [1]]  # ties by index
     with pytest.raises(ValueError):
         length_batches([1], 0)
 

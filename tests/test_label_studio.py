@@ -19,6 +19,8 @@ from fixtures_label_studio import LS_TEST_TASK
 from dataeff.data import Example, TaskSpec
 from dataeff.errors import DataError
 from integrations.label_studio import (
+    PRIORITY_VIEW_COLUMNS,
+    PRIORITY_VIEW_TITLE,
     STATUS_MARKER,
     Cursor,
     InvalidLabel,
@@ -31,6 +33,7 @@ from integrations.label_studio import (
     label_config,
 )
 from integrations.ls_server import ROOT, LabelStudioServer, LabelStudioServerError
+from integrations.ls_status import DONE_HEADLINE, LEGACY_STATUS_MARKER, compose, split_description
 
 pytestmark = pytest.mark.slow
 
@@ -278,6 +281,112 @@ def test_priorities_and_sorted_view(ls_project):
         client.push_priorities(pid, {"nope": 1})
 
 
+def _view_data(client, pid, view_id) -> dict:
+    return dict(client._call("read a view", lambda: client._sdk.views.get(str(view_id))).data or {})
+
+
+def _dm_rows(client, pid, view_id) -> list[dict]:
+    """The task rows the Data Manager shows in a tab (the UI's own request: computed columns included)."""
+
+    def fetch():
+        response = client._sdk._client_wrapper.httpx_client.request(
+            "api/tasks/", method="GET", params={"project": pid, "view": view_id, "page_size": 100}
+        )
+        response.raise_for_status()
+        return response.json()["tasks"]
+
+    return client._call("list the tab's tasks", fetch)
+
+
+HIDDEN_BY_DATAEFF = {
+    "tasks:inner_id",  # Inner ID
+    "tasks:file_upload",  # Upload filename
+    "tasks:storage_filename",  # Storage filename
+    "tasks:draft_exists",  # Drafts
+    "tasks:avg_lead_time",  # Lead Time
+    "tasks:annotations_ids",
+    "tasks:predictions_model_versions",
+    "tasks:created_at",
+    "tasks:updated_at",
+    "tasks:updated_by",
+    "tasks:data.dataeff_id",
+}
+
+
+def test_priority_view_shows_the_annotators_columns_and_repairs_an_old_view(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    client.import_pool(pid, _pool(4))
+    # A tab as an older dataeff made it: sorted, but no hiddenColumns (Label Studio then leaves the
+    # computed columns blank and shows Inner ID, filenames, drafts, lead time...).
+    old = client._sdk.views.create(
+        project=pid,
+        data={
+            "title": PRIORITY_VIEW_TITLE,
+            "ordering": ["-tasks:data.dataeff_priority"],
+            "filters": {"conjunction": "and", "items": []},
+        },
+    )
+    client.push_predictions(pid, {"item-1": ("positive", 0.8), "item-2": ("negative", 0.3)}, model_version="m1")
+    client.create_annotations(pid, {"item-2": "neutral"})
+    client.push_priorities(pid, {"item-2": 5, "item-1": 4})
+    blank = {r["data"]["dataeff_id"]: r for r in _dm_rows(client, pid, old.id)}
+    assert blank["item-1"].get("predictions_score") is None  # the measured defect
+
+    assert client.ensure_priority_view(pid) == old.id  # updated in place, not a second tab
+    data = _view_data(client, pid, old.id)
+    hidden = data["hiddenColumns"]
+    assert not set(PRIORITY_VIEW_COLUMNS) & set(hidden["explore"])
+    assert set(PRIORITY_VIEW_COLUMNS) == {
+        "tasks:id",
+        "tasks:completed_at",
+        "tasks:annotators",
+        "tasks:annotations_results",
+        "tasks:predictions_score",
+        "tasks:predictions_results",
+        "tasks:data.dataeff_priority",
+        "tasks:data.prompt",
+    }
+    assert HIDDEN_BY_DATAEFF <= set(hidden["explore"]) and HIDDEN_BY_DATAEFF <= set(hidden["labeling"])
+    assert data["ordering"] == ["-tasks:data.dataeff_priority"] and data["title"] == PRIORITY_VIEW_TITLE
+    views = client._call("list views", lambda: list(client._sdk.views.list(project=pid)))
+    assert [v.id for v in views if (v.data or {}).get("title") == PRIORITY_VIEW_TITLE] == [old.id]
+
+    rows = _dm_rows(client, pid, old.id)  # now Label Studio fills the computed columns
+    assert [r["data"]["dataeff_id"] for r in rows[:2]] == ["item-2", "item-1"]
+    by_id = {r["data"]["dataeff_id"]: r for r in rows}
+    assert by_id["item-2"]["completed_at"] and by_id["item-2"]["annotators"]
+    assert "neutral" in by_id["item-2"]["annotations_results"]
+    assert by_id["item-1"]["predictions_score"] == pytest.approx(0.8)
+    assert "positive" in by_id["item-1"]["predictions_results"]
+    assert not by_id["item-1"]["completed_at"]
+
+    # Idempotent; a column someone hid by hand stays hidden, a required one comes back, the order too.
+    assert client.ensure_priority_view(pid) == old.id and _view_data(client, pid, old.id) == data
+    hand = {**data, "ordering": ["tasks:id"]}
+    hand["hiddenColumns"] = {
+        "explore": [c for c in hidden["explore"] if c != "tasks:inner_id"] + ["tasks:annotators"],
+        "labeling": hidden["labeling"],
+    }
+    client._sdk.views.update(str(old.id), project=pid, data=hand)
+    client.ensure_priority_view(pid)
+    fixed = _view_data(client, pid, old.id)
+    assert fixed["ordering"] == ["-tasks:data.dataeff_priority"]
+    assert "tasks:annotators" not in fixed["hiddenColumns"]["explore"]
+    assert "tasks:inner_id" not in fixed["hiddenColumns"]["explore"]  # shown by hand: kept
+
+
+def test_new_priority_view_has_its_columns_before_any_import(ls_client):
+    title = f"t-view-empty-{os.getpid()}-{int(time.time())}"[:50]
+    pid = ls_client.ensure_project(title, LS_TEST_TASK)
+    try:
+        view = ls_client.ensure_priority_view(pid)
+        hidden = _view_data(ls_client, pid, view)["hiddenColumns"]
+        assert {"tasks:inner_id", "tasks:data.dataeff_id", "tasks:avg_lead_time"} <= set(hidden["explore"])
+        assert not set(PRIORITY_VIEW_COLUMNS) & set(hidden["explore"])
+    finally:
+        ls_testing.delete_project(ls_client, pid)
+
+
 def test_predictions_with_model_version_are_idempotent(ls_project):
     client, pid = ls_project.client, ls_project.project_id
     client.import_pool(pid, _pool(3))
@@ -295,14 +404,59 @@ def test_predictions_with_model_version_are_idempotent(ls_project):
     assert client.project_info(pid)["model_version"] == "smollm2-r2"
 
 
-def test_status_keeps_the_user_written_description(ls_project):
+def test_status_block_round_trips_and_keeps_what_people_wrote():
+    for text, done in [("about 300 more labels", None), ("stop: the cap is reached", None), ("", True)]:
+        texts = compose(text, "Label carefully.", "<p>Be kind.</p>", done)
+        assert split_description(texts.description) == (text, "Label carefully.")
+        assert texts.instructions.endswith(f"<p>{STATUS_MARKER}</p><p>Be kind.</p>")
+        again = compose(text, texts.description, texts.instructions, done)
+        assert again == texts  # people's text is not duplicated
+    legacy = f"Label carefully.\n\n{LEGACY_STATUS_MARKER}\nold status"
+    assert split_description(legacy) == ("old status", "Label carefully.")
+    assert compose("new", legacy, "").description.endswith(f"{STATUS_MARKER}\nLabel carefully.")
+    assert compose("stop: enough", "", "").description.startswith(DONE_HEADLINE)
+    assert compose("stop: enough", "", "", done=False).description.startswith("Status: stop: enough")
+
+
+def test_status_is_shown_on_top_and_in_the_labeling_instructions(ls_project):
     client, pid = ls_project.client, ls_project.project_id
-    client.set_status(pid, "about 420 more labels to reach 90%")
-    client.set_status(pid, "about 300 more labels to reach 90%")
-    description = client.project_info(pid)["description"]
-    assert description.startswith("Label carefully.")
+    assert client.set_status(pid, "about 420 more labels expected") is True
+    assert client.set_status(pid, "about 300 more labels expected") is True
+    info = client.project_info(pid)
+    description = info["description"]
+    lines = description.splitlines()
+    assert lines[0] == "Status: about 300 more labels expected"
+    assert "'Label Tasks As Displayed'" in lines[1] and "'dataeff priority'" in lines[1]
+    assert lines[2] == STATUS_MARKER and lines[3] == "Label carefully."  # people's text kept, once
     assert description.count(STATUS_MARKER) == 1 and "420" not in description
-    assert client.get_status(pid) == "about 300 more labels to reach 90%"
+    assert client.get_status(pid) == "about 300 more labels expected"
+    assert info["show_instruction"] is True
+    instructions = info["expert_instruction"]
+    assert instructions.startswith("<h3>dataeff: what to label now</h3><p><b>about 300 more labels expected</b></p>")
+    assert "<b>Label Tasks As Displayed</b>" in instructions and "model's guess" in instructions
+    assert info["sampling"] == "Sequential sampling"  # no Community sampling follows a field: left as it is
+    assert client.set_status(pid, "about 300 more labels expected") is False  # nothing to write
+
+    # Instructions someone wrote in Label Studio (below the marker) survive the next update.
+    client._sdk.projects.update(id=pid, expert_instruction=instructions + "<p>Ask Ana when unsure &amp; stuck.</p>")
+    client.set_status(pid, "stop: 80% of the achievable gain is reached at 512 labels.")
+    info = client.project_info(pid)
+    assert info["description"].startswith(f"{DONE_HEADLINE}\nWhy: stop: 80%")
+    assert (
+        info["expert_instruction"].count("Ask Ana") == 1
+        and "Label Tasks As Displayed" not in info["expert_instruction"]
+    )
+    assert client.get_status(pid) == "stop: 80% of the achievable gain is reached at 512 labels."
+
+
+def test_status_converts_an_older_dataeff_description(ls_project):
+    client, pid = ls_project.client, ls_project.project_id
+    client._sdk.projects.update(id=pid, description=f"Label carefully.\n\n{LEGACY_STATUS_MARKER}\nold status")
+    assert client.get_status(pid) == "old status"
+    client.set_status(pid, "dataeff needs 12 more of the 32 hard examples first")
+    description = client.project_info(pid)["description"]
+    assert description.startswith("Status: dataeff needs 12 more")
+    assert LEGACY_STATUS_MARKER not in description and description.endswith(f"{STATUS_MARKER}\nLabel carefully.")
 
 
 # ----------------------------------------------------------------------------- errors
@@ -382,3 +536,43 @@ def test_server_stopped_mid_pull_loses_nothing(label_studio, ls_project):
         f"item-{i}": ("positive" if i < 3 else "negative") for i in range(6)
     }
     assert set(after.changed_ids) == {"item-3", "item-4", "item-5"} and after.deleted_ids == ()
+
+
+# ----------------------------------------------------------------------------- the bootstrap's queue
+
+
+def test_bootstrap_queue_pushes_only_pre_annotations_that_help(ls_project):
+    """flows.bootstrap's queue step against the real server: a degenerate guesser pushes nothing,
+    otherwise only answers naming exactly one label; the status tells annotators what comes first."""
+    from types import SimpleNamespace
+
+    from dataeff.confidence import ConfidenceScore
+    from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF
+    from flows.bootstrap import _pre_annotations, queue
+
+    client, pid = ls_project.client, ls_project.project_id
+    client.import_pool(pid, _pool(12))
+    cfg = SimpleNamespace(model="tiny-model", task=LS_TEST_TASK)
+    svc = SimpleNamespace(ls=client, project_id=pid, config=cfg)
+    roles = {ROLE_LOWCONF: ["item-3", "item-4"], ROLE_EVAL: ["item-5", "item-6", "item-7"]}
+
+    def scores(answers):
+        return [ConfidenceScore(f"item-{i}", a, 0.1 * (i % 10), 2.0, 1) for i, a in enumerate(answers)]
+
+    degenerate = _pre_annotations(cfg, scores(["positive"] * 11 + ["negative"]))  # 92% one of 3 labels
+    assert not degenerate.push and not degenerate.answers and "degenerate guesser" in degenerate.reason
+    queue.fn(svc, roles, dict(degenerate.answers))
+    assert ls_testing.predictions(client, pid) == []
+    assert client.get_status(pid).startswith("label the 2 hard examples first, then the 3 examples")
+    assert client.tasks(pid, view=client.ensure_priority_view(pid))[0].dataeff_id == "item-3"
+
+    mixed = ["positive", "Negative.", "neutral, positive", "I think positive", "", "neutral"] * 2
+    plan = _pre_annotations(cfg, scores(mixed))
+    assert plan.push and sorted(plan.unmatched) == sorted(f"item-{i}" for i in (2, 3, 4, 8, 9, 10))
+    queue.fn(svc, roles, dict(plan.answers))
+    pushed = {p["task_id"]: p for p in ls_testing.predictions(client, pid)}
+    task_of = {t.dataeff_id: t.task_id for t in client.tasks(pid)}
+    assert set(pushed) == {task_of[f"item-{i}"] for i in (0, 1, 5, 6, 7, 11)}
+    assert pushed[task_of["item-1"]]["result"][0]["value"] == {"choices": ["negative"]}
+    assert {p["model_version"] for p in pushed.values()} == {"dataeff-tiny-model"}
+    assert client.project_info(pid)["model_version"] == "dataeff-tiny-model"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -19,11 +20,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
+from dataeff.confidence import ConfidenceScore  # noqa: E402
+from dataeff.coslow import CosLowResult  # noqa: E402
 from dataeff.data import Example  # noqa: E402
+from dataeff.efficiency import Prediction, predict, target_key  # noqa: E402
 from dataeff.errors import DataError  # noqa: E402
+from dataeff.finetune import FinetuneResult, FinetuneSettings  # noqa: E402
 from dataeff.iteration import label_set_hash  # noqa: E402
 from dataeff.models import LoraSettings  # noqa: E402
+from dataeff.policy import Decision  # noqa: E402
 from integrations import secrets  # noqa: E402
+from integrations.mlflow_schema import KIND_BY_NAME, matches  # noqa: E402
 from integrations.mlflow_tracking import (  # noqa: E402
     COMPARISON_FIGURE,
     TAG_ABANDONED_BY,
@@ -57,29 +64,56 @@ def _labels(n: int = 32, flip: int | None = None) -> list[Example]:
     return [Example(prompt=f"q{i}", answer=("yes" if (i % 2) ^ (i == flip) else "no"), id=f"t{i}") for i in range(n)]
 
 
-def _coslow(**extra) -> dict:
-    return {
-        "coslow": 0.65,
-        "coslow_std": 0.02,
-        "draws": 3,
-        "seed": 0,
-        "n_examples": 32,
-        "lora": LoraSettings(r=8, alpha=16),
-        "chat_template": True,
-        "projection_dim": None,
-        "per_draw": [0.63, 0.66, 0.66],
-        **extra,
-    }
+TARGETS = (0.8, 0.9)
 
 
-def _prediction() -> dict:
-    return {
-        "auc": 0.661,
-        "auc_lo": 0.58,
-        "auc_hi": 0.74,
-        "calibration": {"family": "llama", "coef": 0.545, "intercept": 0.310},
-        "targets": {0.8: {"n": 310, "lo": 180, "hi": 600}, 0.9: {"n": 1030, "lo": 450, "hi": 2100}},
-    }
+def _coslow(**changes) -> CosLowResult:
+    result = CosLowResult(
+        coslow=0.65,
+        draws=[0.63, 0.66, 0.66],
+        mean=0.65,
+        std=0.02,
+        n_examples=32,
+        seconds=4.0,
+        lora=LoraSettings(r=8, alpha=16).as_dict(),
+        seed=0,
+        chat_template=True,
+    )
+    return replace(result, **changes)
+
+
+def _prediction(family: str = "llama") -> Prediction:
+    pred = predict(0.65, 0.545, 0.310, TARGETS, auc_interval=(0.58, 0.74))
+    return replace(pred, extra={"calibration": family})
+
+
+def _finetune(budget: int = 50, score: float = 0.31, **changes) -> FinetuneResult:
+    """A fine-tune result: 10 s of training + 2.5 s of evaluation, LoRA r=4."""
+    settings = FinetuneSettings(r=4, alpha=8, lr=2e-4, epochs=3)
+    result = FinetuneResult(
+        budget=budget,
+        score=score,
+        zero_shot=budget == 0,
+        n_train=budget,
+        n_eval=200,
+        seconds_train=10.0,
+        seconds_eval=2.5,
+        adapter_dir=None,
+        settings=settings.as_dict(),
+    )
+    return replace(result, **changes)
+
+
+def _decision(**changes) -> Decision:
+    decision = Decision(
+        action="request_labels",
+        n_labels=100,
+        budget=None,
+        reason="predicted 900 labels for target 0.9",
+        status_text="about 420 more labels to reach 90% of the achievable gain",
+        rule="request_more",
+    )
+    return replace(decision, **changes)
 
 
 def _figure(points: dict[int, float] | None = None):
@@ -179,7 +213,7 @@ def test_dataeff_result_objects_map_to_the_schema(mlflow_sqlite_uri, project, ad
         seed=7,
         chat_template=True,
     )
-    est = tracker.log_estimate(project, "smollm2", h, cos, _prediction())
+    est = tracker.log_estimate(project, "smollm2", h, cos, _prediction(), TARGETS)
     run = MlflowClient(mlflow_sqlite_uri).get_run(est.run_id)
     assert run.data.params["draws"] == "2" and run.data.params["seed"] == "7" and run.data.params["lora_r"] == "64"
     assert run.data.metrics["coslow_std"] == pytest.approx(0.01)
@@ -199,13 +233,43 @@ def test_dataeff_result_objects_map_to_the_schema(mlflow_sqlite_uri, project, ad
         steps=7,
         final_loss=0.9,
     )
-    logged = tracker.log_finetune(project, "smollm2", h, 50, ft)
+    logged = tracker.log_finetune(project, "smollm2", h, ft)
     run = MlflowClient(mlflow_sqlite_uri).get_run(logged.run_id)
     assert run.data.params["lr"] == "0.0001" and run.data.params["epochs"] == "2" and run.data.params["seed"] == "3"
     assert run.data.params["lora_r"] == "8" and run.data.params["n_eval"] == "40"
     assert run.data.metrics["seconds"] == 25.0 and run.data.metrics["train_loss"] == pytest.approx(0.9)
     names = {f.path for f in MlflowClient(mlflow_sqlite_uri).list_artifacts(logged.run_id, "adapter")}
     assert "adapter/adapter_config.json" in names  # taken from result.adapter_dir
+
+
+def test_runs_write_only_what_the_schema_declares(mlflow_sqlite_uri, project, adapter_dir):
+    """Every param, metric and artifact of every kind is one the table of integrations.mlflow_schema names."""
+    tracker = Tracker(mlflow_sqlite_uri)
+    h = label_set_hash(_labels())
+    scores = [ConfidenceScore(id="t0", answer="No.", confidence=0.12, perplexity=0.5, n_tokens=3)]
+    tracker.log_bootstrap(project, "m", {"lowconf": ["t0"]}, {"pool": 1}, scores, figure=_figure())
+    tracker.log_estimate(project, "m", h, _coslow(), _prediction(), TARGETS, figure=_figure(), tables={"t": [{"a": 1}]})
+    tracker.log_finetune(project, "m", h, _finetune(adapter_dir=str(adapter_dir), final_loss=0.5, steps=3))
+    tracker.log_decision(project, "it", _decision(), model="m", summary={})
+    tracker.log_calibration(f"fam-{project}", {"coef": 0.5, "intercept": 0.3, "loo_mae": 0.1, "tasks": ["a"]})
+    tracker.log_cursor(project, {"x": 1})
+    tracker.update_comparison(project, _figure(), [{"budget": 0, "actual": 0.2}])
+    plt.close("all")
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    seen = set()
+    for experiment in (project, tracker.calibration_experiment):
+        for run in client.search_runs([client.get_experiment_by_name(experiment).experiment_id]):
+            kind = KIND_BY_NAME[run.data.tags["dataeff.kind"]]
+            if kind.name == "calibration" and run.data.tags["dataeff.family"] != f"fam-{project}":
+                continue
+            seen.add(kind.name)
+            assert run.data.tags[TAG_RUN_KEY] and run.info.run_name
+            assert [p for p in run.data.params if not matches(p, kind.params)] == [], kind.name
+            assert [m for m in run.data.metrics if not matches(m, kind.metrics)] == [], kind.name
+            files = _all_artifact_files(client, run.info.run_id)
+            assert files and [f for f in files if not matches(f, kind.artifacts)] == [], kind.name
+    assert seen == set(KIND_BY_NAME)
 
 
 # --------------------------------------------------------------------------- both stores
@@ -220,10 +284,11 @@ def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
         labels,
         _coslow(),
         _prediction(),
+        TARGETS,
         figure=fig,
         tables={"per draw": [{"draw": i, "coslow": c} for i, c in enumerate([0.63, 0.66, 0.66])]},
     )
-    again = tracker.log_estimate(project, "smollm2", labels, _coslow(), _prediction(), figure=fig)
+    again = tracker.log_estimate(project, "smollm2", labels, _coslow(), _prediction(), TARGETS, figure=fig)
     plt.close(fig)
     assert first.created and not again.created
     assert again.run_id == first.run_id
@@ -232,26 +297,35 @@ def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
     est = tracker.latest_estimate(project, "smollm2")
     assert est["run_id"] == first.run_id and est["label_hash"] == labels
     m, p = est["metrics"], est["params"]
-    assert m["coslow"] == pytest.approx(0.65) and m["predicted_auc"] == pytest.approx(0.661)
+    pred, need = _prediction(), _prediction().need(0.9)
+    assert m["coslow"] == pytest.approx(0.65) and m["predicted_auc"] == pytest.approx(pred.auc)
     assert (m["auc_lo"], m["auc_hi"]) == pytest.approx((0.58, 0.74))
-    assert (m["labels_needed_0.9"], m["labels_needed_0.9_lo"], m["labels_needed_0.9_hi"]) == (1030, 450, 2100)
+    assert m["coslow_std"] == pytest.approx(0.02) and m["coslow_draw_2"] == pytest.approx(0.66)
+    assert (m["labels_needed_0.9"], m["labels_needed_0.9_lo"], m["labels_needed_0.9_hi"]) == pytest.approx(
+        (need.median, need.lo, need.hi)
+    )
     assert p["lora_r"] == "8" and p["lora_alpha"] == "16" and p["draws"] == "3" and p["chat_template"] == "True"
     assert p["calibration_family"] == "llama" and float(p["calibration_coef"]) == 0.545
     assert "q_proj" in p["lora_targets"]
-    assert est["prediction"]["targets"]["0.9"]["hi"] == 2100
-    assert est["coslow_result"]["per_draw"] == [0.63, 0.66, 0.66]
+    assert est["prediction"]["targets"]["0.9"]["hi"] == pytest.approx(need.hi)
+    assert est["coslow_result"] == _coslow().as_dict()
+    assert tracker.for_project(project, "smollm2").stored_coslow(labels) == _coslow()
+    assert tracker.for_project(project, "smollm2").stored_coslow(label_set_hash(_labels(flip=2))) is None
     assert tracker.latest_estimate(project, "other-model") is None
 
     table = json.loads(tracker.download_artifact(first.run_id, "labels_needed.json", tmp_path).read_text())
     assert table["columns"] == ["target", "labels_needed", "lo", "hi"]
-    assert table["data"] == [["0.8", 310, 180, 600], ["0.9", 1030, 450, 2100]]
+    assert [row[0] for row in table["data"]] == [target_key(t) for t in TARGETS]
+    for row, t in zip(table["data"], TARGETS):
+        n = pred.need(t)
+        assert row[1:] == pytest.approx([n.median, n.lo, n.hi])
     png = tracker.download_artifact(first.run_id, "predicted_curve.png", tmp_path).read_bytes()
     assert png.startswith(PNG_MAGIC)
     assert tracker.download_artifact(first.run_id, "tables/per_draw.json", tmp_path).exists()
 
     # new labels -> a new estimate, and it becomes the latest
     second = tracker.log_estimate(
-        project, "smollm2", label_set_hash(_labels(flip=5)), _coslow(coslow=0.5), _prediction()
+        project, "smollm2", label_set_hash(_labels(flip=5)), _coslow(coslow=0.5), _prediction(), TARGETS
     )
     assert second.created and second.run_id != first.run_id
     assert tracker.latest_estimate(project, "smollm2")["metrics"]["coslow"] == pytest.approx(0.5)
@@ -260,7 +334,7 @@ def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
 def test_bootstrap_roles_are_fixed_once(tracker, project, tmp_path):
     assert tracker.read_bootstrap(project, "smollm2") is None
     roles = {"lowconf": [f"t{i}" for i in range(32)], "eval": ["e1", "e2"]}
-    scores = [{"id": "t0", "answer": "No.", "confidence": 0.12, "perplexity": float("inf"), "n_tokens": 3}]
+    scores = [ConfidenceScore(id="t0", answer="No.", confidence=0.12, perplexity=float("inf"), n_tokens=3)]
     first = tracker.log_bootstrap(
         project, "smollm2", roles, {"pool": 320, "mean_confidence": 0.41}, scores, figure=_figure()
     )
@@ -280,22 +354,13 @@ def test_bootstrap_roles_are_fixed_once(tracker, project, tmp_path):
 
 def test_finetune_points_and_adapter(tracker, project, adapter_dir, tmp_path):
     h50, h100 = label_set_hash(_labels(50)), label_set_hash(_labels(100))
-    res = {
-        "seed": 0,
-        "n_train": 50,
-        "n_eval": 200,
-        "lora": LoraSettings(r=4, alpha=8),
-        "lr": 2e-4,
-        "epochs": 3,
-        "seconds": 12.5,
-    }
-    r50 = tracker.log_finetune(project, "smollm2", h50, 50, {**res, "score": 0.31}, adapter_dir=adapter_dir)
-    assert tracker.log_finetune(project, "smollm2", h50, 50, {**res, "score": 0.31}).run_id == r50.run_id
-    tracker.log_finetune(project, "smollm2", h100, 100, {**res, "n_train": 100, "score": 0.42})
-    tracker.log_finetune(project, "other", h100, 100, {**res, "score": 0.99})
+    r50 = tracker.log_finetune(project, "smollm2", h50, _finetune(50, 0.31), adapter_dir=adapter_dir)
+    assert tracker.log_finetune(project, "smollm2", h50, _finetune(50, 0.31)).run_id == r50.run_id
+    tracker.log_finetune(project, "smollm2", h100, _finetune(100, 0.42))
+    tracker.log_finetune(project, "other", h100, _finetune(100, 0.99))
     assert tracker.finetuned_budgets(project, "smollm2") == {50: pytest.approx(0.31), 100: pytest.approx(0.42)}
     # a later fine-tune at the same budget on other labels replaces the point (latest wins)
-    tracker.log_finetune(project, "smollm2", label_set_hash(_labels(100, flip=1)), 100, {**res, "score": 0.45})
+    tracker.log_finetune(project, "smollm2", label_set_hash(_labels(100, flip=1)), _finetune(100, 0.45))
     assert tracker.finetuned_budgets(project, "smollm2") == {50: pytest.approx(0.31), 100: pytest.approx(0.45)}
     assert len(tracker.list_runs(project, "finetune")) == 4
 
@@ -308,29 +373,27 @@ def test_finetune_points_and_adapter(tracker, project, adapter_dir, tmp_path):
     assert "adapter_model.safetensors" in names
 
     with pytest.raises(DataError, match="budget must be"):
-        tracker.log_finetune(project, "smollm2", h50, -1, {"score": 0.1})
+        tracker.log_finetune(project, "smollm2", h50, _finetune(-1, 0.1))
     with pytest.raises(DataError, match="no numeric 'score'"):
-        tracker.log_finetune(project, "smollm2", h50, 200, {"accuracy": 0.1})
+        tracker.log_finetune(project, "smollm2", h50, _finetune(200, float("nan")))
 
 
 def test_decision_and_calibration(tracker, project, tmp_path):
-    dec = {
-        "action": "request",
-        "n_labels": 100,
-        "reason": "predicted 900 labels for target 0.9",
-        "status_text": "about 420 more labels to reach 90% of the achievable gain",
-    }
-    d1 = tracker.log_decision(project, "iter-abc", dec)
+    dec = _decision()
+    d1 = tracker.log_decision(project, "iter-abc", dec, summary={"labeled": 40})
     d2 = tracker.log_decision(project, "iter-abc", dec)
     assert d1.created and not d2.created and d1.run_id == d2.run_id
-    tracker.log_decision(project, "iter-def", {**dec, "action": "stop", "n_labels": 0})
+    tracker.log_decision(project, "iter-def", _decision(action="stop", n_labels=0, budget=50))
     runs = tracker.list_runs(project, "decision")
-    assert [r["tags"]["dataeff.action"] for r in runs] == ["stop", "request"]
+    assert [r["tags"]["dataeff.action"] for r in runs] == ["stop", "request_labels"]
+    assert runs[0]["params"]["budget"] == "50" and runs[0]["tags"]["dataeff.budget"] == "50"
     first = runs[1]
     assert first["params"]["n_labels"] == "100" and first["metrics"]["n_labels"] == 100
-    assert first["tags"]["dataeff.reason"] == dec["reason"]
+    assert first["tags"]["dataeff.reason"] == dec.reason and first["run_name"] == "decision-request_labels"
     text = tracker.download_artifact(d1.run_id, "decision.txt", tmp_path).read_text()
-    assert dec["status_text"] in text and dec["reason"] in text
+    assert dec.status_text in text and dec.reason in text
+    stored = json.loads(tracker.download_artifact(d1.run_id, "decision.json", tmp_path).read_text())
+    assert stored == {**dec.as_dict(), "summary": {"labeled": 40}}
 
     family = f"fam-{uuid.uuid4().hex[:6]}"
     assert tracker.latest_calibration(family) is None
@@ -355,7 +418,7 @@ def test_failed_and_crashed_runs_are_not_taken_as_done(tracker, project, store_u
 
     bad_tables = {"t": object()}  # not a table: fails while writing artifacts
     with pytest.raises(DataError):
-        tracker.log_estimate(project, "m", h, _coslow(), _prediction(), tables=bad_tables)
+        tracker.log_estimate(project, "m", h, _coslow(), _prediction(), TARGETS, tables=bad_tables)
     failed = tracker.list_runs(project, "estimate", include_unfinished=True)
     assert [r["status"] for r in failed] == ["FAILED"]
 
@@ -364,9 +427,11 @@ def test_failed_and_crashed_runs_are_not_taken_as_done(tracker, project, store_u
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from mlflow import MlflowClient
+        from dataeff.finetune import FinetuneResult, FinetuneSettings
         from integrations.mlflow_tracking import Tracker
         MlflowClient.log_dict = lambda *a, **k: os._exit(3)
-        Tracker({store_uri!r}).log_finetune({project!r}, "m", {h!r}, 50, {{"score": 0.3}})
+        result = FinetuneResult(50, 0.3, False, 50, 10, 1.0, 1.0, None, FinetuneSettings().as_dict())
+        Tracker({store_uri!r}).log_finetune({project!r}, "m", {h!r}, result)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
@@ -374,7 +439,7 @@ def test_failed_and_crashed_runs_are_not_taken_as_done(tracker, project, store_u
     assert [r["status"] for r in crashed] == ["RUNNING"]
     assert tracker.finetuned_budgets(project, "m") == {}
 
-    done = tracker.log_finetune(project, "m", h, 50, {"score": 0.3})
+    done = tracker.log_finetune(project, "m", h, _finetune(50, 0.3))
     assert done.created
     runs = {r["run_id"]: r for r in tracker.list_runs(project, "finetune", include_unfinished=True)}
     assert runs[crashed[0]["run_id"]]["status"] == "FAILED"
@@ -383,7 +448,7 @@ def test_failed_and_crashed_runs_are_not_taken_as_done(tracker, project, store_u
     assert runs[done.run_id]["tags"][TAG_RUN_KEY] == crashed[0]["tags"][TAG_RUN_KEY]
     assert tracker.finetuned_budgets(project, "m") == {50: pytest.approx(0.3)}
 
-    est = tracker.log_estimate(project, "m", h, _coslow(), _prediction())
+    est = tracker.log_estimate(project, "m", h, _coslow(), _prediction(), TARGETS)
     assert est.created and est.run_id != failed[0]["run_id"]
 
 
@@ -443,8 +508,9 @@ def test_no_secret_reaches_mlflow_or_logs(store_uri, project, adapter_dir, tmp_p
         project,
         "smollm2",
         h,
-        _coslow(**leaky),
-        {**_prediction(), "db": f"postgresql://u:{s_uri}@db/x"},
+        _coslow(skipped=[leaky], device=f"cuda {s_reg}"),
+        _prediction(family=f"postgresql://u:{s_uri}@db/x"),
+        TARGETS,
         figure=_figure(),
         tables={"config": [{"key": "dsn", "value": f"postgresql://u:{s_uri}@db/x"}]},
     )
@@ -454,18 +520,12 @@ def test_no_secret_reaches_mlflow_or_logs(store_uri, project, adapter_dir, tmp_p
     cfg = json.loads((adapter_copy / "adapter_config.json").read_text())
     cfg.update({"hub_token": s_key, "base_model_name_or_path": f"https://u:{s_uri}@hub/model"})
     (adapter_copy / "adapter_config.json").write_text(json.dumps(cfg))
+    leaky_settings = FinetuneSettings(device=f"http://u:{s_uri}@gpu/x").as_dict()
     tracker.log_finetune(
-        project, "smollm2", h, 50, {"score": 0.3, "password": s_key, "metric": f"acc {s_reg}"}, adapter_dir=adapter_copy
+        project, "smollm2", h, _finetune(settings=leaky_settings, dtype=f"fp32 {s_reg}"), adapter_dir=adapter_copy
     )
     tracker.log_decision(
-        project,
-        "it-1",
-        {
-            "action": "request",
-            "n_labels": 10,
-            "reason": f"asked with {s_reg}",
-            "status_text": f"see http://x:{s_uri}@ls/",
-        },
+        project, "it-1", _decision(reason=f"asked with {s_reg}", status_text=f"see http://x:{s_uri}@ls/")
     )
     tracker.log_calibration(
         f"fam-{project}", {"coef": 0.5, "intercept": 0.3, "source_dsn": f"postgresql://a:{s_uri}@b/c"}

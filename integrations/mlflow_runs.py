@@ -1,0 +1,449 @@
+"""Keyed, idempotent MLflow runs: the generic machinery under :mod:`integrations.mlflow_tracking`.
+
+A run is identified by a key, the sha256 of its inputs (:func:`run_key`), stored as the tag
+``dataeff.run_key``. :meth:`RunStore.log_run` first looks for a FINISHED run with that key and
+returns it (``LoggedRun.created is False``) without writing anything. A run with that key left
+RUNNING by a process that died mid-way is not taken as done: it is marked FAILED (tag
+``dataeff.abandoned_by`` = the new run's id) and a new run is written. FAILED/KILLED runs are
+ignored. This assumes one writer per experiment at a time; two writers racing on the same key may
+both write a run.
+
+Every param, tag, metric name, run name and JSON/text artifact passes through
+:func:`integrations.secrets.redact`. This module knows nothing of dataeff's run kinds (they are
+:mod:`integrations.mlflow_schema`); it takes an ``MlflowClient`` bound to an explicit tracking URI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar
+
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+from dataeff.errors import DataEffError, DataError
+from integrations.secrets import RedactingFilter, redact, redact_text
+
+logger = logging.getLogger(__name__)
+logger.addFilter(RedactingFilter())
+
+TAG_RUN_KEY = "dataeff.run_key"
+TAG_ABANDONED_BY = "dataeff.abandoned_by"
+TAG_HOST = "dataeff.host"
+TAG_PID = "dataeff.pid"
+
+_UNFINISHED = ("RUNNING", "SCHEDULED")
+NO_VALUES: Mapping[str, Any] = MappingProxyType({})
+"""Default of optional tags/params/metrics arguments: an empty, read-only mapping."""
+
+
+class TrackingError(DataEffError):
+    """MLflow could not be reached or refused a request. The message carries no secret."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggedRun:
+    """Result of a keyed ``log_*`` call.
+
+    Attributes:
+        run_id: the MLflow run id.
+        run_key: the idempotency key (sha256 hex of the key fields).
+        created: ``True`` when this call wrote the run, ``False`` when a FINISHED run with the same
+            key already existed and was returned unchanged.
+    """
+
+    run_id: str
+    run_key: str
+    created: bool
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def run_key(**fields: Any) -> str:
+    """sha256 hex digest of the key fields (JSON, keys sorted; ``None`` values kept)."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def json_ready(obj: Any) -> Any:
+    """Convert dataclasses, tuples, numpy scalars/arrays and Paths into JSON-friendly values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_ready(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return json_ready(obj.tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float, ``None`` when it is not a number or NaN (infinities are kept)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def table_columns(table: Sequence[Mapping] | Mapping[str, Sequence], name: str = "table") -> dict[str, list]:
+    """Rows (list of dicts) or columns (dict of lists) -> columns, JSON-friendly.
+
+    Raises:
+        DataError: naming ``name`` when ``table`` is neither.
+    """
+    try:
+        if isinstance(table, Mapping):
+            return {str(k): json_ready(list(v)) for k, v in table.items()}
+        rows = [dict(r) for r in table]
+    except (TypeError, ValueError):
+        raise DataError(
+            f"table {name!r}: expected a list of row dicts or a dict of columns, got {type(table).__name__}"
+        ) from None
+    return {c: json_ready([row.get(c) for row in rows]) for c in _columns(rows)}
+
+
+def csv_text(rows: Sequence[Mapping]) -> str:
+    """CSV of ``rows`` (columns = union of keys, in first-seen order; missing cells empty)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_columns(rows), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(json_ready(rows))
+    return buffer.getvalue()
+
+
+def _columns(rows: Sequence[Mapping]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    return columns
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_`` (metric/artifact names)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        value = ",".join(str(v) for v in value)
+    return redact_text(str(value))[:MAX_PARAM_VAL_LENGTH]
+
+
+def _tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
+    """Redacted, length-capped tag values; ``None`` values left out."""
+    return {k: redact_text(str(v))[:MAX_TAG_VAL_LENGTH] for k, v in tags.items() if v is not None}
+
+
+_TEXT_SUFFIXES = {".json", ".txt", ".md", ".yaml", ".yml", ".cfg", ".ini", ".csv", ".jinja"}
+
+
+def redact_text_files(folder: Path) -> None:
+    """Redact secrets inside the text files (by suffix) of ``folder``, in place."""
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix.lower() in _TEXT_SUFFIXES:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            clean = redact_text(text)
+            if path.suffix.lower() == ".json":
+                try:
+                    clean = json.dumps(redact(json.loads(text)), indent=2, ensure_ascii=False)
+                except json.JSONDecodeError:
+                    pass
+            if clean != text:
+                path.write_text(clean, encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- error guard
+
+
+class _HasDisplayUri(Protocol):
+    display_uri: str
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def guarded(method: _F) -> _F:
+    """Re-raise MLflow/network failures of a method as TrackingError with the URI and every secret redacted.
+
+    The method's object names its redacted tracking URI as ``display_uri``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: _HasDisplayUri, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (MlflowException, requests.exceptions.RequestException, OSError) as exc:
+            message = redact_text(f"MLflow at {self.display_uri}: {method.__name__} failed: {exc}")
+            raise TrackingError(
+                message[:2000] + "; check that the tracking server is up and the URI is right"
+            ) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- the store
+
+
+class RunStore:
+    """Experiments and keyed runs of one MLflow tracking server.
+
+    Args:
+        client: an ``MlflowClient`` bound to the tracking URI.
+        display_uri: the URI with its password redacted (for messages).
+        artifact_root: root of the artifact locations of experiments this store creates (each
+            gets ``<root>/<slug>-<hash8>``), ``None`` for the server's default.
+    """
+
+    def __init__(self, client: MlflowClient, display_uri: str, artifact_root: str | None) -> None:
+        self.client = client
+        self.display_uri = display_uri
+        self.artifact_root = artifact_root
+        self._experiment_ids: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ experiments
+
+    def experiment(self, name: str, tags: Mapping[str, str]) -> str:
+        """Id of the experiment ``name``, created with ``tags`` if it does not exist.
+
+        Raises:
+            DataError: empty name. TrackingError: the experiment exists but is deleted.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(f"project name {name!r}: give a non-empty name")
+        exp_id = self._experiment_ids.get(name)
+        if exp_id is not None:
+            return exp_id
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"experiment {name!r} is deleted in MLflow at {self.display_uri}; restore it "
+                "(mlflow experiments restore) or remove it for good (mlflow gc) before reusing the name"
+            )
+        if exp is None:
+            location = None
+            if self.artifact_root is not None:
+                location = (
+                    f"{self.artifact_root}/{safe_name(name)[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+                )
+            try:
+                exp_id = self.client.create_experiment(name, artifact_location=location, tags=redact(dict(tags)))
+                logger.info("created MLflow experiment %r (id %s) at %s", name, exp_id, self.display_uri)
+            except MlflowException:  # created meanwhile by another process
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
+        else:
+            exp_id = exp.experiment_id
+        self._experiment_ids[name] = exp_id
+        return exp_id
+
+    def existing_experiment(self, name: str) -> str | None:
+        """Id of the active experiment ``name``, or ``None`` (never creates one)."""
+        if name in self._experiment_ids:
+            return self._experiment_ids[name]
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None or exp.lifecycle_stage == "deleted":
+            return None
+        self._experiment_ids[name] = exp.experiment_id
+        return exp.experiment_id
+
+    def add_to_list_tag(self, experiment_id: str, tag: str, value: str) -> None:
+        """Add ``value`` to the experiment's comma-separated, sorted list tag ``tag`` (if not there yet)."""
+        exp = self.client.get_experiment(experiment_id)
+        values = set(filter(None, exp.tags.get(tag, "").split(",")))
+        if value not in values:
+            text = ",".join(sorted(values | {value}))
+            self.client.set_experiment_tag(experiment_id, tag, redact_text(text)[:MAX_TAG_VAL_LENGTH])
+
+    # ------------------------------------------------------------------ runs
+
+    def search(self, experiment_id: str, filter_string: str = "", *, view: int = ViewType.ACTIVE_ONLY) -> list[Run]:
+        """All runs matching ``filter_string``, newest first (every page)."""
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id],
+                filter_string,
+                run_view_type=view,
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def keyed(self, experiment_id: str, key: str) -> list[Run]:
+        """Active runs with ``dataeff.run_key`` = ``key``, newest first."""
+        return self.search(experiment_id, f"tags.`{TAG_RUN_KEY}` = '{key}'")
+
+    def create(self, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> str:
+        """A new RUNNING run with ``tags`` (redacted; ``None`` values left out); returns its id."""
+        run = self.client.create_run(experiment_id, tags=_tag_values(tags), run_name=redact_text(run_name))
+        return run.info.run_id
+
+    def terminate(self, run_id: str, status: str) -> None:
+        """End a run with ``status`` (``FINISHED``, ``FAILED``, ``KILLED``)."""
+        # MlflowClient.set_terminated prints "View run ... at: <tracking uri>" for http stores; the URI
+        # may carry a password, so the print is captured and re-emitted redacted.
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            self.client.set_terminated(run_id, status)
+        if buffer.getvalue():
+            sys.stdout.write(redact_text(buffer.getvalue()))
+
+    def log_values(
+        self, run_id: str, params: Mapping[str, Any] = NO_VALUES, metrics: Mapping[str, Any] = NO_VALUES
+    ) -> None:
+        """Log params (``None`` left out) and metrics (non-numbers and NaN left out), names redacted."""
+        now = int(time.time() * 1000)
+        metric_list = [
+            Metric(redact_text(str(k)), x, now, 0) for k, v in metrics.items() if (x := finite(v)) is not None
+        ]
+        param_list = [Param(redact_text(str(k)), _param_value(v)) for k, v in params.items() if v is not None]
+        # MLflow takes at most 100 params / 1000 metrics per batch.
+        for i in range(0, max(len(param_list), len(metric_list)), 100):
+            self.client.log_batch(run_id, metrics=metric_list[i : i + 100], params=param_list[i : i + 100])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set tags on an existing run (redacted, length-capped)."""
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, redact_text(str(v))[:MAX_TAG_VAL_LENGTH])
+
+    def log_run(
+        self,
+        experiment_id: str,
+        *,
+        key: str,
+        run_name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] = NO_VALUES,
+        metrics: Mapping[str, Any] = NO_VALUES,
+        artifacts: Callable[[str], None] | None = None,
+    ) -> LoggedRun:
+        """Write a FINISHED run keyed by ``key`` unless one exists (see the module docstring).
+
+        ``artifacts(run_id)`` writes the run's files; any exception on the way marks the run FAILED
+        and is re-raised. Tags ``dataeff.run_key``, ``dataeff.host`` and ``dataeff.pid`` are added.
+        """
+        existing = self.keyed(experiment_id, key)
+        finished = [r for r in existing if r.info.status == "FINISHED"]
+        if finished:
+            logger.info("run %s (%s) already logged: %s", run_name, key[:12], finished[0].info.run_id)
+            return LoggedRun(finished[0].info.run_id, key, created=False)
+        run_id = self.create(experiment_id, run_name, self._writer_tags(tags, key))
+        for old in (r for r in existing if r.info.status in _UNFINISHED):  # left by a process that died
+            self.client.set_tag(old.info.run_id, TAG_ABANDONED_BY, run_id)
+            self.terminate(old.info.run_id, "FAILED")
+            logger.warning("run %s was left unfinished; marked FAILED, replaced by %s", old.info.run_id, run_id)
+        try:
+            self.log_values(run_id, params, metrics)
+            if artifacts is not None:
+                artifacts(run_id)
+        except BaseException:
+            self.terminate(run_id, "FAILED")
+            raise
+        self.terminate(run_id, "FINISHED")
+        logger.info("logged %s run %s in experiment %s", run_name, run_id, experiment_id)
+        return LoggedRun(run_id, key, created=True)
+
+    def start(
+        self,
+        experiment_id: str,
+        *,
+        key: str,
+        run_name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] = NO_VALUES,
+    ) -> tuple[str, str]:
+        """A long-lived keyed run left RUNNING for the caller to end: ``(run_id, state)``.
+
+        ``state`` is ``"finished"`` (a FINISHED run with this key exists: nothing to do),
+        ``"resumed"`` (the newest unfinished one - interrupted or failed - is set RUNNING again and
+        reused) or ``"created"``.
+        """
+        runs = self.keyed(experiment_id, key)
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        if finished:
+            return finished[0].info.run_id, "finished"
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id, "resumed"
+        run_id = self.create(experiment_id, run_name, self._writer_tags(tags, key))
+        self.log_values(run_id, params)
+        return run_id, "created"
+
+    def log_failed(
+        self,
+        experiment_id: str,
+        *,
+        key: str,
+        run_name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] = NO_VALUES,
+    ) -> str:
+        """Record an attempt that raised as a FAILED run keyed by ``key`` (ignored by :meth:`log_run`)."""
+        run_id = self.create(experiment_id, run_name, {TAG_RUN_KEY: key, **tags})
+        self.log_values(run_id, params)
+        self.terminate(run_id, "FAILED")
+        return run_id
+
+    @staticmethod
+    def _writer_tags(tags: Mapping[str, Any], key: str) -> dict[str, Any]:
+        return {**tags, TAG_RUN_KEY: key, TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
+
+    # ------------------------------------------------------------------ artifacts
+
+    def log_json(self, run_id: str, data: Any, artifact_file: str) -> None:
+        """Store ``data`` (JSON-friendly, redacted) as the artifact ``artifact_file``."""
+        self.client.log_dict(run_id, redact(json_ready(data)), artifact_file)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Store ``text`` (redacted) as the artifact ``artifact_file``."""
+        self.client.log_text(run_id, redact_text(text), artifact_file)
+
+    def log_table(
+        self, run_id: str, table: Sequence[Mapping] | Mapping[str, Sequence], artifact_file: str, name: str
+    ) -> None:
+        """Store rows or columns (redacted) as the MLflow table artifact ``artifact_file``; ``name`` for errors."""
+        self.client.log_table(run_id, redact(table_columns(table, name)), artifact_file)
+
+    def read_json(self, run_id: str, artifact_file: str) -> Any | None:
+        """A JSON artifact of a run, or ``None`` when the run has no such file."""
+        parent = str(Path(artifact_file).parent)
+        names = {f.path for f in self.client.list_artifacts(run_id, None if parent == "." else parent)}
+        if artifact_file not in names:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, artifact_file, tmp)
+            return json.loads(Path(local).read_text(encoding="utf-8"))
