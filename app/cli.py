@@ -185,14 +185,14 @@ def cmd_calibrate(args) -> int:
     cal = fit_calibration(rows, family=args.family, fit_kind=args.fit_kind, source=f"fitted from {args.pairs}")
     if args.out:
         cal.save(args.out)
-    _print_json(cal.to_dict() if hasattr(cal, "to_dict") else cal)
+    _print_json(cal.as_dict() if hasattr(cal, "as_dict") else cal)
     return 0
 
 
 def cmd_calibrations(args) -> int:
     from dataeff.calibration import builtin_calibrations
 
-    _print_json({name: c.to_dict() for name, c in builtin_calibrations().items()})
+    _print_json({name: c.as_dict() for name, c in builtin_calibrations().items()})
     return 0
 
 
@@ -340,8 +340,8 @@ def cmd_study(args) -> int:
         return {k: v for k, v in kw.items() if v is not None}
 
     targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()) if args.lora_targets else None
-    finetune = FinetuneSettings(
-        **given(
+    finetune = FinetuneSettings.from_dict(
+        given(
             r=args.ft_r,
             alpha=args.ft_alpha,
             lr=args.lr,

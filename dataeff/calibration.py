@@ -246,7 +246,7 @@ class Calibration:
 
     # ----------------------------------------------------------------- persistence
 
-    def to_dict(self) -> dict:
+    def as_dict(self) -> dict:
         """JSON-ready dict of every field plus ``"format": "dataeff.calibration/1"``."""
         out = {"format": FORMAT, **asdict(self)}
         for name in ("coef_interval", "intercept_interval"):
@@ -255,8 +255,8 @@ class Calibration:
         return out
 
     def to_json(self) -> str:
-        """JSON text of :meth:`to_dict`."""
-        return json.dumps(self.to_dict(), indent=2)
+        """JSON text of :meth:`as_dict`."""
+        return json.dumps(self.as_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str, where: str = "calibration JSON") -> Calibration:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,17 @@ from dataeff.models import (
     resolve_dtype,
 )
 
+FINETUNE_LORA = LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=ALL_LINEAR_TARGETS)
+"""The loop's fine-tune adapter: smaller than CoS-Low's (r=64), which only measures gradients."""
+
 
 @dataclass(frozen=True)
 class FinetuneSettings:
     """Settings of one LoRA fine-tune and its evaluation.
 
     Attributes:
-        r, alpha, dropout, target_modules: LoRA adapter (update ``(alpha / r) * B @ A`` on all
-            seven projections by default).
+        lora: the adapter (:class:`~dataeff.models.LoraSettings`; default :data:`FINETUNE_LORA`:
+            r=8, alpha=16, dropout 0.05 on all seven projections - smaller than CoS-Low's r=64).
         lr: AdamW learning rate, constant.
         epochs: passes over the training subset (ignored when ``max_steps`` is set).
         batch_size: examples per optimizer step.
@@ -68,10 +71,7 @@ class FinetuneSettings:
             that does not emit eos stops there instead of running to ``max_new_tokens``).
     """
 
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ALL_LINEAR_TARGETS
+    lora: LoraSettings = field(default_factory=lambda: FINETUNE_LORA)
     lr: float = 2e-4
     epochs: int = 3
     batch_size: int = 16
@@ -87,9 +87,9 @@ class FinetuneSettings:
 
     def __post_init__(self) -> None:
         checks = {
-            "r": self.r >= 1,
-            "alpha": self.alpha > 0,
-            "dropout": 0 <= self.dropout < 1,
+            "lora.r": self.lora.r >= 1,
+            "lora.alpha": self.lora.alpha > 0,
+            "lora.dropout": 0 <= self.lora.dropout < 1,
             "lr": self.lr > 0,
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
@@ -100,22 +100,33 @@ class FinetuneSettings:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise DataError(f"FinetuneSettings: invalid {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
-
-    def lora(self) -> LoraSettings:
-        """The adapter part as :class:`~dataeff.models.LoraSettings`."""
-        return LoraSettings(r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=tuple(self.target_modules))
+            values = {**{f"lora.{k}": v for k, v in asdict(self.lora).items()}, **asdict(self)}
+            raise DataError(f"FinetuneSettings: invalid {', '.join(f'{k}={values[k]!r}' for k in bad)}")
 
     def as_dict(self) -> dict:
-        """Flat dict of plain values (for tracking parameters)."""
+        """Flat dict of plain values (tracking parameters and run keys): the adapter's
+        ``r, alpha, dropout, target_modules`` (comma-joined) beside the other fields."""
         d = asdict(self)
-        d["target_modules"] = ",".join(self.target_modules)
-        return d
+        d.pop("lora")
+        return {**self.lora.as_dict(), **d}
 
     @classmethod
-    def from_dict(cls, data: dict) -> FinetuneSettings:
-        """The inverse of :meth:`as_dict` (e.g. :attr:`FinetuneResult.settings`)."""
-        return cls(**{**data, "target_modules": tuple(str(data["target_modules"]).split(","))})
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneSettings:
+        """The inverse of :meth:`as_dict`; also takes a project's ``finetune`` overrides, whose LoRA
+        keys (``r``, ``alpha``, ``dropout``, ``target_modules`` as a list or comma-joined) sit beside
+        the others. Unknown keys raise :class:`DataError` naming them."""
+        data = dict(data)
+        lora_keys = {f.name for f in fields(LoraSettings)}
+        adapter = {k: data.pop(k) for k in list(data) if k in lora_keys}
+        if isinstance(adapter.get("target_modules"), str):
+            adapter["target_modules"] = str(adapter["target_modules"]).split(",")
+        if "target_modules" in adapter:
+            adapter["target_modules"] = tuple(adapter["target_modules"])
+        known = {f.name for f in fields(cls)} - {"lora"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(f"fine-tune settings: unknown keys {unknown}; known: {sorted(known | lora_keys)}")
+        return cls(lora=replace(FINETUNE_LORA, **adapter), **data)
 
 
 @dataclass
@@ -316,7 +327,7 @@ def finetune_lora(
     batches = length_batches([len(ids) for ids, _ in encoded], settings.batch_size, longest_first=False)
     steps = settings.max_steps or settings.epochs * len(batches)
 
-    peft_model = attach_lora(loaded.model, settings.lora(), seed=settings.seed)
+    peft_model = attach_lora(loaded.model, settings.lora, seed=settings.seed)
     device = model_device(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)

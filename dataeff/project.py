@@ -113,7 +113,7 @@ class ProjectConfig:
             raise DataError(f"project {self.name}: set the Label Studio token in ${self.label_studio_token_env}")
         return token
 
-    def to_dict(self) -> dict:
+    def as_dict(self) -> dict:
         d = asdict(self)
         d["task"]["labels"] = list(self.task.labels) if self.task.labels else None
         return d
@@ -129,7 +129,7 @@ class ProjectConfig:
     def save(self, home: Path | None = None) -> Path:
         path = (home or dataeff_home()) / "projects" / f"{self.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(self.as_dict(), indent=2) + "\n", encoding="utf-8")
         return path
 
     @classmethod

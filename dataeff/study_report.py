@@ -39,7 +39,7 @@ class StudyFit:
 
     def as_dict(self) -> dict:
         return {
-            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "calibration": self.calibration.as_dict() if self.calibration else None,
             "rows": [list(r) for r in self.rows],
             "correlations": self.correlations,
             "note": self.note,

@@ -62,5 +62,5 @@ def calibrate_family(
     path = Path(out) if out else dataeff_home() / "calibrations" / f"{family}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     cal.save(path)
-    tracker_for(configs[0]).log_calibration(family, cal.to_dict())
-    return {"calibration": cal.to_dict(), "saved": str(path), "rows": rows}
+    tracker_for(configs[0]).log_calibration(family, cal.as_dict())
+    return {"calibration": cal.as_dict(), "saved": str(path), "rows": rows}

@@ -139,7 +139,7 @@ def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> FinetuneRe
         )
         return FinetuneResult.from_dict(kept)
     loaded = get_model(cfg.model)
-    settings = FinetuneSettings(seed=cfg.seed, chat_template=cfg.chat_template, **cfg.finetune)
+    settings = FinetuneSettings.from_dict({"seed": cfg.seed, "chat_template": cfg.chat_template, **cfg.finetune})
     result = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings)
     pending.keep(path, result.as_dict())
     return result
@@ -328,8 +328,8 @@ def run_iteration(svc: Services) -> dict:
     decision_run = log_decision(svc, decision_key(pulled, done, settings, cfg), decision, summary)
     requested = request_next(svc, decision, roles, labeled_ids)
     update_status(svc, decision.status_text)
-    if pulled.cursor.to_dict() != stored_cursor:
-        save_cursor(svc, pulled.cursor.to_dict())
+    if pulled.cursor.as_dict() != stored_cursor:
+        save_cursor(svc, pulled.cursor.as_dict())
     summary["requested"] = len(requested)
     summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(decision_run.created)
     logger.info("%s: %s — %s", cfg.name, decision.action, decision.reason)

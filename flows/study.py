@@ -423,8 +423,8 @@ class _Study:
                 "epochs": fs.epochs,
                 "batch_size": fs.batch_size,
                 "max_steps": fs.max_steps,
-                "lora_r": fs.r,
-                "lora_alpha": fs.alpha,
+                "lora_r": fs.lora.r,
+                "lora_alpha": fs.lora.alpha,
                 "label_hash": train_hash,
             }
             try:
@@ -651,7 +651,7 @@ def run_study(
             data={
                 "markdown": markdown,
                 "fit": fit_dict,
-                "calibration": cal.to_dict() if cal else None,
+                "calibration": cal.as_dict() if cal else None,
                 "tasks": [r.as_dict() for r in results],
                 "provenance": provenance,
             },
@@ -660,7 +660,7 @@ def run_study(
         )
         study.written += int(logged.created)
         if cal is not None:
-            tracker.log_calibration(family, cal.to_dict())
+            tracker.log_calibration(family, cal.as_dict())
     report = None
     if out is not None:
         report = Path(out)

@@ -55,11 +55,11 @@ class Cursor:
     updated_at: str | None = None
     seen: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def as_dict(self) -> dict:
         return {"version": 1, "updated_at": self.updated_at, "seen": {k: list(v) for k, v in self.seen.items()}}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, payload: Mapping) -> Cursor:

@@ -375,7 +375,7 @@ def finetune_run(project: str, model: str, label_hash: str, result: FinetuneResu
         "seed": settings.seed,
         "n_train": result.n_train,
         "n_eval": result.n_eval,
-        **_lora_params(settings.lora()),
+        **_lora_params(settings.lora),
         "lr": settings.lr,
         "epochs": settings.epochs,
         "batch_size": settings.batch_size,
@@ -456,7 +456,7 @@ def calibration_run(family: str, calibration: Mapping[str, Any]) -> tuple[RunSpe
     """The calibration run of a model family and its ``calibration.json`` (keyed by family + content).
 
     Args:
-        calibration: :meth:`dataeff.calibration.Calibration.to_dict` (``coef``, ``intercept``
+        calibration: :meth:`dataeff.calibration.Calibration.as_dict` (``coef``, ``intercept``
             required; ``loo_mae``, ``n_tasks``, ``tasks``, ... optional).
 
     Raises:

@@ -419,7 +419,7 @@ class Tracker:
 
         Args:
             family: model family (e.g. ``"smollm2"``, ``"llama-3.1-8b-instruct"``).
-            calibration: :meth:`dataeff.calibration.Calibration.to_dict`: ``coef`` and ``intercept``
+            calibration: :meth:`dataeff.calibration.Calibration.as_dict`: ``coef`` and ``intercept``
                 (required), optional ``loo_mae``, ``baseline_mae``, ``pearson_r``, ``residual_std``,
                 ``n_tasks``, ``tasks``.
 

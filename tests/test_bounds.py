@@ -78,10 +78,10 @@ def test_bounds_must_be_positive_whole_numbers(tok):
 def test_project_config_carries_the_bounds_with_one_default():
     cfg = ProjectConfig(name="p", task=TaskSpec(name="t"))
     assert (cfg.max_prompt_tokens, cfg.max_answer_tokens) == (DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_ANSWER_TOKENS)
-    saved = cfg.to_dict()
+    saved = cfg.as_dict()
     del saved["max_prompt_tokens"], saved["max_answer_tokens"]  # a config saved before the fields existed
     assert ProjectConfig.from_dict(saved).max_prompt_tokens == DEFAULT_MAX_PROMPT_TOKENS
-    assert ProjectConfig.from_dict({**cfg.to_dict(), "max_prompt_tokens": 4096}).max_prompt_tokens == 4096
+    assert ProjectConfig.from_dict({**cfg.as_dict(), "max_prompt_tokens": 4096}).max_prompt_tokens == 4096
 
 
 def test_likely_too_long_flags_only_obvious_cases():

@@ -91,7 +91,7 @@ def test_save_load_roundtrip_and_csv(tmp_path):
     back = Calibration.load(path)
     assert back == cal
     assert get_calibration(str(path)) == cal
-    assert json.loads(path.read_text()) == cal.to_dict() and cal.to_dict()["format"] == "dataeff.calibration/1"
+    assert json.loads(path.read_text()) == cal.as_dict() and cal.as_dict()["format"] == "dataeff.calibration/1"
     (tmp_path / "bad.json").write_text(
         '{"format": "dataeff.calibration/1", "family": "x", "coef": 1, "intercept": 0, "oops": 1}'
     )
@@ -190,4 +190,4 @@ def test_projects_default_to_their_models_fitted_calibration():
     assert ProjectConfig(name="q", task=spec, model="/models/llama-8b").calibration == CALIBRATION
     assert ProjectConfig(name="r", task=spec, model="smollm2", calibration="mistral").calibration == "mistral"
     # a saved config keeps its resolved name (re-loading never changes the project's calibration)
-    assert ProjectConfig.from_dict(smol.to_dict()).calibration == smol.calibration
+    assert ProjectConfig.from_dict(smol.as_dict()).calibration == smol.calibration

@@ -140,3 +140,21 @@ def test_budget_errors(tiny_loaded, examples):
     with pytest.raises(DataError, match=r"invalid lr=0"):
         FinetuneSettings(lr=0)
     assert _lora_modules(tiny_loaded.model) == []
+
+
+def test_settings_hold_their_lora_and_keep_the_flat_tracking_schema():
+    from dataeff.finetune import FINETUNE_LORA
+    from dataeff.models import ALL_LINEAR_TARGETS, LoraSettings
+
+    s = FinetuneSettings()
+    assert s.lora == FINETUNE_LORA and (s.lora.r, s.lora.alpha) == (8, 16)
+    flat = s.as_dict()  # MLflow params and run keys: the same flat names as before the LoRA part was nested
+    assert flat["r"] == 8 and flat["alpha"] == 16 and flat["dropout"] == 0.05 and "lora" not in flat
+    assert flat["target_modules"] == ",".join(ALL_LINEAR_TARGETS)
+    assert FinetuneSettings.from_dict(flat) == s
+    custom = FinetuneSettings.from_dict({"r": 4, "target_modules": ["q_proj", "v_proj"], "lr": 1e-3})
+    assert custom.lora == LoraSettings(r=4, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj"))
+    with pytest.raises(DataError, match=r"unknown keys \['rank'\]"):
+        FinetuneSettings.from_dict({"rank": 4})
+    with pytest.raises(DataError, match="lora.r=0"):
+        FinetuneSettings(lora=LoraSettings(r=0))

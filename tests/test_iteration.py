@@ -66,7 +66,7 @@ def test_project_config_round_trip_and_errors(tmp_path, monkeypatch):
     cfg = ProjectConfig(name="tickets", task=TaskSpec(name="t", labels=("a", "b")))
     path = cfg.save(tmp_path)
     back = ProjectConfig.load("tickets", tmp_path)
-    assert back.to_dict() == cfg.to_dict() and path.exists()
+    assert back.as_dict() == cfg.as_dict() and path.exists()
     with pytest.raises(DataError, match="project create"):
         ProjectConfig.load("missing", tmp_path)
     with pytest.raises(DataError, match="target"):

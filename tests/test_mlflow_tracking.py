@@ -89,7 +89,7 @@ def _prediction(family: str = "llama") -> Prediction:
 
 def _finetune(budget: int = 50, score: float = 0.31, **changes) -> FinetuneResult:
     """A fine-tune result: 10 s of training + 2.5 s of evaluation, LoRA r=4."""
-    settings = FinetuneSettings(r=4, alpha=8, lr=2e-4, epochs=3)
+    settings = FinetuneSettings(lora=LoraSettings(r=4, alpha=8), lr=2e-4, epochs=3)
     result = FinetuneResult(
         budget=budget,
         score=score,

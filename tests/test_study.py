@@ -66,7 +66,9 @@ def _settings(tiny_model_dir, task_paths, name=None, **kw) -> StudySettings:
         lora=LoraSettings(r=4, alpha=8),
         device="cpu",
         dtype="fp32",
-        finetune=FinetuneSettings(r=4, alpha=8, max_steps=1, batch_size=8, eval_batch_size=16, max_new_tokens=3),
+        finetune=FinetuneSettings(
+            lora=LoraSettings(r=4, alpha=8), max_steps=1, batch_size=8, eval_batch_size=16, max_new_tokens=3
+        ),
         max_new_tokens=4,
         name=name or f"study-test-{uuid.uuid4().hex[:8]}",
     )
