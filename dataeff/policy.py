@@ -197,18 +197,17 @@ def _status(state: LoopState, settings: PolicySettings) -> str:
         if not left:
             return "dataeff is computing its estimate from the hard examples"
         return f"dataeff needs {left} more of the {settings.low_conf_batch_size} hard examples first"
-    head = f"CoS-Low {state.coslow:.2f} -> " if state.coslow is not None else ""
     more = need.median - state.labeled_count
     if not math.isfinite(need.median):
-        return f"{head}{_target_phrase(settings)} is not expected within the label budget"
+        return f"{_target_phrase(settings)} is not expected within the label budget"
     if more <= 0:
-        text = f"{head}predicted enough labels for {_target_phrase(settings)} (about {_fmt(need.median)} in total)"
+        text = f"enough labels are expected for {_target_phrase(settings)} (about {_fmt(need.median)} in total)"
     else:
-        text = f"{head}about {_fmt(more)} more labels for {_target_phrase(settings)}"
+        text = f"about {_fmt(more)} more labels expected for {_target_phrase(settings)}"
     if need.lo != need.hi:
         lo_more = max(need.lo - state.labeled_count, 0)
         hi_more = need.hi - state.labeled_count
-        text += f" (interval {_fmt(lo_more)}-{_fmt(hi_more)})" if hi_more > 0 else ""
+        text += f" (likely {_fmt(lo_more)}-{_fmt(hi_more)})" if hi_more > 0 else ""
     return text
 
 
@@ -304,6 +303,7 @@ def decide(state: LoopState, settings: PolicySettings | None = None) -> Decision
     if state.p_within_cap is not None:
         parts.append(f"P(within the cap of {st.label_cap:,}) = {state.p_within_cap:.0%}")
     why = f"request {n:,} more labels ({'; '.join(parts)})."
+    status = f"label the next {n:,} in the 'dataeff priority' tab; {status}"
     return Decision("request_labels", int(n), None, why, status, "request_more")
 
 

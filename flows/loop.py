@@ -192,10 +192,10 @@ def request_next(svc: Services, decision: Decision, roles: dict, labeled_ids: se
 
 
 @task(name="update-status", persist_result=False, **RETRY)
-def update_status(svc: Services, text: str) -> None:
-    """Show the decision in the Label Studio project (only when it changed)."""
-    if svc.ls.get_status(svc.project_id) != text:
-        svc.ls.set_status(svc.project_id, text)
+def update_status(svc: Services, decision: Decision) -> None:
+    """Show the decision to annotators in the Label Studio project (only when it changed)."""
+    if svc.ls.get_status(svc.project_id) != decision.status_text:
+        svc.ls.set_status(svc.project_id, decision.status_text, done=decision.action == "stop")
 
 
 @task(name="log-decision", persist_result=False, **LOG_RETRY)
@@ -303,6 +303,9 @@ def run_iteration(svc: Services) -> dict:
             title=f"{cfg.name}: predicted vs measured ({assessment.source})",
             s0=assessment.zero_shot,
             h=assessment.ceiling,
+            label_cap=cfg.label_cap,
+            metric=cfg.task.metric,
+            n_eval=len(sets.eval) or None,
         )
         estimate_logged = log_estimate(svc, sets, coslow_res, assessment, figure)
         if estimate_logged or finetuned_now:
@@ -327,7 +330,7 @@ def run_iteration(svc: Services) -> dict:
     }
     decision_run = log_decision(svc, decision_key(pulled, done, settings, cfg), decision, summary)
     requested = request_next(svc, decision, roles, labeled_ids)
-    update_status(svc, decision.status_text)
+    update_status(svc, decision)
     if pulled.cursor.as_dict() != stored_cursor:
         save_cursor(svc, pulled.cursor.as_dict())
     summary["requested"] = len(requested)

@@ -92,8 +92,9 @@ def test_request_more_sizes():
     # the next grid budget drives: 50 - 32 = 18
     d = decide(_state())
     assert (d.action, d.n_labels, d.rule) == ("request_labels", 18, "request_more")
-    assert (
-        d.status_text == "CoS-Low 0.47 -> about 1,000 more labels for 90% of the achievable gain (interval 570-2,070)"
+    assert d.status_text == (
+        "label the next 18 in the 'dataeff priority' tab; "
+        "about 1,000 more labels expected for 90% of the achievable gain (likely 570-2,070)"
     )
     d = decide(
         _state(labeled_count=210, finetuned={50: 0.5, 100: 0.5, 200: 0.5}, need=LabelsNeeded(0.9, 300.0, 250.0, 400.0))
@@ -117,7 +118,9 @@ def test_request_more_sizes():
 def test_with_real_prediction_and_posterior():
     pred = predict(0.65, 0.54, 0.31, auc_interval=(0.55, 0.77))
     d = decide(_state(need=pred.need(0.9), coslow=pred.coslow))
-    assert d.action == "request_labels" and d.status_text.startswith("CoS-Low 0.65 -> about 1,000 more labels")
+    assert d.action == "request_labels" and d.status_text.startswith(
+        "label the next 18 in the 'dataeff priority' tab; about 1,000 more labels"
+    )
     post = fit_posterior(
         0.2, 0.05, 0.3, [(50, 0.31, 500), (100, 0.31, 500), (500, 0.31, 500), (1000, 0.32, 500)], human_score=0.9
     )
