@@ -58,11 +58,12 @@ def _float_list(values) -> tuple[float, ...]:
 def cmd_auc(args) -> int:
     from dataeff.efficiency import data_efficiency_auc, read_results
 
-    results = read_results(args.results, metric=args.metric)
+    results = read_results(args.results, metric=args.metric, require_zero_shot=not args.allow_missing_zero_shot)
     auc = data_efficiency_auc(results, human_score=args.human_score, max_budget=args.max_budget)
-    _print_json(
-        {"auc": auc, "budgets": sorted(results), "human_score": args.human_score, "max_budget": args.max_budget}
-    )
+    out = {"auc": auc, "budgets": sorted(results), "human_score": args.human_score, "max_budget": args.max_budget}
+    if 0 not in results:
+        out["note"] = "no zero-shot point: the curve starts at its first budget, as the reference computes it"
+    _print_json(out)
     return 0
 
 
@@ -687,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--human-score", type=float, default=None, help="ceiling score if known (else the best observed)")
     p.add_argument("--max-budget", type=int, default=5000, help="curve cut-off N")
+    p.add_argument(
+        "--allow-missing-zero-shot",
+        action="store_true",
+        help="accept a curve without budget 0 (one of the paper's published curves has none) and compute its AUC "
+        "as the reference does, from the first budget on; without it a missing zero-shot is an error",
+    )
     p.add_argument(
         "--metric", choices=["accuracy", "f1"], default=None, help="which score key to read (default: the one present)"
     )

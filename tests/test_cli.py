@@ -33,6 +33,19 @@ def test_auc_matches_the_published_value(capsys):
     assert abs(out["auc"] - published[task]["extrapolation_auc"]) < 1e-9
 
 
+def test_auc_of_the_published_curve_without_zero_shot(capsys):
+    """qwen/overruling has no budget 0: an error by default, the reference's AUC with the flag."""
+    published = json.loads((PAPER / "auc_res" / "qwen_auc_logscale_by_task_5000.json").read_text())
+    human = json.loads((PAPER / "human_eval.json").read_text()).get("overruling", {}).get("score")
+    path = str(PAPER / "finetune_results" / "qwen_overruling_full_result_v2.json")
+    extra = ["--human-score", str(human)] if isinstance(human, (int, float)) else []
+    code, _, err = _run(capsys, "auc", path, *extra)
+    assert code == 2 and "zero-shot" in err and "Traceback" not in err
+    code, out, _ = _run(capsys, "auc", path, *extra, "--allow-missing-zero-shot")
+    assert code == 0 and 0 not in out["budgets"] and "no zero-shot" in out["note"]
+    assert abs(out["auc"] - published["overruling"]["extrapolation_auc"]) < 1e-9
+
+
 def test_predict_worked_example(capsys):
     code, out, _ = _run(capsys, "predict", "--coslow", "0.65", "--coef", "0.54", "0.31", "--target", "0.9")
     assert code == 0
