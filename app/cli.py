@@ -606,7 +606,11 @@ def _project_commands(add) -> None:
     p.add_argument("--label-studio-port", type=int, default=8080)
     p.add_argument("--mlflow-port", type=int, default=5000)
     p.add_argument(
-        "--keep-running", action="store_true", help="leave Label Studio and the MLflow UI running at the end"
+        "--keep-running",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the summary keep Label Studio and the MLflow UI up until Ctrl-C, so the printed links work "
+        "(default); --no-keep-running stops them at once (scripts, CI)",
     )
 
     p = add(

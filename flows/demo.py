@@ -182,6 +182,19 @@ def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
     return table
 
 
+def wait_for_ctrl_c(console: Console) -> None:
+    """Keep the demo's servers up (the printed links work) until the user presses Ctrl-C."""
+    console.print(
+        "Label Studio and the MLflow UI stay up so the links above work. "
+        "[bold]Press Ctrl-C to stop them[/bold] (or run the demo with --no-keep-running)."
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping Label Studio and the MLflow UI")
+
+
 def run_demo(
     settings: DemoSettings,
     *,
@@ -193,7 +206,10 @@ def run_demo(
     keep_running: bool = False,
     label_cap: int | None = None,
 ) -> dict:
+    """Run the demo loop end to end; with ``keep_running`` the servers stay up after the summary
+    until Ctrl-C (after a failure they are stopped at once)."""
     t_start = time.perf_counter()
+    finished = False
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ["DATAEFF_HOME"] = str(workdir)
@@ -278,6 +294,7 @@ def run_demo(
         urls.add_row("MLflow experiment", f"http://127.0.0.1:{mlflow_port}/#/experiments (experiment {cfg.name})")
         urls.add_row("wall time", f"{wall / 60:.1f} minutes")
         console.print(urls)
+        finished = True
         return {
             "project": cfg.name,
             "iterations": len(history),
@@ -285,11 +302,7 @@ def run_demo(
             "wall_seconds": wall,
         }
     finally:
-        if keep_running:
-            console.print(
-                "Label Studio and the MLflow UI keep running (--keep-running); "
-                f"stop them with: dataeff label-studio stop --port {ls_port} --data-dir {workdir / 'label-studio'}; kill {ui.pid}"
-            )
-        else:
-            ui.terminate()
-            server.stop()
+        if keep_running and finished:
+            wait_for_ctrl_c(console)
+        ui.terminate()
+        server.stop()
