@@ -15,13 +15,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TypedDict
 
 from prefect import flow, get_run_logger, task
 
 from dataeff.assess import Assessment
-from dataeff.calibration import dtype_warning, get_calibration
+from dataeff.calibration import Calibration, dtype_warning, get_calibration
 from dataeff.coslow import CosLowResult, compute_coslow
 from dataeff.finetune import FinetuneResult, FinetuneSettings, nested_subset, run_finetune
 from dataeff.iteration import (
@@ -38,7 +38,7 @@ from dataeff.plots import plot_curve
 from dataeff.policy import Decision
 from dataeff.project import ProjectConfig
 from dataeff.queue import priorities
-from dataeff.step import StepInputs, plan_request, settings_for, step
+from dataeff.step import StepInputs, StepSettings, plan_request, settings_for, step
 from flows import pending
 from flows.locks import project_slot
 from flows.services import Services, get_model, open_services, retry_on_unavailable, retry_tracking
@@ -146,18 +146,24 @@ def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> FinetuneRe
 
 
 @task(name="log-finetune", persist_result=False, **LOG_RETRY)
-def log_finetune(svc: Services, sets: LabeledSets, result: FinetuneResult) -> None:
-    """Log a measured fine-tune to MLflow (retried through an outage), then forget the kept copy."""
+def log_finetune(svc: Services, sets: LabeledSets, result: FinetuneResult) -> str:
+    """Log a measured fine-tune to MLflow (retried through an outage), then forget the kept copy; returns the run id."""
     train_hash = _train_hash(svc.config, sets, result.budget)
-    svc.runs.log_finetune(train_hash, result)
+    run = svc.runs.log_finetune(train_hash, result)
     pending.done(pending.pending_path(svc.config.name, "finetune", train_hash, result.budget))
+    return run.run_id
+
+
+def measure_and_log(svc: Services, sets: LabeledSets, budget: int) -> tuple[float, str]:
+    """Fine-tune at ``budget`` (or take the kept result) and log it; returns the score and the run id."""
+    result = finetune_budget(svc, sets, budget)
+    run_id = log_finetune(svc, sets, result)
+    return float(result.score), run_id
 
 
 def measure_budget(svc: Services, sets: LabeledSets, budget: int) -> float:
     """Fine-tune at ``budget`` (or take the kept result) and log it; returns the score."""
-    result = finetune_budget(svc, sets, budget)
-    log_finetune(svc, sets, result)
-    return float(result.score)
+    return measure_and_log(svc, sets, budget)[0]
 
 
 def _train_hash(cfg: ProjectConfig, sets: LabeledSets, budget: int) -> str:
@@ -168,8 +174,24 @@ def _train_hash(cfg: ProjectConfig, sets: LabeledSets, budget: int) -> str:
 def log_estimate(svc: Services, sets: LabeledSets, coslow: CosLowResult, assessment: Assessment, figure) -> bool:
     """Log the estimate (CoS-Low and the prediction at the project's targets); ``True`` when it is new."""
     lhash = label_set_hash(sets.lowconf)
-    run = svc.runs.log_estimate(lhash, coslow, assessment.prediction, svc.config.targets, figure=figure)
+    run = svc.runs.log_estimate(
+        lhash,
+        coslow,
+        assessment.prediction,
+        svc.config.targets,
+        figure=figure,
+        needs=assessment.needs,
+        needs_from=assessment.source,
+    )
     return run.created
+
+
+@task(name="log-predicted", persist_result=False, **LOG_RETRY)
+def log_predicted(svc: Services, run_ids: dict[int, str], predicted: dict[int, tuple[float, float, float]]) -> None:
+    """Add to each fine-tune run the score predicted for its budget (idempotent: a run keeps its first)."""
+    for budget, band in sorted(predicted.items()):
+        if budget in run_ids:
+            svc.runs.log_predicted(run_ids[budget], *band)
 
 
 @task(name="request-labels", persist_result=False, **RETRY)
@@ -199,13 +221,26 @@ def update_status(svc: Services, decision: Decision) -> None:
 
 
 @task(name="log-decision", persist_result=False, **LOG_RETRY)
-def log_decision(svc: Services, iteration_key: str, decision: Decision, summary: dict) -> LoggedRun:
-    return svc.runs.log_decision(iteration_key, decision, summary)
+def log_decision(
+    svc: Services, iteration_key: str, decision: Decision, summary: dict, assessment: Assessment | None = None
+) -> LoggedRun:
+    """Log the decision with the labels needed of the assessment it was made on (as on the estimate run)."""
+    if assessment is None:
+        return svc.runs.log_decision(iteration_key, decision, summary)
+    return svc.runs.log_decision(iteration_key, decision, summary, needs=assessment.needs, needs_from=assessment.source)
 
 
 @task(name="log-comparison", persist_result=False, **LOG_RETRY)
-def log_comparison(svc: Services, figure, rows: list[dict]) -> None:
-    svc.runs.update_comparison(figure, rows)
+def log_comparison(
+    svc: Services,
+    figure,
+    rows: list[dict],
+    measured: dict[int, float] | None = None,
+    predicted: dict[int, tuple[float, float, float]] | None = None,
+) -> None:
+    """The summary run's comparison: figure and table, and step metrics (step = labels) of the
+    measured scores and of the scores predicted before each was measured."""
+    svc.runs.update_comparison(figure, rows, measured=measured, predicted=predicted)
 
 
 @task(name="save-cursor", persist_result=False, **LOG_RETRY)
@@ -268,9 +303,10 @@ def run_iteration(svc: Services) -> dict:
     done = svc.runs.finetuned_budgets()
     eval_ready = n_eval > 0 and len(sets.eval) >= n_eval
     finetuned_now = []
+    finetune_runs: dict[int, str] = {}
     for budget in budgets_due(len(sets.train), cfg.budgets, done, eval_ready):
         logger.info("%s: fine-tune at %d labels", cfg.name, budget)
-        done[budget] = measure_budget(svc, sets, budget)
+        done[budget], finetune_runs[budget] = measure_and_log(svc, sets, budget)
         finetuned_now.append(budget)
 
     coslow_res, estimate_logged = None, False
@@ -281,19 +317,17 @@ def run_iteration(svc: Services) -> dict:
             warnings.append(mismatch)
             logger.warning("%s: %s", cfg.name, mismatch)
     settings = settings_for(cfg, n_lowconf)
-    outcome = step(
-        StepInputs(
-            labeled=len(sets.train),
-            lowconf_total=n_lowconf,
-            lowconf_labeled=len(sets.lowconf),
-            coslow=coslow_res.coslow if coslow_res else None,
-            measured=done,
-            n_eval=n_eval or None,
-            human_score=cfg.human_score,
-        ),
-        get_calibration(cfg.calibration) if coslow_res else None,
-        settings,
+    inputs = StepInputs(
+        labeled=len(sets.train),
+        lowconf_total=n_lowconf,
+        lowconf_labeled=len(sets.lowconf),
+        coslow=coslow_res.coslow if coslow_res else None,
+        measured=done,
+        n_eval=n_eval or None,
+        human_score=cfg.human_score,
     )
+    calibration = get_calibration(cfg.calibration) if coslow_res else None
+    outcome = step(inputs, calibration, settings)
     assessment, decision = outcome.assessment, outcome.decision
     if assessment is not None and coslow_res is not None:  # an assessment exists only once CoS-Low is computed
         figure = plot_curve(
@@ -308,8 +342,11 @@ def run_iteration(svc: Services) -> dict:
             n_eval=len(sets.eval) or None,
         )
         estimate_logged = log_estimate(svc, sets, coslow_res, assessment, figure)
+        predicted = _predicted_before(inputs, calibration, settings, finetuned_now)
+        if predicted:
+            log_predicted(svc, finetune_runs, predicted)
         if estimate_logged or finetuned_now:
-            log_comparison(svc, figure, _comparison_rows(assessment, cfg))
+            log_comparison(svc, figure, _comparison_rows(assessment, cfg), dict(done), predicted)
 
     summary = {
         "project": cfg.name,
@@ -328,7 +365,7 @@ def run_iteration(svc: Services) -> dict:
         "finetuned_now": finetuned_now,
         **outcome.summary(),  # assessment, p_within_cap, label_cap, curve_model, decision
     }
-    decision_run = log_decision(svc, decision_key(pulled, done, settings, cfg), decision, summary)
+    decision_run = log_decision(svc, decision_key(pulled, done, settings, cfg), decision, summary, assessment)
     requested = request_next(svc, decision, roles, labeled_ids)
     update_status(svc, decision)
     if pulled.cursor.as_dict() != stored_cursor:
@@ -337,6 +374,26 @@ def run_iteration(svc: Services) -> dict:
     summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(decision_run.created)
     logger.info("%s: %s — %s", cfg.name, decision.action, decision.reason)
     return summary
+
+
+def _predicted_before(
+    inputs: StepInputs, calibration: Calibration | None, settings: StepSettings, finetuned_now: Sequence[int]
+) -> dict[int, tuple[float, float, float]]:
+    """The score predicted for each budget fine-tuned in this iteration, before it was measured.
+
+    ``{budget: (median, lo, hi)}`` from the curve posterior of the points measured before this
+    iteration (the zero-shot kept: it sets the absolute scale), so the prediction never saw the
+    point it predicts. Empty without a posterior (no zero-shot) and for the zero-shot itself.
+    """
+    new = [b for b in finetuned_now if b > 0]
+    if not new or inputs.coslow is None or calibration is None:
+        return {}
+    before = {b: s for b, s in inputs.measured.items() if b == 0 or b not in finetuned_now}
+    prior = step(replace(inputs, measured=before), calibration, settings).assessment
+    if prior is None or prior.posterior is None:
+        return {}
+    med, lo, hi = prior.posterior.curve_band(new)
+    return {b: (float(med[i]), float(lo[i]), float(hi[i])) for i, b in enumerate(new)}
 
 
 def _comparison_rows(assessment: Assessment, cfg: ProjectConfig) -> list[dict]:

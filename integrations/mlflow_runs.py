@@ -228,8 +228,11 @@ class RunStore:
 
     # ------------------------------------------------------------------ experiments
 
-    def experiment(self, name: str, tags: Mapping[str, str]) -> str:
-        """Id of the experiment ``name``, created with ``tags`` if it does not exist.
+    def experiment(self, name: str, tags: Mapping[str, str], ensure_tags: Mapping[str, str] = NO_VALUES) -> str:
+        """Id of the experiment ``name``, created with ``tags`` and ``ensure_tags`` if it does not exist.
+
+        ``ensure_tags`` are also added to an existing experiment that lacks them (a value already
+        set, e.g. chosen by someone in the UI, is left as it is).
 
         Raises:
             DataError: empty name. TrackingError: the experiment exists but is deleted.
@@ -252,7 +255,9 @@ class RunStore:
                     f"{self.artifact_root}/{safe_name(name)[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
                 )
             try:
-                exp_id = self.client.create_experiment(name, artifact_location=location, tags=redact(dict(tags)))
+                exp_id = self.client.create_experiment(
+                    name, artifact_location=location, tags=redact({**ensure_tags, **tags})
+                )
                 logger.info("created MLflow experiment %r (id %s) at %s", name, exp_id, self.display_uri)
             except MlflowException:  # created meanwhile by another process
                 exp = self.client.get_experiment_by_name(name)
@@ -261,6 +266,9 @@ class RunStore:
                 exp_id = exp.experiment_id
         else:
             exp_id = exp.experiment_id
+            for key, value in ensure_tags.items():
+                if key not in exp.tags:
+                    self.client.set_experiment_tag(exp_id, key, redact_text(str(value))[:MAX_TAG_VAL_LENGTH])
         self._experiment_ids[name] = exp_id
         return exp_id
 
@@ -306,18 +314,23 @@ class RunStore:
         """Active runs with ``dataeff.run_key`` = ``key``, newest first."""
         return self.search(experiment_id, f"tags.`{TAG_RUN_KEY}` = '{key}'")
 
-    def create(self, experiment_id: str, run_name: str, tags: Mapping[str, Any]) -> str:
-        """A new RUNNING run with ``tags`` (redacted; ``None`` values left out); returns its id."""
-        run = self.client.create_run(experiment_id, tags=_tag_values(tags), run_name=redact_text(run_name))
+    def create(self, experiment_id: str, run_name: str, tags: Mapping[str, Any], start_time: int | None = None) -> str:
+        """A new RUNNING run with ``tags`` (redacted; ``None`` values left out); returns its id.
+
+        ``start_time``: epoch milliseconds (default: now).
+        """
+        run = self.client.create_run(
+            experiment_id, start_time=start_time, tags=_tag_values(tags), run_name=redact_text(run_name)
+        )
         return run.info.run_id
 
-    def terminate(self, run_id: str, status: str) -> None:
-        """End a run with ``status`` (``FINISHED``, ``FAILED``, ``KILLED``)."""
+    def terminate(self, run_id: str, status: str, end_time: int | None = None) -> None:
+        """End a run with ``status`` (``FINISHED``, ``FAILED``, ``KILLED``) at ``end_time`` (epoch ms; default now)."""
         # MlflowClient.set_terminated prints "View run ... at: <tracking uri>" for http stores; the URI
         # may carry a password, so the print is captured and re-emitted redacted.
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            self.client.set_terminated(run_id, status)
+            self.client.set_terminated(run_id, status, end_time=end_time)
         if buffer.getvalue():
             sys.stdout.write(redact_text(buffer.getvalue()))
 
@@ -334,6 +347,42 @@ class RunStore:
         for i in range(0, max(len(param_list), len(metric_list)), 100):
             self.client.log_batch(run_id, metrics=metric_list[i : i + 100], params=param_list[i : i + 100])
 
+    def add_metrics(self, run_id: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """Add metrics (step 0) to an existing run, finished or not, unless the run has them already.
+
+        Idempotent: a metric the run already holds is left as it is (the first value written stays).
+        Non-numbers and NaN are left out. Returns the metrics written now.
+        """
+        have = self.client.get_run(run_id).data.metrics
+        new = {str(k): v for k, v in metrics.items() if str(k) not in have and finite(v) is not None}
+        if new:
+            self.log_values(run_id, metrics=new)
+        return {k: float(v) for k, v in new.items()}
+
+    def log_step_metrics(self, run_id: str, series: Mapping[str, Mapping[int, Any]]) -> int:
+        """Log ``{metric: {step: value}}`` on a run, each step once: idempotent.
+
+        A step whose newest logged value equals ``value`` is skipped; a new step, or a step whose
+        value changed (e.g. a budget re-measured on new labels), gets a new entry (MLflow keeps the
+        history; the newest entry at a step is the current one). Non-numbers and NaN are left out.
+        Returns how many values were written.
+        """
+        now = int(time.time() * 1000)
+        metrics: list[Metric] = []
+        for name, points in series.items():
+            key = redact_text(str(name))
+            newest: dict[int, float] = {}
+            for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+                newest[int(m.step)] = float(m.value)
+            for step, value in sorted(points.items()):
+                x = finite(value)
+                if x is None or (int(step) in newest and math.isclose(newest[int(step)], x, rel_tol=1e-12)):
+                    continue
+                metrics.append(Metric(key, x, now, int(step)))
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        return len(metrics)
+
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set tags on an existing run (redacted, length-capped)."""
         for k, v in tags.items():
@@ -349,18 +398,23 @@ class RunStore:
         params: Mapping[str, Any] = NO_VALUES,
         metrics: Mapping[str, Any] = NO_VALUES,
         artifacts: Callable[[str], None] | None = None,
+        start_time: int | None = None,
+        end_time: int | None = None,
     ) -> LoggedRun:
         """Write a FINISHED run keyed by ``key`` unless one exists (see the module docstring).
 
         ``artifacts(run_id)`` writes the run's files; any exception on the way marks the run FAILED
         and is re-raised. Tags ``dataeff.run_key``, ``dataeff.host`` and ``dataeff.pid`` are added.
+        ``start_time``/``end_time`` (epoch ms) date a run written after the work it records, so
+        that MLflow shows the work's real duration (defaults: when the run is created / finished;
+        a FAILED run ends when it failed).
         """
         existing = self.keyed(experiment_id, key)
         finished = [r for r in existing if r.info.status == "FINISHED"]
         if finished:
             logger.info("run %s (%s) already logged: %s", run_name, key[:12], finished[0].info.run_id)
             return LoggedRun(finished[0].info.run_id, key, created=False)
-        run_id = self.create(experiment_id, run_name, self._writer_tags(tags, key))
+        run_id = self.create(experiment_id, run_name, self._writer_tags(tags, key), start_time=start_time)
         for old in (r for r in existing if r.info.status in _UNFINISHED):  # left by a process that died
             self.client.set_tag(old.info.run_id, TAG_ABANDONED_BY, run_id)
             self.terminate(old.info.run_id, "FAILED")
@@ -372,7 +426,7 @@ class RunStore:
         except BaseException:
             self.terminate(run_id, "FAILED")
             raise
-        self.terminate(run_id, "FINISHED")
+        self.terminate(run_id, "FINISHED", end_time=end_time)
         logger.info("logged %s run %s in experiment %s", run_name, run_id, experiment_id)
         return LoggedRun(run_id, key, created=True)
 

@@ -12,13 +12,15 @@ Documented for people in docs/mlflow-schema.md.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
 from dataeff.coslow import CosLowResult
-from dataeff.efficiency import Prediction, target_key
+from dataeff.efficiency import LabelsNeeded, Prediction, target_key
 from dataeff.errors import DataError
 from dataeff.finetune import FinetuneResult, FinetuneSettings
 from dataeff.models import LoraSettings
@@ -39,6 +41,13 @@ TAG_ACTION = "dataeff.action"
 TAG_REASON = "dataeff.reason"
 TAG_PURPOSE = "dataeff.purpose"
 TAG_NOTE = "mlflow.note.content"  # shown as the run's description in the MLflow UI
+TAG_NEEDS_FROM = "dataeff.labels_needed_from"  # "posterior" or "prediction": what labels_needed_* come from
+# MLflow 3's experiment type: the UI opens a "custom_model_development" experiment on its runs
+# (model training), a "genai_development" one on traces; untagged, it guesses, and guessed GenAI.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+EXPERIMENT_TAGS = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}
+"""Tags every experiment dataeff creates gets (and an existing one lacking them receives)."""
 
 BOOTSTRAP_ROLES = "roles.json"
 BOOTSTRAP_SCORES = "confidence.csv"
@@ -57,13 +66,17 @@ COMPARISON_TABLE_CSV = "comparison/table.csv"
 COMPARISON_TABLE_JSON = "comparison/table.json"
 
 _LORA_PARAMS = ("lora_r", "lora_alpha", "lora_dropout", "lora_targets")
+PREDICTED_SCORE_METRICS = ("predicted_score", "predicted_score_lo", "predicted_score_hi")
+MEASURED_SCORE_METRIC = "measured_score"
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """One run ready to be written: its key (``dataeff.run_key``), name, tags, params and metrics.
 
-    ``None`` tags/params and non-numeric or NaN metrics are left out when written.
+    ``None`` tags/params and non-numeric or NaN metrics are left out when written. ``start_time``
+    and ``end_time`` (epoch ms) date a run written after its work (fine-tune, estimate) so that
+    MLflow shows the work's duration; ``None``: when the run is written.
     """
 
     kind: str
@@ -72,6 +85,8 @@ class RunSpec:
     tags: dict[str, Any]
     params: dict[str, Any]
     metrics: dict[str, Any]
+    start_time: int | None = None
+    end_time: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,17 +120,21 @@ class RunKind:
         tags: Mapping[str, Any],
         params: Mapping[str, Any],
         metrics: Mapping[str, Any],
+        timing: tuple[int, int] | None = None,
         **name_fields: Any,
     ) -> RunSpec:
         """The run of this kind keyed by ``key`` (see :meth:`key`); ``tags`` get ``dataeff.kind`` added.
 
+        ``timing``: ``(start_time, end_time)`` in epoch ms (:func:`work_span`), or ``None``.
+
         Raises:
             ValueError: a param or metric name the table does not declare (a programming error).
         """
-        for what, names, patterns in (("param", params, self.params), ("metric", metrics, self.metrics)):
-            undeclared = [n for n in names if not matches(n, patterns)]
-            if undeclared:
-                raise ValueError(f"{self.name} run: {what}(s) {undeclared} are not in the schema ({patterns})")
+        self.check_metrics(metrics)
+        undeclared = [n for n in params if not matches(n, self.params)]
+        if undeclared:
+            raise ValueError(f"{self.name} run: param(s) {undeclared} are not in the schema ({self.params})")
+        start, end = timing if timing is not None else (None, None)
         return RunSpec(
             kind=self.name,
             key=self.key(**key),
@@ -123,7 +142,15 @@ class RunKind:
             tags={TAG_KIND: self.name, **tags},
             params=dict(params),
             metrics=dict(metrics),
+            start_time=start,
+            end_time=end,
         )
+
+    def check_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Raise ValueError for a metric name the table does not declare for this kind."""
+        undeclared = [n for n in metrics if not matches(n, self.metrics)]
+        if undeclared:
+            raise ValueError(f"{self.name} run: metric(s) {undeclared} are not in the schema ({self.metrics})")
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -165,7 +192,7 @@ ESTIMATE = RunKind(
         "predicted_auc",
         "auc_lo",
         "auc_hi",
-        "labels_needed_*",  # labels_needed_<t>, labels_needed_<t>_lo, labels_needed_<t>_hi
+        "labels_needed_*",  # labels_needed_<t>, labels_needed_<t>_lo, labels_needed_<t>_hi (whole labels)
         "seconds",
     ),
     artifacts=(ESTIMATE_JSON, ESTIMATE_NEEDS, ESTIMATE_FIGURE, "tables/*.json"),
@@ -189,7 +216,15 @@ FINETUNE = RunKind(
         "device",
         "label_hash",
     ),
-    metrics=("score", "seconds", "seconds_train", "seconds_eval", "train_loss", "steps"),
+    metrics=(
+        "score",
+        "seconds",
+        "seconds_train",
+        "seconds_eval",
+        "train_loss",
+        "steps",
+        *PREDICTED_SCORE_METRICS,  # added by the loop once the assessment is made (Tracker.log_predicted)
+    ),
     artifacts=(FINETUNE_JSON, f"{FINETUNE_ADAPTER}/*"),
 )
 DECISION = RunKind(
@@ -197,7 +232,7 @@ DECISION = RunKind(
     key_fields=("project", "iteration"),
     run_name="decision-{action}",
     params=("action", "n_labels", "budget", "iteration"),
-    metrics=("n_labels",),
+    metrics=("n_labels", "labels_needed_*"),
     artifacts=(DECISION_TEXT, DECISION_JSON),
 )
 CALIBRATION = RunKind(
@@ -212,6 +247,7 @@ SUMMARY = RunKind(
     "summary",
     key_fields=("project",),
     run_name="summary",
+    metrics=(MEASURED_SCORE_METRIC, *PREDICTED_SCORE_METRICS),  # step metrics, step = labels
     artifacts=(CURSOR_ARTIFACT, COMPARISON_FIGURE, COMPARISON_TABLE_CSV, COMPARISON_TABLE_JSON),
 )
 
@@ -234,6 +270,56 @@ def _lora_params(lora: LoraSettings | None) -> dict[str, Any]:
         "lora_dropout": lora.dropout,
         "lora_targets": ",".join(lora.target_modules),
     }
+
+
+def work_span(seconds: float | None, ended_ms: int | None = None) -> tuple[int, int] | None:
+    """``(start_time, end_time)`` in epoch ms of work that took ``seconds`` and ended at ``ended_ms``
+    (default: now); ``None`` when ``seconds`` is not a non-negative number."""
+    x = finite(seconds)
+    if x is None or x < 0 or math.isinf(x):
+        return None
+    end = int(time.time() * 1000) if ended_ms is None else int(ended_ms)
+    return end - int(round(x * 1000)), end
+
+
+def whole_labels(n: float) -> int | float:
+    """A label count rounded up to whole labels (an int; ``inf`` = never stays ``inf``), as in
+    :meth:`~dataeff.efficiency.LabelsNeeded.as_dict`."""
+    return math.ceil(n) if math.isfinite(n) else float(n)
+
+
+def needs_metrics(needs: Mapping[float, LabelsNeeded]) -> dict[str, int | float]:
+    """``labels_needed_<t>``, ``labels_needed_<t>_lo``, ``labels_needed_<t>_hi`` per target, whole labels.
+
+    The same numbers on the estimate and the decision run of an iteration (both from the
+    assessment the decision was made on), and in ``decision.json``'s summary.
+    """
+    metrics: dict[str, int | float] = {}
+    for t, need in needs.items():
+        name = f"labels_needed_{target_key(t)}"
+        metrics.update(
+            {name: whole_labels(need.median), f"{name}_lo": whole_labels(need.lo), f"{name}_hi": whole_labels(need.hi)}
+        )
+    return metrics
+
+
+def predicted_score_metrics(median: float, lo: float, hi: float) -> dict[str, float]:
+    """``predicted_score``, ``predicted_score_lo``, ``predicted_score_hi`` of one budget."""
+    metrics = dict(zip(PREDICTED_SCORE_METRICS, (float(median), float(lo), float(hi))))
+    FINETUNE.check_metrics(metrics)
+    return metrics
+
+
+def comparison_series(
+    measured: Mapping[int, float], predicted: Mapping[int, Sequence[float]]
+) -> dict[str, dict[int, float]]:
+    """Step metrics of the summary run, step = labels: ``measured_score`` per measured budget and
+    ``predicted_score`` (``_lo``, ``_hi``) per budget predicted before it was measured."""
+    series: dict[str, dict[int, float]] = {MEASURED_SCORE_METRIC: {int(b): float(s) for b, s in measured.items()}}
+    for i, name in enumerate(PREDICTED_SCORE_METRICS):
+        series[name] = {int(b): float(band[i]) for b, band in predicted.items()}
+    SUMMARY.check_metrics(series)
+    return series
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -268,13 +354,29 @@ def bootstrap_run(
 # ----------------------------------------------------------------------------- estimate
 
 
-def needs_rows(prediction: Prediction, targets: Sequence[float]) -> list[dict[str, Any]]:
-    """``labels_needed.json`` rows ``{"target", "labels_needed", "lo", "hi"}`` (labels; ``inf`` = never)."""
-    rows = []
-    for t in targets:
-        need = prediction.need(t)
-        rows.append({"target": target_key(t), "labels_needed": need.median, "lo": need.lo, "hi": need.hi})
-    return rows
+def target_needs(
+    prediction: Prediction, targets: Sequence[float], needs: Mapping[float, LabelsNeeded] | None = None
+) -> dict[float, LabelsNeeded]:
+    """Labels needed per target: from ``needs`` (the assessment's) where given, else the prediction's."""
+    return {t: needs[t] if needs and t in needs else prediction.need(t) for t in targets}
+
+
+def needs_rows(
+    prediction: Prediction, targets: Sequence[float], needs: Mapping[float, LabelsNeeded] | None = None
+) -> list[dict[str, Any]]:
+    """``labels_needed.json`` rows ``{"target", "labels_needed", "lo", "hi"}`` (whole labels; ``inf`` = never).
+
+    From ``needs`` (the assessment the decision was made on) where given, else the prediction.
+    """
+    return [
+        {
+            "target": target_key(t),
+            "labels_needed": whole_labels(need.median),
+            "lo": whole_labels(need.lo),
+            "hi": whole_labels(need.hi),
+        }
+        for t, need in target_needs(prediction, targets, needs).items()
+    ]
 
 
 def prediction_record(prediction: Prediction, targets: Sequence[float]) -> dict[str, Any]:
@@ -304,11 +406,18 @@ def estimate_run(
     coslow: CosLowResult,
     prediction: Prediction,
     targets: Sequence[float],
+    *,
+    needs: Mapping[float, LabelsNeeded] | None = None,
+    needs_from: str | None = None,
+    ended_ms: int | None = None,
 ) -> RunSpec:
     """The estimate run of one CoS-Low result and the prediction made from it.
 
     Metrics ``coslow``, ``coslow_std``, ``coslow_mean``, ``coslow_draw_<i>``, ``predicted_auc``,
-    ``auc_lo``/``auc_hi`` and ``labels_needed_<t>`` (``_lo``, ``_hi``) for each of ``targets``.
+    ``auc_lo``/``auc_hi`` and ``labels_needed_<t>`` (``_lo``, ``_hi``; whole labels) for each of
+    ``targets``: from ``needs`` (the assessment the iteration decided on; ``needs_from`` names its
+    source, tag ``dataeff.labels_needed_from``) where given, else from the prediction. The run spans
+    ``coslow.seconds`` ending at ``ended_ms`` (default: now).
     """
     params = {
         **_lora_params(LoraSettings.from_dict(coslow.lora) if coslow.lora else None),
@@ -335,15 +444,19 @@ def estimate_run(
         "seconds": coslow.seconds,
     }
     metrics.update({f"coslow_draw_{i}": value for i, value in enumerate(coslow.draws)})
-    rows = needs_rows(prediction, targets)
-    for row in rows:
-        name = f"labels_needed_{row['target']}"
-        metrics.update({name: row["labels_needed"], f"{name}_lo": row["lo"], f"{name}_hi": row["hi"]})
+    metrics.update(needs_metrics(target_needs(prediction, targets, needs)))
+    rows = needs_rows(prediction, targets, needs)
+    tags = {
+        **_key_tags(project, model, label_hash),
+        TAG_NEEDS_FROM: needs_from if needs else "prediction",
+        TAG_NOTE: _estimate_note(coslow, prediction, rows),
+    }
     return ESTIMATE.spec(
         {"project": project, "model": model, "label_hash": label_hash, "budget": None},
-        tags={**_key_tags(project, model, label_hash), TAG_NOTE: _estimate_note(coslow, prediction, rows)},
+        tags=tags,
         params=params,
         metrics=metrics,
+        timing=work_span(coslow.seconds, ended_ms),
     )
 
 
@@ -358,8 +471,12 @@ def _estimate_note(coslow: CosLowResult, prediction: Prediction, rows: Sequence[
 # ----------------------------------------------------------------------------- fine-tune
 
 
-def finetune_run(project: str, model: str, label_hash: str, result: FinetuneResult) -> RunSpec:
+def finetune_run(
+    project: str, model: str, label_hash: str, result: FinetuneResult, *, ended_ms: int | None = None
+) -> RunSpec:
     """The fine-tune run of one curve point (``result.budget`` labels; 0 = zero-shot).
+
+    The run spans ``seconds_train + seconds_eval`` ending at ``ended_ms`` (default: now).
 
     Raises:
         DataError: a budget that is not a non-negative int, or a NaN score.
@@ -401,14 +518,27 @@ def finetune_run(project: str, model: str, label_hash: str, result: FinetuneResu
         },
         params=params,
         metrics=metrics,
+        timing=work_span(result.seconds_train + result.seconds_eval, ended_ms),
     )
 
 
 # ----------------------------------------------------------------------------- decision
 
 
-def decision_run(project: str, model: str | None, iteration_key: str, decision: Decision) -> RunSpec:
+def decision_run(
+    project: str,
+    model: str | None,
+    iteration_key: str,
+    decision: Decision,
+    *,
+    needs: Mapping[float, LabelsNeeded] | None = None,
+    needs_from: str | None = None,
+) -> RunSpec:
     """The decision run of one loop iteration, keyed by ``iteration_key`` (the iteration's inputs).
+
+    Metrics ``n_labels`` and, given the assessment's ``needs``, ``labels_needed_<t>`` (``_lo``,
+    ``_hi``; whole labels, the numbers of the iteration's estimate run); tag
+    ``dataeff.labels_needed_from`` = ``needs_from``.
 
     Raises:
         DataError: a decision without an action.
@@ -422,6 +552,7 @@ def decision_run(project: str, model: str | None, iteration_key: str, decision: 
         TAG_ACTION: decision.action,
         TAG_REASON: reason,
         TAG_NOTE: decision.status_text or reason,
+        TAG_NEEDS_FROM: needs_from if needs else None,
     }
     params = {
         "action": decision.action,
@@ -433,7 +564,7 @@ def decision_run(project: str, model: str | None, iteration_key: str, decision: 
         {"project": project, "iteration": str(iteration_key)},
         tags=tags,
         params=params,
-        metrics={"n_labels": decision.n_labels},
+        metrics={"n_labels": decision.n_labels, **needs_metrics(needs or {})},
         action=decision.action,
     )
 

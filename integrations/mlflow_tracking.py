@@ -41,7 +41,7 @@ from mlflow.entities import Run, ViewType
 
 from dataeff.confidence import ConfidenceScore
 from dataeff.coslow import CosLowResult
-from dataeff.efficiency import Prediction
+from dataeff.efficiency import LabelsNeeded, Prediction
 from dataeff.errors import DataError
 from dataeff.finetune import FinetuneResult
 from dataeff.policy import Decision
@@ -180,7 +180,9 @@ class Tracker:
         """Create or get the experiment of ``project``; returns its id.
 
         The experiment is named ``project`` and tagged ``dataeff.project``; ``dataeff.model`` lists
-        the models logged in it (comma-separated, sorted).
+        the models logged in it (comma-separated, sorted); ``mlflow.experimentKind`` =
+        ``custom_model_development`` makes the MLflow UI open it on its runs (model training), not
+        on the GenAI traces page (added to an existing experiment that has no kind yet).
 
         Raises:
             DataError: empty project name. TrackingError: the experiment exists but is deleted.
@@ -190,7 +192,7 @@ class Tracker:
     def _experiment(self, name: str, *, model: str | None = None, purpose: str | None = None) -> str:
         """A project's experiment, or (``purpose`` given) one tagged ``dataeff.purpose`` = ``purpose``."""
         tags = {schema.TAG_PROJECT: name} if purpose is None else {schema.TAG_PURPOSE: purpose}
-        exp_id = self._runs.experiment(name, tags)
+        exp_id = self._runs.experiment(name, tags, ensure_tags=schema.EXPERIMENT_TAGS)
         if model:
             self._runs.add_to_list_tag(exp_id, TAG_MODEL, model)
         return exp_id
@@ -204,6 +206,8 @@ class Tracker:
             params=spec.params,
             metrics=spec.metrics,
             artifacts=artifacts,
+            start_time=spec.start_time,
+            end_time=spec.end_time,
         )
 
     def _kind_runs(self, experiment: str, kind: str, *, model: str | None = None) -> list[Run]:
@@ -271,6 +275,8 @@ class Tracker:
         *,
         figure=None,
         tables: Mapping[str, Sequence[Mapping] | Mapping[str, Sequence]] | None = None,
+        needs: Mapping[float, LabelsNeeded] | None = None,
+        needs_from: str | None = None,
     ) -> LoggedRun:
         """Log one CoS-Low estimate and the prediction made from it (idempotent on project/model/labels).
 
@@ -283,19 +289,27 @@ class Tracker:
             targets: normalised targets whose labels needed are logged (``labels_needed_<t>``).
             figure: optional matplotlib Figure of the predicted curve -> ``predicted_curve.png``.
             tables: optional extra tables ``{name: rows}`` -> ``tables/<name>.json``.
+            needs: labels needed per target of the assessment the loop decided on (posterior once the
+                zero-shot is measured); ``labels_needed_<t>`` (``_lo``, ``_hi``) and
+                ``labels_needed.json`` come from it, rounded up to whole labels (else from ``prediction``).
+            needs_from: where ``needs`` come from (``"posterior"``, ``"prediction"``) -> tag
+                ``dataeff.labels_needed_from``.
 
         Returns:
             LoggedRun. Artifacts: ``estimate.json`` (``coslow_result`` = ``coslow.as_dict()`` and
-            ``prediction`` = :func:`~integrations.mlflow_schema.prediction_record`, redacted),
-            ``labels_needed.json`` (table target -> labels needed, interval), the figure and extra tables.
+            ``prediction`` = :func:`~integrations.mlflow_schema.prediction_record` (the paper's
+            prediction alone, unrounded), redacted), ``labels_needed.json`` (table target -> labels
+            needed, interval), the figure and extra tables. The run spans ``coslow.seconds``.
         """
-        spec = schema.estimate_run(project, model, label_hash, coslow, prediction, targets)
+        spec = schema.estimate_run(
+            project, model, label_hash, coslow, prediction, targets, needs=needs, needs_from=needs_from
+        )
         exp_id = self._experiment(project, model=model)
         record = {
             "coslow_result": coslow.as_dict(),
             "prediction": schema.prediction_record(prediction, targets),
         }
-        rows = schema.needs_rows(prediction, targets)
+        rows = schema.needs_rows(prediction, targets, needs)
 
         def artifacts(run_id: str) -> None:
             self._runs.log_json(run_id, record, schema.ESTIMATE_JSON)
@@ -349,6 +363,9 @@ class Tracker:
             adapter_dir: optional folder from peft ``save_pretrained``; logged under ``adapter/``
                 (text files redacted on the way). Defaults to ``result.adapter_dir`` when that
                 folder exists.
+
+        The run spans ``seconds_train + seconds_eval`` (ending when it is logged), so MLflow's
+        duration is the fine-tune's. :meth:`log_predicted` adds the predicted score later.
         """
         spec = schema.finetune_run(project, model, label_hash, result)
         if adapter_dir is None and result.adapter_dir and Path(result.adapter_dir).is_dir():
@@ -378,6 +395,16 @@ class Tracker:
                 points[budget] = float(run.data.metrics["score"])
         return dict(sorted(points.items()))
 
+    @guarded
+    def log_predicted(self, run_id: str, median: float, lo: float, hi: float) -> dict[str, float]:
+        """Add the score predicted for a fine-tune's budget to its (finished) run: ``predicted_score``,
+        ``predicted_score_lo``, ``predicted_score_hi``, beside the measured ``score``.
+
+        Idempotent: metrics the run already has are kept (the first prediction stays). Returns the
+        metrics written now (``{}`` when the run had them).
+        """
+        return self._runs.add_metrics(run_id, schema.predicted_score_metrics(median, lo, hi))
+
     # ------------------------------------------------------------------ decision
 
     @guarded
@@ -389,6 +416,8 @@ class Tracker:
         *,
         model: str | None = None,
         summary: Mapping[str, Any] | None = None,
+        needs: Mapping[float, LabelsNeeded] | None = None,
+        needs_from: str | None = None,
     ) -> LoggedRun:
         """Log the decision of one loop iteration (idempotent on project/iteration_key).
 
@@ -397,12 +426,15 @@ class Tracker:
                 same key never makes a second run.
             decision: the policy's decision.
             summary: the iteration's summary, stored beside the decision in ``decision.json``.
+            needs: labels needed per target of the assessment the decision was made on ->
+                ``labels_needed_<t>`` (``_lo``, ``_hi``), whole labels, as on the estimate run.
+            needs_from: where ``needs`` come from -> tag ``dataeff.labels_needed_from``.
 
         Tags ``dataeff.action`` and ``dataeff.reason``; params ``action``, ``n_labels``, ``budget``;
         metric ``n_labels``; artifacts ``decision.txt`` (reason + status text) and ``decision.json``;
         the status text is also the run's description.
         """
-        spec = schema.decision_run(project, model, iteration_key, decision)
+        spec = schema.decision_run(project, model, iteration_key, decision, needs=needs, needs_from=needs_from)
         exp_id = self._experiment(project, model=model)
 
         def artifacts(run_id: str) -> None:
@@ -501,19 +533,34 @@ class Tracker:
         return None if run_id is None else self._runs.read_json(run_id, CURSOR_ARTIFACT)
 
     @guarded
-    def update_comparison(self, project: str, figure, table_rows: Sequence[Mapping]) -> str:
+    def update_comparison(
+        self,
+        project: str,
+        figure,
+        table_rows: Sequence[Mapping],
+        *,
+        measured: Mapping[int, float] | None = None,
+        predicted: Mapping[int, Sequence[float]] | None = None,
+    ) -> str:
         """Replace the project's predicted-vs-actual comparison on its summary run.
 
         Args:
             figure: matplotlib Figure (e.g. from ``dataeff.plots.plot_curve``) -> ``comparison/curve.png``.
             table_rows: rows such as ``{"budget", "predicted", "lo", "hi", "actual"}`` ->
                 ``comparison/table.csv`` and ``comparison/table.json`` (columns = union of keys, in order).
+            measured: ``{labels: score}`` measured -> step metric ``measured_score`` (step = labels).
+            predicted: ``{labels: (median, lo, hi)}`` predicted for a budget before it was measured ->
+                step metrics ``predicted_score``, ``predicted_score_lo``, ``predicted_score_hi``.
+                With ``measured``, MLflow's chart view (x axis: step) draws estimate vs actual.
+                Each step is written once (a changed value gets a newer entry at its step).
 
         Returns:
             The summary run id (the same for every call on a project).
         """
         rows = [dict(r) for r in table_rows]
         run_id = self._summary_run(project, create=True)
+        if measured or predicted:
+            self._runs.log_step_metrics(run_id, schema.comparison_series(measured or {}, predicted or {}))
         self._client.log_figure(run_id, figure, COMPARISON_FIGURE)
         self._runs.log_text(run_id, csv_text(rows), COMPARISON_TABLE_CSV)
         self._runs.log_json(run_id, {"rows": rows}, COMPARISON_TABLE_JSON)
@@ -711,9 +758,20 @@ class ProjectTracker:
         *,
         figure=None,
         tables: Mapping[str, Sequence[Mapping] | Mapping[str, Sequence]] | None = None,
+        needs: Mapping[float, LabelsNeeded] | None = None,
+        needs_from: str | None = None,
     ) -> LoggedRun:
         return self.tracker.log_estimate(
-            self.project, self.model, label_hash, coslow, prediction, targets, figure=figure, tables=tables
+            self.project,
+            self.model,
+            label_hash,
+            coslow,
+            prediction,
+            targets,
+            figure=figure,
+            tables=tables,
+            needs=needs,
+            needs_from=needs_from,
         )
 
     def log_finetune(
@@ -724,10 +782,27 @@ class ProjectTracker:
     def finetuned_budgets(self) -> dict[int, float]:
         return self.tracker.finetuned_budgets(self.project, self.model)
 
+    def log_predicted(self, run_id: str, median: float, lo: float, hi: float) -> dict[str, float]:
+        return self.tracker.log_predicted(run_id, median, lo, hi)
+
     def log_decision(
-        self, iteration_key: str, decision: Decision, summary: Mapping[str, Any] | None = None
+        self,
+        iteration_key: str,
+        decision: Decision,
+        summary: Mapping[str, Any] | None = None,
+        *,
+        needs: Mapping[float, LabelsNeeded] | None = None,
+        needs_from: str | None = None,
     ) -> LoggedRun:
-        return self.tracker.log_decision(self.project, iteration_key, decision, model=self.model, summary=summary)
+        return self.tracker.log_decision(
+            self.project,
+            iteration_key,
+            decision,
+            model=self.model,
+            summary=summary,
+            needs=needs,
+            needs_from=needs_from,
+        )
 
     def read_cursor(self) -> dict | None:
         return self.tracker.read_cursor(self.project)
@@ -735,8 +810,15 @@ class ProjectTracker:
     def log_cursor(self, cursor: Mapping) -> str:
         return self.tracker.log_cursor(self.project, cursor)
 
-    def update_comparison(self, figure, table_rows: Sequence[Mapping]) -> str:
-        return self.tracker.update_comparison(self.project, figure, table_rows)
+    def update_comparison(
+        self,
+        figure,
+        table_rows: Sequence[Mapping],
+        *,
+        measured: Mapping[int, float] | None = None,
+        predicted: Mapping[int, Sequence[float]] | None = None,
+    ) -> str:
+        return self.tracker.update_comparison(self.project, figure, table_rows, measured=measured, predicted=predicted)
 
     def list_runs(self, kind: str | None = None, *, include_unfinished: bool = False) -> list[dict]:
         return self.tracker.list_runs(self.project, kind, include_unfinished=include_unfinished)

@@ -40,12 +40,61 @@ def test_full_iteration_end_to_end_and_idempotent_rerun(flow_project):
     second = loop_iteration(cfg.name, home=str(home))
     assert "10" in second["measured"] and second["assessment"]["source"] == "posterior"
     assert 0 <= second["measured"]["10"] <= 1
+    _check_what_an_ml_lead_sees(cfg, first, second)
 
     runs_before = _run_count(cfg)
     third = loop_iteration(cfg.name, home=str(home))  # same labels: nothing new anywhere
     assert third["new_runs"] == 0 and third["finetuned_now"] == []
     assert _run_count(cfg) == runs_before
     assert third["decision"] == second["decision"]
+
+
+def _check_what_an_ml_lead_sees(cfg, first: dict, second: dict) -> None:
+    """The MLflow store after two iterations, read back with MlflowClient (issue 12, MLflow part)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs, not traces
+    runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time"])
+    by_kind: dict[str, list] = {}
+    for run in runs:
+        by_kind.setdefault(run.data.tags["dataeff.kind"], []).append(run)
+
+    # real durations: each fine-tune / estimate run spans the seconds it measured
+    finetunes = {int(r.data.tags["dataeff.budget"]): r for r in by_kind["finetune"]}
+    assert set(finetunes) == {0, 10}
+    estimate = by_kind["estimate"][0]
+    for run in [*finetunes.values(), estimate]:
+        duration_ms = run.info.end_time - run.info.start_time
+        assert abs(duration_ms - run.data.metrics["seconds"] * 1000) <= 5, (run.info.run_name, duration_ms)
+        assert run.data.metrics["seconds"] > 0
+
+    # labels needed: whole labels, the same on the estimate and the decision of the iteration that wrote it
+    needs = {k: v for k, v in estimate.data.metrics.items() if k.startswith("labels_needed_")}
+    assert needs and all(v == math.ceil(v) for v in needs.values())
+    first_decision = by_kind["decision"][0]
+    assert {k: first_decision.data.metrics[k] for k in needs} == needs
+    for t, need in first["assessment"]["labels_needed"].items():
+        if f"labels_needed_{t}" in needs and need["median"] is not None:
+            assert needs[f"labels_needed_{t}"] == need["median"]
+    assert first_decision.data.tags["dataeff.labels_needed_from"] == first["assessment"]["source"]
+
+    # estimate vs actual: the budget-10 run has the score predicted for it before it was measured ...
+    m10 = finetunes[10].data.metrics
+    assert m10["score"] == pytest.approx(second["measured"]["10"])
+    assert 0 <= m10["predicted_score_lo"] <= m10["predicted_score"] <= m10["predicted_score_hi"] <= 1
+    assert "predicted_score" not in finetunes[0].data.metrics  # the zero-shot is the measured anchor
+    # ... and the summary run holds both as step metrics, step = labels (MLflow's chart view draws them)
+    summary = by_kind["summary"][0].info.run_id
+
+    def history(name: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(summary, name)}
+
+    assert history("measured_score") == pytest.approx({int(b): s for b, s in second["measured"].items()})
+    assert history("predicted_score") == pytest.approx({10: m10["predicted_score"]})
+    assert history("predicted_score_lo") == pytest.approx({10: m10["predicted_score_lo"]})
+    assert history("predicted_score_hi") == pytest.approx({10: m10["predicted_score_hi"]})
 
 
 def test_overlapping_runs_of_one_project_wait_for_each_other(prefect_harness):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +25,7 @@ from mlflow import MlflowClient  # noqa: E402
 from dataeff.confidence import ConfidenceScore  # noqa: E402
 from dataeff.coslow import CosLowResult  # noqa: E402
 from dataeff.data import Example  # noqa: E402
-from dataeff.efficiency import Prediction, predict, target_key  # noqa: E402
+from dataeff.efficiency import LabelsNeeded, Prediction, predict, target_key  # noqa: E402
 from dataeff.errors import DataError  # noqa: E402
 from dataeff.finetune import FinetuneResult, FinetuneSettings  # noqa: E402
 from dataeff.iteration import label_set_hash  # noqa: E402
@@ -114,6 +116,14 @@ def _decision(**changes) -> Decision:
         rule="request_more",
     )
     return replace(decision, **changes)
+
+
+def _needs() -> dict[float, LabelsNeeded]:
+    """Labels needed of an assessment (fractional, as the posterior gives them; 0.9 never within the cutoff)."""
+    return {
+        0.8: LabelsNeeded(0.8, 975.8402846441705, 612.2, 1409.01),
+        0.9: LabelsNeeded(0.9, 2300.5, 1500.0, math.inf),
+    }
 
 
 def _figure(points: dict[int, float] | None = None):
@@ -249,11 +259,14 @@ def test_runs_write_only_what_the_schema_declares(mlflow_sqlite_uri, project, ad
     scores = [ConfidenceScore(id="t0", answer="No.", confidence=0.12, perplexity=0.5, n_tokens=3)]
     tracker.log_bootstrap(project, "m", {"lowconf": ["t0"]}, {"pool": 1}, scores, figure=_figure())
     tracker.log_estimate(project, "m", h, _coslow(), _prediction(), TARGETS, figure=_figure(), tables={"t": [{"a": 1}]})
-    tracker.log_finetune(project, "m", h, _finetune(adapter_dir=str(adapter_dir), final_loss=0.5, steps=3))
-    tracker.log_decision(project, "it", _decision(), model="m", summary={})
+    ft = tracker.log_finetune(project, "m", h, _finetune(adapter_dir=str(adapter_dir), final_loss=0.5, steps=3))
+    tracker.log_predicted(ft.run_id, 0.3, 0.2, 0.4)
+    tracker.log_decision(project, "it", _decision(), model="m", summary={}, needs=_needs(), needs_from="posterior")
     tracker.log_calibration(f"fam-{project}", {"coef": 0.5, "intercept": 0.3, "loo_mae": 0.1, "tasks": ["a"]})
     tracker.log_cursor(project, {"x": 1})
-    tracker.update_comparison(project, _figure(), [{"budget": 0, "actual": 0.2}])
+    tracker.update_comparison(
+        project, _figure(), [{"budget": 0, "actual": 0.2}], measured={0: 0.2, 50: 0.3}, predicted={50: (0.3, 0.2, 0.4)}
+    )
     plt.close("all")
 
     client = MlflowClient(mlflow_sqlite_uri)
@@ -301,8 +314,12 @@ def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
     assert m["coslow"] == pytest.approx(0.65) and m["predicted_auc"] == pytest.approx(pred.auc)
     assert (m["auc_lo"], m["auc_hi"]) == pytest.approx((0.58, 0.74))
     assert m["coslow_std"] == pytest.approx(0.02) and m["coslow_draw_2"] == pytest.approx(0.66)
-    assert (m["labels_needed_0.9"], m["labels_needed_0.9_lo"], m["labels_needed_0.9_hi"]) == pytest.approx(
-        (need.median, need.lo, need.hi)
+    # whole labels, rounded up (the prediction's own numbers are fractional)
+    assert need.median != math.ceil(need.median)
+    assert (m["labels_needed_0.9"], m["labels_needed_0.9_lo"], m["labels_needed_0.9_hi"]) == (
+        math.ceil(need.median),
+        math.ceil(need.lo),
+        math.ceil(need.hi),
     )
     assert p["lora_r"] == "8" and p["lora_alpha"] == "16" and p["draws"] == "3" and p["chat_template"] == "True"
     assert p["calibration_family"] == "llama" and float(p["calibration_coef"]) == 0.545
@@ -318,7 +335,7 @@ def test_estimate_is_idempotent_and_read_back(tracker, project, tmp_path):
     assert [row[0] for row in table["data"]] == [target_key(t) for t in TARGETS]
     for row, t in zip(table["data"], TARGETS):
         n = pred.need(t)
-        assert row[1:] == pytest.approx([n.median, n.lo, n.hi])
+        assert row[1:] == [math.ceil(n.median), math.ceil(n.lo), math.ceil(n.hi)]
     png = tracker.download_artifact(first.run_id, "predicted_curve.png", tmp_path).read_bytes()
     assert png.startswith(PNG_MAGIC)
     assert tracker.download_artifact(first.run_id, "tables/per_draw.json", tmp_path).exists()
@@ -556,3 +573,114 @@ def test_no_secret_reaches_mlflow_or_logs(store_uri, project, adapter_dir, tmp_p
     assert "***" in blob  # redaction happened (the values were there to leak)
     for secret in (s_track, s_key, s_uri, s_reg):
         assert secret not in blob, f"{secret.split('-')[0]} leaked"
+
+
+# --------------------------------------------------------------------------- what an ML lead sees in the UI
+
+
+def test_runs_written_after_the_work_span_its_real_duration(tracker, project):
+    """A fine-tune (12.5 s) and a CoS-Low estimate (4 s) logged afterwards show their real durations."""
+    client = MlflowClient(tracker.tracking_uri)
+    ft = tracker.log_finetune(project, "m", label_set_hash(_labels()), _finetune(50, 0.31))
+    est = tracker.log_estimate(project, "m", label_set_hash(_labels()), _coslow(seconds=4.0), _prediction(), TARGETS)
+    for run_id, seconds in ((ft.run_id, 12.5), (est.run_id, 4.0)):
+        info = client.get_run(run_id).info
+        assert info.status == "FINISHED"
+        assert abs((info.end_time - info.start_time) - seconds * 1000) <= 5, (info.start_time, info.end_time)
+    run = client.get_run(ft.run_id)
+    assert run.data.metrics["seconds"] == 12.5
+    # the run ends when it was logged, i.e. it started seconds before
+    assert abs(run.info.end_time - time.time() * 1000) < 120_000
+
+
+def test_experiments_open_in_the_model_training_view(tracker, project):
+    """MLflow 3's experiment type tag: ``custom_model_development`` (runs), not GenAI traces."""
+    client = MlflowClient(tracker.tracking_uri)
+    exp_id = tracker.experiment_for(project, "m")
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    study = tracker.study_experiment(f"study-{project}")
+    assert client.get_experiment(study).tags["mlflow.experimentKind"] == "custom_model_development"
+    tracker.log_calibration(f"fam-{project}", {"coef": 0.5, "intercept": 0.3})
+    cal = client.get_experiment_by_name(tracker.calibration_experiment)
+    assert cal.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # an experiment made before (no kind) gets it; a kind chosen in the UI is kept
+    old, chosen = f"old-{project}", f"chosen-{project}"
+    client.create_experiment(old)
+    client.set_experiment_tag(client.create_experiment(chosen), "mlflow.experimentKind", "genai_development")
+    fresh = Tracker(tracker.tracking_uri)
+    assert client.get_experiment(fresh.experiment_for(old)).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    assert client.get_experiment(fresh.experiment_for(chosen)).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_labels_needed_are_whole_and_the_same_on_estimate_and_decision(tracker, project):
+    client = MlflowClient(tracker.tracking_uri)
+    h = label_set_hash(_labels())
+    needs = _needs()
+    est = tracker.log_estimate(project, "m", h, _coslow(), _prediction(), TARGETS, needs=needs, needs_from="posterior")
+    dec = tracker.log_decision(project, "it-1", _decision(), model="m", needs=needs, needs_from="posterior")
+    e, d = client.get_run(est.run_id), client.get_run(dec.run_id)
+    names = [f"labels_needed_{t}{s}" for t in ("0.8", "0.9") for s in ("", "_lo", "_hi")]
+    got_e = {n: e.data.metrics[n] for n in names}
+    got_d = {n: d.data.metrics[n] for n in names}
+    assert got_e == got_d
+    assert (got_e["labels_needed_0.8"], got_e["labels_needed_0.8_lo"], got_e["labels_needed_0.8_hi"]) == (
+        976,
+        613,
+        1410,
+    )
+    assert got_e["labels_needed_0.9"] == 2301 and got_e["labels_needed_0.9_lo"] == 1500
+    assert got_e["labels_needed_0.9_hi"] > 1e300  # never within the cutoff: MLflow stores inf as the float max
+    assert e.data.tags["dataeff.labels_needed_from"] == d.data.tags["dataeff.labels_needed_from"] == "posterior"
+    assert "target 0.8: 976 labels (613-1410)" in e.data.tags["mlflow.note.content"]
+    # without an assessment the estimate still rounds the prediction's numbers
+    other = tracker.log_estimate(project, "m", label_set_hash(_labels(flip=1)), _coslow(), _prediction(), TARGETS)
+    m = client.get_run(other.run_id).data.metrics
+    assert m["labels_needed_0.8"] == math.ceil(_prediction().need(0.8).median)
+    assert client.get_run(other.run_id).data.tags["dataeff.labels_needed_from"] == "prediction"
+
+
+def test_estimate_vs_actual_on_finetune_runs_and_as_summary_step_metrics(tracker, project):
+    client = MlflowClient(tracker.tracking_uri)
+    runs = {
+        b: tracker.log_finetune(project, "m", label_set_hash(_labels(max(b, 1))), _finetune(b, s)).run_id
+        for b, s in ((0, 0.12), (50, 0.31), (100, 0.42))
+    }
+    assert tracker.log_predicted(runs[50], 0.28, 0.2, 0.36) == {
+        "predicted_score": 0.28,
+        "predicted_score_lo": 0.2,
+        "predicted_score_hi": 0.36,
+    }
+    assert tracker.log_predicted(runs[50], 0.5, 0.4, 0.6) == {}  # idempotent: the first prediction stays
+    tracker.for_project(project, "m").log_predicted(runs[100], 0.45, 0.35, 0.52)
+    m50 = client.get_run(runs[50]).data.metrics
+    assert (m50["score"], m50["predicted_score"], m50["predicted_score_lo"], m50["predicted_score_hi"]) == (
+        pytest.approx(0.31),
+        pytest.approx(0.28),
+        pytest.approx(0.2),
+        pytest.approx(0.36),
+    )
+    assert client.get_run(runs[50]).info.status == "FINISHED"
+
+    measured = {0: 0.12, 50: 0.31}
+    predicted = {50: (0.28, 0.2, 0.36)}
+    run_id = tracker.update_comparison(project, _figure(), [], measured=measured, predicted=predicted)
+    measured[100], predicted[100] = 0.42, (0.45, 0.35, 0.52)
+    assert tracker.update_comparison(project, _figure(), [], measured=measured, predicted=predicted) == run_id
+    assert tracker.update_comparison(project, _figure(), [], measured=measured, predicted=predicted) == run_id
+    plt.close("all")
+
+    def history(name: str) -> list[tuple[int, float]]:
+        return sorted((m.step, round(m.value, 6)) for m in client.get_metric_history(run_id, name))
+
+    assert history("measured_score") == [(0, 0.12), (50, 0.31), (100, 0.42)]  # each step once
+    assert history("predicted_score") == [(50, 0.28), (100, 0.45)]
+    assert history("predicted_score_lo") == [(50, 0.2), (100, 0.35)]
+    assert history("predicted_score_hi") == [(50, 0.36), (100, 0.52)]
+    # a budget re-measured on new labels: a newer value at its step
+    tracker.update_comparison(project, _figure(), [], measured={100: 0.44})
+    plt.close("all")
+    assert history("measured_score") == [(0, 0.12), (50, 0.31), (100, 0.42), (100, 0.44)]
+    assert client.get_run(run_id).data.metrics["measured_score"] == pytest.approx(0.44)
