@@ -36,6 +36,7 @@ class StudyFit:
     correlations: dict = field(default_factory=dict)
     note: str = ""
     labels_check: dict = field(default_factory=dict)
+    learners: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -44,6 +45,7 @@ class StudyFit:
             "correlations": self.correlations,
             "note": self.note,
             "labels_check": self.labels_check,
+            "learners": self.learners,
         }
 
 
@@ -143,7 +145,44 @@ def fit_study(
         )
     except DataError as exc:
         return StudyFit(None, rows, corr, f"fit skipped: {exc}")
-    return StudyFit(cal, rows, corr, labels_check=loo_labels_needed(results, settings.cutoff))
+    fit = StudyFit(cal, rows, corr, labels_check=loo_labels_needed(results, settings.cutoff))
+    fit.learners = learners_fit(results, settings.cutoff)
+    return fit
+
+
+#: A task "learns" when its best fine-tuned mean beats the majority-class score by at least this.
+MIN_GAIN_OVER_MAJORITY = 0.05
+
+
+def gain_over_majority(r: TaskResult) -> float | None:
+    """Best fine-tuned mean score minus the majority-class score (``None`` without either)."""
+    tuned = [v for b, v in r.means().items() if b > 0]
+    return None if not tuned or r.majority is None else max(tuned) - r.majority
+
+
+def learners_fit(results: Sequence[TaskResult], cutoff: int) -> dict:
+    """The same fit on the tasks that learn beyond the majority class (a curve that only learns the
+    answer format says little about data efficiency): ``{"tasks", "n", "coef", "intercept", "loo_mae",
+    "baseline_loo_mae", "pearson", "spearman"}``, or ``{"tasks", "n"}`` when fewer than
+    ``MIN_FIT_TASKS`` such tasks."""
+    keep = {r.task for r in results if (gain_over_majority(r) or 0.0) >= MIN_GAIN_OVER_MAJORITY}
+    rows = [row for row in fit_rows(results, "low") if row[0] in keep]
+    out: dict = {"tasks": [r[0] for r in rows], "n": len(rows), "min_gain": MIN_GAIN_OVER_MAJORITY}
+    if len(rows) < MIN_FIT_TASKS:
+        return out
+    try:
+        cal = fit_calibration(rows, "learners", fit_kind="lora", max_budget=cutoff)
+    except DataError:
+        return out
+    c = _correlation(rows)
+    return out | {
+        "coef": cal.coef,
+        "intercept": cal.intercept,
+        "loo_mae": cal.loo_mae,
+        "baseline_loo_mae": cal.baseline_loo_mae,
+        "pearson": c["pearson"],
+        "spearman": c["spearman"],
+    }
 
 
 # --------------------------------------------------------------------------- markdown
@@ -168,10 +207,8 @@ def _labels(n: float) -> str:
 def _gain(r: TaskResult) -> str:
     """Best mean fine-tuned score minus the majority-class score: what the model learned beyond
     answering the commonest label (near 0 or below: a format-learning curve)."""
-    tuned = [v for b, v in r.means().items() if b > 0]
-    if not tuned or r.majority is None:
-        return "–"
-    return f"{max(tuned) - r.majority:+.3f}"
+    gain = gain_over_majority(r)
+    return "–" if gain is None else f"{gain:+.3f}"
 
 
 def render_markdown(
@@ -261,6 +298,19 @@ def render_markdown(
             f"Spearman {_num(c.get('spearman'))}"
         )
     lines.append(f"- N = {settings.cutoff}; ceiling = max(human score, best mean score)")
+    learn = fit.learners or {}
+    if learn.get("loo_mae") is not None:
+        lines.append(
+            f"- on the {learn['n']} tasks that learn beyond the majority class (best − majority ≥ {learn['min_gain']:.2f}: "
+            f"{', '.join(learn['tasks'])}): AUC = {learn['coef']:.3f} × CoS-Low + {learn['intercept']:.3f}, "
+            f"leave-one-task-out MAE {learn['loo_mae']:.3f} vs {learn['baseline_loo_mae']:.3f} predicting the mean, "
+            f"Pearson {_num(learn['pearson'])}, Spearman {_num(learn['spearman'])}"
+        )
+    elif learn:
+        lines.append(
+            f"- only {learn['n']} task(s) learn beyond the majority class (best − majority ≥ {learn['min_gain']:.2f}): "
+            "too few for a separate fit"
+        )
     check = fit.labels_check or {}
     if check.get("n_tasks"):
         med = check["median_error"]

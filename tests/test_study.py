@@ -204,6 +204,13 @@ def test_fit_and_markdown():
     loo = fit_calibration([(r.task, r.coslow_low["mean"], r.auc) for r in results[1:]], "x", max_budget=200)
     assert half["auc_calibration"] == pytest.approx(loo.coef * 0.2 + loo.intercept)
     assert "The answer in labels, leave one task out" in md and "| a | 50% |" in md
+    # best 0.5 vs majority 0.55: no task learns beyond the majority class, so no separate fit
+    assert fit.learners["n"] == 0 and "too few for a separate fit" in md and "| -0.050 |" in md
+    learners = [_result(t, c, a) for t, c, a in (("e", 0.2, 0.5), ("f", 0.4, 0.3), ("g", 0.6, 0.2))]
+    for r in learners:
+        r.majority = 0.3  # best 0.5: +0.2
+    both = fit_study(results + learners, "tiny", settings)
+    assert both.learners["tasks"] == ["e", "f", "g"] and both.learners["pearson"] < -0.9
     few = fit_study(results[:2], "tiny", settings)
     assert few.calibration is None and "fit skipped" in few.note
     assert "fit skipped" in render_markdown(results[:2], settings, few)
