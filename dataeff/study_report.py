@@ -139,7 +139,7 @@ def fit_study(
             family,
             source=source or f"dataeff study {settings.study_name}",
             fit_kind="lora",
-            dtype=settings.dtype,
+            dtype=(provenance or {}).get("dtype") or settings.dtype,  # the resolved dtype the study ran in
             provenance=dict(provenance or {}),
             max_budget=settings.cutoff,
         )

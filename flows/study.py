@@ -686,9 +686,9 @@ def run_study(
     }
 
 
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 """Version of the summary (fit, report, calibration fields): a new one refits a finished study's summary
-(2: the calibration records its N, the report the best - majority column)."""
+(2: the calibration records its N, the report the best - majority column; 3: the resolved dtype)."""
 
 
 def _json(obj) -> str:
