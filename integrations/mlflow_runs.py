@@ -37,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run, ViewType
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
@@ -51,6 +51,8 @@ TAG_RUN_KEY = "dataeff.run_key"
 TAG_ABANDONED_BY = "dataeff.abandoned_by"
 TAG_HOST = "dataeff.host"
 TAG_PID = "dataeff.pid"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow nests a run under this one in the run list
+TAG_DATASET_CONTEXT = "mlflow.data.context"  # MLflow's dataset-input tag: training / eval / ...
 
 _UNFINISHED = ("RUNNING", "SCHEDULED")
 NO_VALUES: Mapping[str, Any] = MappingProxyType({})
@@ -75,6 +77,25 @@ class LoggedRun:
     run_id: str
     run_key: str
     created: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetRef:
+    """One dataset a run used, logged as an MLflow dataset input (the run's "Datasets used").
+
+    Attributes:
+        name: shown in MLflow (e.g. ``"intents-train"``).
+        digest: identifies the exact rows, e.g. dataeff's label-set hash (MLflow shows it beside the name).
+        context: MLflow's ``mlflow.data.context`` tag (``training``, ``eval``, ``low-confidence``).
+        rows: number of rows (the dataset's profile).
+        source: where the rows live, e.g. the Label Studio project's URL (never a token).
+    """
+
+    name: str
+    digest: str
+    context: str
+    rows: int
+    source: str = ""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -383,6 +404,36 @@ class RunStore:
             self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
         return len(metrics)
 
+    def log_timed_metrics(self, run_id: str, samples: Sequence[tuple[str, float, int, int]]) -> int:
+        """Log ``(name, value, timestamp_ms, step)`` samples with their own timestamps (e.g. system
+        metrics sampled while the run's work ran); non-numbers and NaN left out. Returns the count."""
+        metrics = [
+            Metric(redact_text(str(name)), x, int(ts), int(step))
+            for name, value, ts, step in samples
+            if (x := finite(value)) is not None
+        ]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
+        return len(metrics)
+
+    def log_datasets(self, run_id: str, datasets: Sequence[DatasetRef]) -> None:
+        """Log dataset inputs (``mlflow.data``): name, digest, rows and source, tagged with their context."""
+        inputs = [
+            DatasetInput(
+                Dataset(
+                    name=redact_text(d.name),
+                    digest=d.digest[:36],
+                    source_type="http" if d.source.startswith("http") else "code",
+                    source=json.dumps({"url": redact_text(d.source)} if d.source else {}),
+                    profile=json.dumps({"num_rows": int(d.rows)}),
+                ),
+                tags=[InputTag(TAG_DATASET_CONTEXT, d.context)],
+            )
+            for d in datasets
+        ]
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
+
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Set tags on an existing run (redacted, length-capped)."""
         for k, v in tags.items():
@@ -400,6 +451,7 @@ class RunStore:
         artifacts: Callable[[str], None] | None = None,
         start_time: int | None = None,
         end_time: int | None = None,
+        parent: Callable[[], str | None] | None = None,
     ) -> LoggedRun:
         """Write a FINISHED run keyed by ``key`` unless one exists (see the module docstring).
 
@@ -407,14 +459,18 @@ class RunStore:
         and is re-raised. Tags ``dataeff.run_key``, ``dataeff.host`` and ``dataeff.pid`` are added.
         ``start_time``/``end_time`` (epoch ms) date a run written after the work it records, so
         that MLflow shows the work's real duration (defaults: when the run is created / finished;
-        a FAILED run ends when it failed).
+        a FAILED run ends when it failed). ``parent()`` is called only when a run is written and
+        gives the run to nest it under (tag ``mlflow.parentRunId``; ``None``: not nested), so a
+        parent that exists only for its children is created only when a child is.
         """
         existing = self.keyed(experiment_id, key)
         finished = [r for r in existing if r.info.status == "FINISHED"]
         if finished:
             logger.info("run %s (%s) already logged: %s", run_name, key[:12], finished[0].info.run_id)
             return LoggedRun(finished[0].info.run_id, key, created=False)
-        run_id = self.create(experiment_id, run_name, self._writer_tags(tags, key), start_time=start_time)
+        parent_id = parent() if parent is not None else None
+        run_tags = {**tags, TAG_PARENT: parent_id} if parent_id else tags
+        run_id = self.create(experiment_id, run_name, self._writer_tags(run_tags, key), start_time=start_time)
         for old in (r for r in existing if r.info.status in _UNFINISHED):  # left by a process that died
             self.client.set_tag(old.info.run_id, TAG_ABANDONED_BY, run_id)
             self.terminate(old.info.run_id, "FAILED")

@@ -224,6 +224,7 @@ FINETUNE = RunKind(
         "train_loss",
         "steps",
         *PREDICTED_SCORE_METRICS,  # added by the loop once the assessment is made (Tracker.log_predicted)
+        "system/*",  # sampled during the fine-tune (integrations.mlflow_system), step = sample
     ),
     artifacts=(FINETUNE_JSON, f"{FINETUNE_ADAPTER}/*"),
 )
@@ -251,7 +252,17 @@ SUMMARY = RunKind(
     artifacts=(CURSOR_ARTIFACT, COMPARISON_FIGURE, COMPARISON_TABLE_CSV, COMPARISON_TABLE_JSON),
 )
 
-RUN_KINDS: tuple[RunKind, ...] = (BOOTSTRAP, ESTIMATE, FINETUNE, DECISION, CALIBRATION, SUMMARY)
+ITERATION = RunKind(
+    "iteration",
+    key_fields=("project", "iteration"),
+    run_name="iteration-{labeled}-labels",
+    params=("iteration", "labeled"),
+    metrics=("labeled", "train", "eval", "lowconf", "new_runs", "requested", "n_labels"),
+)
+"""The parent of one loop iteration's estimate, fine-tune and decision runs (``mlflow.parentRunId``);
+written only when the iteration writes a child, so a re-run that changes nothing writes nothing."""
+
+RUN_KINDS: tuple[RunKind, ...] = (BOOTSTRAP, ESTIMATE, FINETUNE, DECISION, CALIBRATION, SUMMARY, ITERATION)
 """Every kind of run in a project's (or the calibrations') experiment."""
 KINDS = tuple(kind.name for kind in RUN_KINDS)
 KIND_BY_NAME = {kind.name: kind for kind in RUN_KINDS}
@@ -320,6 +331,34 @@ def comparison_series(
         series[name] = {int(b): float(band[i]) for b, band in predicted.items()}
     SUMMARY.check_metrics(series)
     return series
+
+
+# ----------------------------------------------------------------------------- iteration
+
+
+def iteration_run(project: str, model: str | None, iteration_key: str, labeled: int) -> RunSpec:
+    """The parent run of one loop iteration, keyed by ``iteration_key`` (its labels and settings)."""
+    return ITERATION.spec(
+        {"project": project, "iteration": iteration_key},
+        tags={TAG_PROJECT: project, TAG_MODEL: model, TAG_ITERATION: iteration_key},
+        params={"iteration": iteration_key, "labeled": int(labeled)},
+        metrics={},
+        labeled=int(labeled),
+    )
+
+
+ITERATION_METRICS = ITERATION.metrics
+"""The counts an iteration's summary gives its parent run when it ends."""
+
+
+def iteration_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The parent run's metrics from a loop iteration's summary (the counts it has; others left out)."""
+    metrics = {k: summary[k] for k in ITERATION_METRICS if isinstance(summary.get(k), (int, float))}
+    n_labels = (summary.get("decision") or {}).get("n_labels") if isinstance(summary.get("decision"), Mapping) else None
+    if isinstance(n_labels, (int, float)):
+        metrics["n_labels"] = n_labels
+    ITERATION.check_metrics(metrics)
+    return {k: float(v) for k, v in metrics.items()}
 
 
 # ----------------------------------------------------------------------------- bootstrap

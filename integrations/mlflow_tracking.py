@@ -50,6 +50,7 @@ from integrations.mlflow_runs import (
     NO_VALUES,
     TAG_ABANDONED_BY,
     TAG_RUN_KEY,
+    DatasetRef,
     LoggedRun,
     RunStore,
     TrackingError,
@@ -72,12 +73,14 @@ from integrations.mlflow_schema import (
     TAG_NOTE,
     RunSpec,
 )
+from integrations.mlflow_system import Sample
 from integrations.secrets import RedactingFilter, redact_text, register_secret, uri_password
 
 __all__ = [
     "CALIBRATION_EXPERIMENT",
     "COMPARISON_FIGURE",
     "KINDS",
+    "DatasetRef",
     "TAG_ABANDONED_BY",
     "TAG_RUN_KEY",
     "LoggedRun",
@@ -104,6 +107,35 @@ def _run_record(run: Run) -> dict:
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),
     }
+
+
+class _IterationParent:
+    """The parent run of one loop iteration, created on the first call (when a child run is written).
+
+    Passed as ``parent`` to :meth:`RunStore.log_run`. A FINISHED parent with the same key (the
+    iteration ran before and a child was only now written, e.g. after an MLflow outage) is reused
+    as it is; an unfinished one is resumed.
+    """
+
+    def __init__(self, runs: RunStore, experiment_id: str, spec: RunSpec) -> None:
+        self._runs, self._experiment_id, self._spec = runs, experiment_id, spec
+        self.run_id: str | None = None
+        self._state: str | None = None
+
+    def __call__(self) -> str:
+        if self.run_id is None:
+            s = self._spec
+            self.run_id, self._state = self._runs.start(
+                self._experiment_id, key=s.key, run_name=s.run_name, tags=s.tags, params=s.params
+            )
+        return self.run_id
+
+    def finish(self, metrics: Mapping[str, Any], status: str) -> str | None:
+        """End the parent (if one was created and is not already FINISHED) with ``metrics``; its id or ``None``."""
+        if self.run_id is not None and self._state != "finished":
+            self._runs.log_values(self.run_id, metrics=metrics)
+            self._runs.terminate(self.run_id, status)
+        return self.run_id
 
 
 class Tracker:
@@ -146,6 +178,7 @@ class Tracker:
         self._runs = RunStore(
             self._client, self.display_uri, self._default_artifact_root(tracking_uri, artifact_location)
         )
+        self._iterations: dict[str, _IterationParent] = {}
 
     @classmethod
     def local(cls, directory: str | os.PathLike) -> Tracker:
@@ -197,7 +230,9 @@ class Tracker:
             self._runs.add_to_list_tag(exp_id, TAG_MODEL, model)
         return exp_id
 
-    def _write(self, experiment_id: str, spec: RunSpec, artifacts=None) -> LoggedRun:
+    def _write(self, experiment_id: str, spec: RunSpec, artifacts=None, *, project: str | None = None) -> LoggedRun:
+        """Write ``spec`` (keyed); nested under ``project``'s current iteration, if one is begun."""
+        parent = self._iterations.get(project) if project is not None else None
         return self._runs.log_run(
             experiment_id,
             key=spec.key,
@@ -208,7 +243,33 @@ class Tracker:
             artifacts=artifacts,
             start_time=spec.start_time,
             end_time=spec.end_time,
+            parent=parent,
         )
+
+    # ------------------------------------------------------------------ iteration (parent runs)
+
+    @guarded
+    def begin_iteration(self, project: str, model: str, iteration_key: str, labeled: int) -> None:
+        """Nest ``project``'s estimate, fine-tune and decision runs written from now on under one
+        parent run of kind ``iteration`` (keyed by ``iteration_key``), created with the first of them.
+
+        Until :meth:`end_iteration`; a second call replaces the first (which is ended first).
+        """
+        if project in self._iterations:
+            self.end_iteration(project)
+        exp_id = self._experiment(project, model=model)
+        spec = schema.iteration_run(project, model, iteration_key, labeled)
+        self._iterations[project] = _IterationParent(self._runs, exp_id, spec)
+
+    @guarded
+    def end_iteration(
+        self, project: str, metrics: Mapping[str, Any] = NO_VALUES, status: str = "FINISHED"
+    ) -> str | None:
+        """End ``project``'s iteration: its parent run (if a child was written) gets ``metrics``
+        (:func:`~integrations.mlflow_schema.iteration_metrics`) and ``status``. Returns the parent's
+        id, or ``None`` when no child was written (or no iteration was begun)."""
+        parent = self._iterations.pop(project, None)
+        return parent.finish(metrics, status) if parent is not None else None
 
     def _kind_runs(self, experiment: str, kind: str, *, model: str | None = None) -> list[Run]:
         """FINISHED runs of ``kind`` (of ``model`` when given), newest first."""
@@ -277,6 +338,7 @@ class Tracker:
         tables: Mapping[str, Sequence[Mapping] | Mapping[str, Sequence]] | None = None,
         needs: Mapping[float, LabelsNeeded] | None = None,
         needs_from: str | None = None,
+        datasets: Sequence[DatasetRef] = (),
     ) -> LoggedRun:
         """Log one CoS-Low estimate and the prediction made from it (idempotent on project/model/labels).
 
@@ -294,6 +356,7 @@ class Tracker:
                 ``labels_needed.json`` come from it, rounded up to whole labels (else from ``prediction``).
             needs_from: where ``needs`` come from (``"posterior"``, ``"prediction"``) -> tag
                 ``dataeff.labels_needed_from``.
+            datasets: dataset inputs of the run (the low-confidence batch), ``mlflow.data``.
 
         Returns:
             LoggedRun. Artifacts: ``estimate.json`` (``coslow_result`` = ``coslow.as_dict()`` and
@@ -319,8 +382,9 @@ class Tracker:
                 self._client.log_figure(run_id, figure, schema.ESTIMATE_FIGURE)
             for name, table in (tables or {}).items():
                 self._runs.log_table(run_id, table, f"tables/{safe_name(str(name))}.json", name)
+            self._runs.log_datasets(run_id, datasets)
 
-        return self._write(exp_id, spec, artifacts)
+        return self._write(exp_id, spec, artifacts, project=project)
 
     @guarded
     def latest_estimate(self, project: str, model: str) -> dict | None:
@@ -354,6 +418,9 @@ class Tracker:
         label_hash: str,
         result: FinetuneResult,
         adapter_dir: str | os.PathLike | None = None,
+        *,
+        datasets: Sequence[DatasetRef] = (),
+        system: Sequence[Sample] = (),
     ) -> LoggedRun:
         """Log a LoRA fine-tune at ``result.budget`` labels (idempotent on project/model/labels/budget).
 
@@ -363,6 +430,9 @@ class Tracker:
             adapter_dir: optional folder from peft ``save_pretrained``; logged under ``adapter/``
                 (text files redacted on the way). Defaults to ``result.adapter_dir`` when that
                 folder exists.
+            datasets: dataset inputs (training subset, eval split), ``mlflow.data``.
+            system: system metrics sampled during the fine-tune
+                (:class:`~integrations.mlflow_system.SystemSampler`), logged with their timestamps.
 
         The run spans ``seconds_train + seconds_eval`` (ending when it is logged), so MLflow's
         duration is the fine-tune's. :meth:`log_predicted` adds the predicted score later.
@@ -382,8 +452,10 @@ class Tracker:
                     shutil.copytree(adapter_dir, staged)
                     redact_text_files(staged)
                     self._client.log_artifacts(run_id, str(staged), schema.FINETUNE_ADAPTER)
+            self._runs.log_datasets(run_id, datasets)
+            self._runs.log_timed_metrics(run_id, [(s.name, s.value, s.timestamp, s.step) for s in system])
 
-        return self._write(exp_id, spec, artifacts)
+        return self._write(exp_id, spec, artifacts, project=project)
 
     @guarded
     def finetuned_budgets(self, project: str, model: str) -> dict[int, float]:
@@ -441,7 +513,7 @@ class Tracker:
             self._runs.log_text(run_id, schema.decision_text(decision), schema.DECISION_TEXT)
             self._runs.log_json(run_id, schema.decision_record(decision, summary), schema.DECISION_JSON)
 
-        return self._write(exp_id, spec, artifacts)
+        return self._write(exp_id, spec, artifacts, project=project)
 
     # ------------------------------------------------------------------ calibration
 
@@ -760,6 +832,7 @@ class ProjectTracker:
         tables: Mapping[str, Sequence[Mapping] | Mapping[str, Sequence]] | None = None,
         needs: Mapping[float, LabelsNeeded] | None = None,
         needs_from: str | None = None,
+        datasets: Sequence[DatasetRef] = (),
     ) -> LoggedRun:
         return self.tracker.log_estimate(
             self.project,
@@ -772,12 +845,27 @@ class ProjectTracker:
             tables=tables,
             needs=needs,
             needs_from=needs_from,
+            datasets=datasets,
         )
 
     def log_finetune(
-        self, label_hash: str, result: FinetuneResult, adapter_dir: str | os.PathLike | None = None
+        self,
+        label_hash: str,
+        result: FinetuneResult,
+        adapter_dir: str | os.PathLike | None = None,
+        *,
+        datasets: Sequence[DatasetRef] = (),
+        system: Sequence[Sample] = (),
     ) -> LoggedRun:
-        return self.tracker.log_finetune(self.project, self.model, label_hash, result, adapter_dir)
+        return self.tracker.log_finetune(
+            self.project, self.model, label_hash, result, adapter_dir, datasets=datasets, system=system
+        )
+
+    def begin_iteration(self, iteration_key: str, labeled: int) -> None:
+        self.tracker.begin_iteration(self.project, self.model, iteration_key, labeled)
+
+    def end_iteration(self, metrics: Mapping[str, Any] = NO_VALUES, status: str = "FINISHED") -> str | None:
+        return self.tracker.end_iteration(self.project, metrics, status)
 
     def finetuned_budgets(self) -> dict[int, float]:
         return self.tracker.finetuned_budgets(self.project, self.model)

@@ -684,3 +684,81 @@ def test_estimate_vs_actual_on_finetune_runs_and_as_summary_step_metrics(tracker
     plt.close("all")
     assert history("measured_score") == [(0, 0.12), (50, 0.31), (100, 0.42), (100, 0.44)]
     assert client.get_run(run_id).data.metrics["measured_score"] == pytest.approx(0.44)
+
+
+def test_iteration_parent_nests_new_runs_with_dataset_inputs_and_system_metrics(tracker, project):
+    """One parent run per iteration, created only when a child is written; children carry
+    ``mlflow.parentRunId``, their dataset inputs (context, digest, rows) and sampled system metrics."""
+    from integrations.mlflow_runs import DatasetRef
+    from integrations.mlflow_system import SystemSampler
+
+    client = MlflowClient(tracker.tracking_uri)
+    runs = tracker.for_project(project, "m")
+    train, evals, low = _labels(50), _labels(20, flip=3), _labels(32, flip=5)
+    source = "http://localhost:8080/projects/7"
+    datasets = [
+        DatasetRef(f"{project}-train", label_set_hash(train), "training", len(train), source),
+        DatasetRef(f"{project}-eval", label_set_hash(evals), "eval", len(evals), source),
+    ]
+    with SystemSampler(interval=0.05) as sampler:
+        time.sleep(0.2)
+    assert len({s.step for s in sampler.samples}) >= 3
+    assert {"system/cpu_utilization_percentage", "system/process_memory_rss_megabytes"} <= {
+        s.name for s in sampler.samples
+    }
+
+    runs.begin_iteration("labels-a", labeled=102)
+    ft = runs.log_finetune(label_set_hash(train + evals), _finetune(50), datasets=datasets, system=sampler.samples)
+    est = runs.log_estimate(
+        label_set_hash(low),
+        _coslow(),
+        _prediction(),
+        TARGETS,
+        datasets=[DatasetRef(f"{project}-low", label_set_hash(low), "low-confidence", 32, source)],
+    )
+    dec = runs.log_decision("labels-a-decision", _decision())
+    parent_id = runs.end_iteration({"labeled": 102, "new_runs": 3})
+    assert parent_id is not None
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dataeff.kind"] == "iteration"
+    assert parent.data.metrics["new_runs"] == 3 and parent.data.params["labeled"] == "102"
+    for child in (ft, est, dec):
+        assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent_id
+
+    inputs = client.get_run(ft.run_id).inputs.dataset_inputs
+    got = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): (i.dataset.name, i.dataset.digest)
+        for i in inputs
+    }
+    assert got == {
+        "training": (f"{project}-train", label_set_hash(train)[:36]),
+        "eval": (f"{project}-eval", label_set_hash(evals)[:36]),
+    }
+    assert json.loads(inputs[0].dataset.profile) in ({"num_rows": 50}, {"num_rows": 20})
+    assert json.loads(inputs[0].dataset.source) == {"url": source}
+    est_inputs = client.get_run(est.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in est_inputs] == [f"{project}-low"]
+
+    cpu = client.get_metric_history(ft.run_id, "system/cpu_utilization_percentage")
+    sampled = [s for s in sampler.samples if s.name == "system/cpu_utilization_percentage"]
+    assert sorted((m.step, m.timestamp) for m in cpu) == sorted((s.step, s.timestamp) for s in sampled)
+
+    # the same iteration again: nothing new, so no second parent
+    runs.begin_iteration("labels-a", labeled=102)
+    assert runs.log_finetune(label_set_hash(train + evals), _finetune(50), datasets=datasets).created is False
+    assert runs.end_iteration({"labeled": 102}) is None
+    exp = client.get_experiment_by_name(project)
+    parents = client.search_runs([exp.experiment_id], "tags.`dataeff.kind` = 'iteration'")
+    assert [r.info.run_id for r in parents] == [parent_id]
+    # a failed iteration that wrote a child leaves a FAILED parent, resumed by the next try
+    runs.begin_iteration("labels-b", labeled=103)
+    child = runs.log_finetune(label_set_hash(_labels(51) + evals), _finetune(100))
+    failed = runs.end_iteration(status="FAILED")
+    assert client.get_run(failed).info.status == "FAILED"
+    runs.begin_iteration("labels-b", labeled=103)
+    again = runs.log_decision("labels-b-decision", _decision())
+    assert runs.end_iteration() == failed
+    assert client.get_run(failed).info.status == "FINISHED"
+    assert client.get_run(again.run_id).data.tags["mlflow.parentRunId"] == failed
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == failed
