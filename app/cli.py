@@ -427,6 +427,12 @@ def cmd_calibrate_family(args) -> int:
     return _flows_cli().calibrate_family(args)
 
 
+def cmd_ml_backend(args) -> int:
+    from app.ml_backend import run  # FastAPI + the project's services, imported only when this command runs
+
+    return run(args)
+
+
 def cmd_bench(args) -> int:
     from benchmarks.__main__ import main as bench_main
 
@@ -663,6 +669,73 @@ def _service_commands(add) -> None:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--postgres", action="store_true", help="use Postgres on 127.0.0.1:5432 instead of SQLite")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for /health on start")
+
+
+ML_BACKEND_EPILOG = """\
+connect it in Label Studio (the backend must be running first):
+  UI:  project -> Settings -> Model -> Connect Model: a title, Backend URL http://127.0.0.1:9090
+       (the --url Label Studio reaches it at), "Interactive preannotations" off -> Validate and Save
+  API: dataeff ml-backend --project tickets --port 9090 --connect
+  Label Studio then adds the project webhook <url>/webhook for all actions by itself.
+  Label Studio 1.23 refuses backends and webhooks on local/private addresses unless it runs with
+  ML_BLOCK_LOCAL_IP=false SSRF_PROTECTION_ENABLED=false (`dataeff label-studio start` sets both).
+
+endpoints (the protocol of label-studio-ml-backend):
+  GET  /health, /   {"status": "UP", "model_class": ...}; Label Studio checks it (1 s timeout)
+  POST /setup       {"model_version": ...} of the current predictor: the latest fine-tuned adapter the
+                    loop saved, or the base model; the model page shows it
+  POST /predict     one prediction per task in the project's label config ("Retrieve Predictions" in the
+                    Data Manager, or live when the project's model version is this backend's title);
+                    an empty result where the pre-annotation rules withhold the answer (not a valid
+                    label, a one-label guesser, a model measured below the accuracy threshold)
+  POST /webhook     ANNOTATION_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_DELETED and START_TRAINING
+                    ("Start Training" on the model page) only SCHEDULE an early loop run and answer at
+                    once; bursts are coalesced (at most one pending run); other actions are ignored
+  POST /train       the same as START_TRAINING;  GET /versions: the current model version
+
+early runs (--early-runs auto): a flow run of the deployment dataeff-loop/loop-PROJECT when
+`dataeff serve` serves it on the configured Prefect API (PREFECT_API_URL), else one `loop_iteration`
+in a child process; the project's lock keeps them from overlapping other iterations.
+Polling stays the source of truth: every iteration reconciles all labels in Label Studio, so a lost
+webhook only delays a change to the next scheduled run, and deletions (which no webhook can replay)
+are found the same way. Keep `dataeff serve` (or cron `dataeff loop`) running beside the backend.
+"""
+
+
+class _RawEpilogDefaultsFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the options' help, the epilog as written."""
+
+
+def _ml_backend_command(add) -> None:
+    """Label Studio's ML-backend protocol for one project (predictions + webhooks that start early loop runs)."""
+    p = add(
+        "ml-backend",
+        cmd_ml_backend,
+        "serve a project's model to Label Studio as an ML backend: predictions, and webhooks that start loop runs early",
+        epilog=ML_BACKEND_EPILOG,
+    )
+    p.formatter_class = _RawEpilogDefaultsFormatter
+    p.add_argument("--project", required=True, help="dataeff project name (from `dataeff project create`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, required=True, help="port to listen on, e.g. 9090")
+    p.add_argument(
+        "--url",
+        default=None,
+        help="URL Label Studio reaches the backend at, for --connect and the printed summary (None: http://HOST:PORT)",
+    )
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="once serving, connect the backend to the project through Label Studio's API (idempotent)",
+    )
+    p.add_argument("--title", default="dataeff", help="the backend's name on Label Studio's model page (--connect)")
+    p.add_argument(
+        "--early-runs",
+        choices=["auto", "deployment", "local", "off"],
+        default="auto",
+        help="how a webhook starts an early loop run: auto = the Prefect deployment when served, else a child "
+        "process; off = acknowledge webhooks only",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -903,6 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--seed", type=int, default=0)
 
     _project_commands(add)
+    _ml_backend_command(add)
     _service_commands(add)
 
     p = add("bench", cmd_bench, "speed/memory benchmarks vs the naive reference algorithm (see docs/benchmarks.md)")

@@ -17,9 +17,14 @@ the model is not known to be poor:
    one class: nothing is pushed. Measured on the SNIPS intents demo: all 677 valid answers were
    ``add_to_playlist`` and agreed with the annotators on 14% of items.
 3. **No known-poor model**. When the model's accuracy is known (e.g. zero-shot on a labeled eval
-   split) and below :attr:`PrelabelSettings.min_accuracy`, nothing is pushed.
+   split, or a fine-tune's score at its budget) and below :attr:`PrelabelSettings.min_accuracy`,
+   nothing is pushed, and pre-annotations of that model already pushed (the bootstrap's, made
+   before the zero-shot score was known) are withdrawn (:func:`poor_versions`).
 
-Pure: no service is called; the caller (``flows/bootstrap.py``) pushes and logs.
+When a fine-tuned adapter becomes the best model, the loop re-scores the queue with it once
+(:func:`plan_switch`).
+
+Pure: no service is called; the callers (``flows/bootstrap.py``, ``flows/predictions.py``) push and log.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from dataeff.errors import DataError
 from dataeff.metrics import normalize_answer
@@ -138,6 +143,30 @@ def strict_label(generation: str | None, labels: Sequence[str]) -> str | None:
     return normed[chosen]
 
 
+def settings_from(overrides: Mapping[str, object] | None) -> PrelabelSettings:
+    """:class:`PrelabelSettings` with a project's overrides (``ProjectConfig.prelabel``).
+
+    Raises:
+        DataError: an unknown key (the known ones are named) or a value out of range.
+    """
+    known = {f.name for f in fields(PrelabelSettings)}
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise DataError(f"pre-annotation settings: unknown keys {unknown}; known: {sorted(known)}")
+    return PrelabelSettings(**dict(overrides or {}))  # type: ignore[arg-type]
+
+
+def accuracy_withheld(accuracy: float | None, settings: PrelabelSettings) -> str | None:
+    """Rule 3 alone: the reason to withhold every pre-annotation of a model whose measured accuracy is
+    below :attr:`PrelabelSettings.min_accuracy`, or ``None`` (passes, or not measured)."""
+    if accuracy is None or accuracy >= settings.min_accuracy:
+        return None
+    return (
+        f"the model's measured accuracy {accuracy:.0%} is below {settings.min_accuracy:.0%}: "
+        "its pre-selected labels would mislead annotators more often than help"
+    )
+
+
 def judge(
     answers: Sequence[str], n_labels: int | None, settings: PrelabelSettings, accuracy: float | None = None
 ) -> tuple[bool, str]:
@@ -151,11 +180,9 @@ def judge(
     """
     if not answers:
         return False, "the model gave no answer that names exactly one label"
-    if accuracy is not None and accuracy < settings.min_accuracy:
-        return False, (
-            f"the model's measured accuracy {accuracy:.0%} is below {settings.min_accuracy:.0%}: "
-            "its pre-selected labels would mislead annotators more often than help"
-        )
+    poor = accuracy_withheld(accuracy, settings)
+    if poor is not None:
+        return False, poor
     if n_labels is not None and n_labels >= settings.min_labels and len(answers) >= settings.min_answers:
         top, count = Counter(answers).most_common(1)[0]
         share = count / len(answers)
@@ -214,4 +241,104 @@ def plan_prelabels(
     )
 
 
-__all__ = ["PrelabelPlan", "PrelabelSettings", "judge", "plan_prelabels", "strict_label"]
+KEEP, RESCORE = "keep", "rescore"
+"""Actions of :class:`SwitchPlan`."""
+
+
+@dataclass(frozen=True)
+class SwitchPlan:
+    """Whether to re-score the annotation queue with the current model.
+
+    Attributes:
+        action: :data:`KEEP` (score and write nothing) or :data:`RESCORE` (score the queue with the
+            current model and push what the rules allow under its model version, which becomes the
+            project's).
+        reason: one sentence for the log and the iteration summary.
+        withheld: the current model's answers are withheld by the rules (its measured accuracy, or
+            an earlier judgement on the queue such as a degenerate guesser).
+    """
+
+    action: str
+    reason: str
+    withheld: bool = False
+
+
+def plan_switch(
+    new_version: str,
+    new_accuracy: float | None,
+    shown_version: str,
+    settings: PrelabelSettings,
+    *,
+    decided: str | None = None,
+    decided_withheld: bool = True,
+    ours: bool = True,
+) -> SwitchPlan:
+    """Whether the loop re-scores the annotation queue with the current model (one judgement per model).
+
+    Label Studio pre-annotates with the predictions of the project's model version, so pushing
+    a new model's answers under its own version and making it the project's replaces what
+    annotators see. In order:
+
+    1. A version dataeff did not set (``ours`` false: the team chose another model in Label
+       Studio) is left as it is.
+    2. A model measured below :attr:`PrelabelSettings.min_accuracy` is not run: withheld.
+    3. The project already shows ``new_version``: nothing to do.
+    4. The model was judged on the queue before (``decided``; e.g. the rules found a degenerate
+       guesser, ``decided_withheld``): not run again.
+    5. Otherwise re-score.
+
+    Pre-annotations already shown stay unless their own model is known to be poor
+    (:func:`poor_versions`).
+
+    Args:
+        new_version: model version of the current model.
+        new_accuracy: its measured accuracy (``None``: not measured).
+        shown_version: the project's model version now (``""``: none).
+        settings: thresholds (:attr:`PrelabelSettings.min_accuracy`).
+        decided: the recorded outcome of an earlier judgement of ``new_version`` on the queue.
+        decided_withheld: that judgement withheld the answers.
+        ours: ``shown_version`` is empty or one that dataeff set.
+    """
+    if not ours:
+        return SwitchPlan(KEEP, f"the project shows model version {shown_version!r}, not set by dataeff; left as it is")
+    poor = accuracy_withheld(new_accuracy, settings)
+    if poor is not None:
+        return SwitchPlan(KEEP, poor, withheld=True)
+    if new_version == shown_version:
+        return SwitchPlan(KEEP, f"the project already shows the pre-annotations of {new_version}")
+    if decided is not None:
+        return SwitchPlan(KEEP, decided, withheld=decided_withheld)
+    return SwitchPlan(RESCORE, f"re-scoring the queue with {new_version}")
+
+
+def poor_versions(accuracy_of: Mapping[str, float | None], settings: PrelabelSettings) -> dict[str, str]:
+    """The model versions whose pre-annotations are to be withdrawn: ``{version: reason}`` for each
+    version whose model's measured accuracy is below :attr:`PrelabelSettings.min_accuracy` (e.g. the
+    base model's answers pushed at bootstrap, once its zero-shot score is known).
+
+    Args:
+        accuracy_of: ``{model version: measured accuracy or None (unknown: kept)}``.
+        settings: thresholds.
+    """
+    out = {}
+    for version, accuracy in accuracy_of.items():
+        reason = accuracy_withheld(accuracy, settings)
+        if reason is not None:
+            out[version] = reason
+    return out
+
+
+__all__ = [
+    "KEEP",
+    "RESCORE",
+    "PrelabelPlan",
+    "PrelabelSettings",
+    "SwitchPlan",
+    "accuracy_withheld",
+    "judge",
+    "plan_prelabels",
+    "plan_switch",
+    "poor_versions",
+    "settings_from",
+    "strict_label",
+]

@@ -60,6 +60,11 @@ class ProjectConfig:
         label_studio_project_id: filled in by ``project create``.
         finetune: overrides of :class:`dataeff.finetune.FinetuneSettings` for the loop's fine-tunes.
         fixed_eval_ids: ids of a held-out split given already labeled (else the team labels ``eval_size`` items).
+        prelabel: overrides of :class:`dataeff.prelabel.PrelabelSettings` (e.g. ``{"min_accuracy": 0.6}``)
+            for the pre-annotations shown to annotators.
+        rescore_max_items: when a new fine-tuned adapter is the best model, the loop re-scores at most
+            this many unlabeled items at the top of the annotation queue with it and pre-annotates them
+            (default 1000, batched); 0 disables re-scoring.
     """
 
     name: str
@@ -88,6 +93,8 @@ class ProjectConfig:
     label_studio_project_id: int | None = None
     finetune: dict = field(default_factory=dict)
     fixed_eval_ids: list[str] = field(default_factory=list)
+    prelabel: dict = field(default_factory=dict)
+    rescore_max_items: int = 1000
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -103,6 +110,10 @@ class ProjectConfig:
         for t in (*self.targets, self.primary_target):
             if not 0 < t < 1:
                 raise DataError(f"project {self.name}: target {t} must be in (0, 1) (a share of the achievable gain)")
+        if self.rescore_max_items < 0:
+            raise DataError(
+                f"project {self.name}: rescore_max_items must be >= 0 (0 disables), got {self.rescore_max_items}"
+            )
         if any(b > self.max_budget for b in self.budgets):
             raise DataError(f"project {self.name}: budgets {self.budgets} go above the cut-off {self.max_budget}")
 

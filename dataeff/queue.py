@@ -33,3 +33,12 @@ def priorities(ids: Sequence[str], base: float) -> Mapping[str, float]:
 def requested_order(priority_of: Mapping[str, float]) -> list[str]:
     """Ids with a priority above :data:`UNREQUESTED`, in the order annotators label them."""
     return [i for i, p in sorted(priority_of.items(), key=lambda kv: -kv[1]) if p > UNREQUESTED]
+
+
+def queue_order(items: Mapping[str, tuple[float, int]]) -> list[str]:
+    """Every id in the order annotators meet it: priority descending, then Label Studio's task id.
+
+    Args:
+        items: ``{id: (priority, task id)}``; a missing priority counts as :data:`UNREQUESTED`.
+    """
+    return sorted(items, key=lambda i: (-float(items[i][0] or UNREQUESTED), int(items[i][1])))

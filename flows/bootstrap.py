@@ -23,16 +23,18 @@ from pathlib import Path
 
 from prefect import flow, task
 
+from dataeff.adapters import base_model_version
 from dataeff.bounds import RejectedItem, split_by_token_bounds
 from dataeff.confidence import ConfidenceScore, score_confidence, select_low_confidence
 from dataeff.data import Example
 from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, ROLE_TOO_LONG, choose_eval_split
 from dataeff.plots import plot_confidence
-from dataeff.prelabel import PrelabelPlan, plan_prelabels
+from dataeff.prelabel import PrelabelPlan, plan_prelabels, settings_from
 from dataeff.project import ProjectConfig
 from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities
-from flows.loop import RETRY, _logger
-from flows.services import Services, get_model, open_services
+from flows.loop import _logger
+from flows.predictions import write_record
+from flows.services import RETRY, Services, get_model, open_services
 
 
 @task(name="read-pool", persist_result=False, **RETRY)
@@ -76,7 +78,7 @@ def queue(svc: Services, roles: dict, answers: dict[str, tuple[str, float]]) -> 
         {**priorities(roles[ROLE_LOWCONF], LOWCONF_PRIORITY), **priorities(roles[ROLE_EVAL], EVAL_PRIORITY)},
     )
     if answers:
-        svc.ls.push_predictions(svc.project_id, answers, model_version=f"dataeff-{cfg.model}")
+        svc.ls.push_predictions(svc.project_id, answers, model_version=base_model_version(cfg.model))
     svc.ls.set_status(svc.project_id, bootstrap_status(len(roles[ROLE_LOWCONF]), len(roles[ROLE_EVAL])))
 
 
@@ -92,7 +94,11 @@ def bootstrap_status(n_lowconf: int, n_eval: int) -> str:
 def _pre_annotations(cfg: ProjectConfig, scores: list[ConfidenceScore]) -> PrelabelPlan:
     """The model's answers to push as pre-annotations (score = its confidence), by the rules of
     :mod:`dataeff.prelabel`: exact labels only, none from a degenerate guesser."""
-    return plan_prelabels(((s.id, s.answer, s.confidence) for s in scores), cfg.task.labels or None)
+    return plan_prelabels(
+        ((s.id, s.answer, s.confidence) for s in scores),
+        cfg.task.labels or None,
+        settings_from(getattr(cfg, "prelabel", None)),
+    )
 
 
 def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
@@ -142,13 +148,22 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
         )
         svc.runs.log_bootstrap(roles, stats, scores, figure=figure)
         plan = _pre_annotations(cfg, scores)
-        answers = dict(plan.answers)
+        # the eval split is labeled blind: a pre-ticked model answer there would bias the very labels
+        # the model's scores are measured against
+        eval_ids = set(evals)
+        answers = {i: a for i, a in plan.answers.items() if i not in eval_ids}
         prelabel = plan.reason
+        if len(answers) < len(plan.answers):
+            prelabel += f"; none on the {len(plan.answers) - len(answers):,} eval items (labeled blind)"
         if plan.push:
             logger.info("%s: pre-annotations: %s", cfg.name, plan.reason)
         else:
             logger.warning("%s: no pre-annotations: %s", cfg.name, plan.reason)
     queue(svc, roles, answers)
+    if prelabel is not None:  # the base model is judged on the pool once: the loop does not score it again
+        write_record(
+            cfg.name, {"model_version": base_model_version(cfg.model), "pushed": len(answers), "reason": prelabel}
+        )
     out = {
         "project": cfg.name,
         "lowconf": len(roles[ROLE_LOWCONF]),

@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import TypedDict
 
 from prefect import flow, get_run_logger, task
 
+from dataeff import adapters
 from dataeff.assess import Assessment
 from dataeff.calibration import Calibration, dtype_warning, get_calibration
 from dataeff.coslow import CosLowResult, compute_coslow
@@ -41,28 +41,15 @@ from dataeff.queue import priorities
 from dataeff.step import StepInputs, StepSettings, plan_request, settings_for, step
 from flows import pending
 from flows.locks import project_slot
-from flows.services import Services, get_model, open_services, retry_on_unavailable, retry_tracking
+from flows.predictions import refresh_prelabels
+from flows.services import LOG_RETRY, RETRY, Services, get_model, open_services
 from integrations.label_studio import Cursor, PullResult
+from integrations.mlflow_runs import DatasetRef
+from integrations.mlflow_schema import iteration_metrics
+from integrations.mlflow_system import Sample, SystemSampler, samples_from
 from integrations.mlflow_tracking import LoggedRun
 
 log = logging.getLogger(__name__)
-
-
-class RetryOptions(TypedDict):
-    """Retry keywords of Prefect's ``@task`` (typed, so that ``@task(**RETRY)`` matches Prefect's signature)."""
-
-    retries: int
-    retry_delay_seconds: list[float]
-    retry_condition_fn: Callable[..., bool]
-
-
-RETRY = RetryOptions(retries=3, retry_delay_seconds=[1, 2, 4], retry_condition_fn=retry_on_unavailable)
-"""Label Studio calls (and quick reads): service blips, seconds."""
-LOG_RETRY = RetryOptions(
-    retries=8, retry_delay_seconds=[5, 10, 20, 40, 60, 120, 120, 120], retry_condition_fn=retry_tracking
-)
-"""Logging a finished result to MLflow: rides out an outage of ~8 minutes, saying so at each try;
-the result is kept on disk meanwhile (:mod:`flows.pending`), so even a longer outage loses nothing."""
 
 
 def _logger():
@@ -105,27 +92,31 @@ def estimate(svc: Services, sets: LabeledSets) -> CosLowResult:
     if stored is not None:
         return stored
     loaded = get_model(cfg.model)
-    res = compute_coslow(
-        loaded,
-        sets.lowconf,
-        lora=LoraSettings(),
-        seed=cfg.seed,
-        draws=cfg.coslow_draws,
-        chat_template=cfg.chat_template,
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        max_answer_tokens=cfg.max_answer_tokens,
-    )
+    with adapters.model_lock(loaded):  # CoS-Low attaches its own adapters to the shared model
+        res = compute_coslow(
+            loaded,
+            sets.lowconf,
+            lora=LoraSettings(),
+            seed=cfg.seed,
+            draws=cfg.coslow_draws,
+            chat_template=cfg.chat_template,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            max_answer_tokens=cfg.max_answer_tokens,
+        )
     for item in res.skipped:
         _logger().warning("%s: CoS-Low left out %s: %s", cfg.name, item["id"], item["reason"])
     return res
 
 
 @task(name="finetune", persist_result=False)
-def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> FinetuneResult:
+def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> tuple[FinetuneResult, list[Sample]]:
     """LoRA fine-tune on the first ``budget`` training labels (budget 0: zero-shot), scored on the eval split.
 
-    The result is kept on disk before anything is logged; a kept result for the same labels and
-    budget (MLflow was down last time) is returned without training again.
+    The adapter is saved under ``<home>/projects/<name>/adapters/<train_hash>-b<budget>/``
+    (:mod:`dataeff.adapters`; older ones of smaller budgets are deleted) and named in
+    ``result.adapter_dir``. The result is kept on disk before anything is logged; a kept result for
+    the same labels and budget (MLflow was down last time) is returned without training again.
+    Returns the result and the system metrics sampled while it ran (kept with it).
     """
     cfg = svc.config
     path = pending.pending_path(cfg.name, "finetune", _train_hash(cfg, sets, budget), budget)
@@ -137,27 +128,53 @@ def finetune_budget(svc: Services, sets: LabeledSets, budget: int) -> FinetuneRe
             cfg.name,
             budget,
         )
-        return FinetuneResult.from_dict(kept)
+        if "result" not in kept:  # kept by an older version: the result alone
+            return FinetuneResult.from_dict(kept), []
+        return FinetuneResult.from_dict(kept["result"]), samples_from(kept.get("system"))
     loaded = get_model(cfg.model)
     settings = FinetuneSettings.from_dict({"seed": cfg.seed, "chat_template": cfg.chat_template, **cfg.finetune})
-    result = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings)
-    pending.keep(path, result.as_dict())
-    return result
+    train_hash = _train_hash(cfg, sets, budget)
+    root, name = adapters.adapters_root(cfg.name), adapters.adapter_name(train_hash, budget)
+    with adapters.staging(root, name, enabled=budget > 0) as staged:
+        with adapters.model_lock(loaded), SystemSampler() as sampler:
+            result = run_finetune(loaded, sets.train, sets.eval, cfg.task, budget, settings, adapter_dir=staged)
+        if staged is not None:  # kept for pre-annotations (flows/predictions.py); only the largest budget's stays
+            result.adapter_dir = adapters.keep_adapter(staged, cfg.model, train_hash, result, cfg.task.metric)
+    pending.keep(path, {"result": result.as_dict(), "system": [x.as_dict() for x in sampler.samples]})
+    return result, sampler.samples
+
+
+def _datasets(svc: Services, **parts: tuple[str, Sequence]) -> list[DatasetRef]:
+    """MLflow dataset inputs: ``name=(context, examples)`` -> ``<project>-<name>``, digest = label-set hash,
+    source = the Label Studio project's page."""
+    cfg = svc.config
+    source = f"{cfg.label_studio_url.rstrip('/')}/projects/{cfg.label_studio_project_id}"
+    return [
+        DatasetRef(f"{cfg.name}-{name}", label_set_hash(list(rows)), context, len(rows), source)
+        for name, (context, rows) in parts.items()
+    ]
 
 
 @task(name="log-finetune", persist_result=False, **LOG_RETRY)
-def log_finetune(svc: Services, sets: LabeledSets, result: FinetuneResult) -> str:
-    """Log a measured fine-tune to MLflow (retried through an outage), then forget the kept copy; returns the run id."""
-    train_hash = _train_hash(svc.config, sets, result.budget)
-    run = svc.runs.log_finetune(train_hash, result)
+def log_finetune(svc: Services, sets: LabeledSets, result: FinetuneResult, system: Sequence[Sample] = ()) -> str:
+    """Log a measured fine-tune to MLflow (retried through an outage), then forget the kept copy; returns the run id.
+
+    The run gets its dataset inputs (training subset, eval split) and the sampled system metrics.
+    """
+    cfg = svc.config
+    train_hash = _train_hash(cfg, sets, result.budget)
+    datasets = _datasets(
+        svc, train=("training", nested_subset(sets.train, result.budget, cfg.seed)), eval=("eval", sets.eval)
+    )
+    run = svc.runs.log_finetune(train_hash, result, datasets=datasets, system=system)
     pending.done(pending.pending_path(svc.config.name, "finetune", train_hash, result.budget))
     return run.run_id
 
 
 def measure_and_log(svc: Services, sets: LabeledSets, budget: int) -> tuple[float, str]:
     """Fine-tune at ``budget`` (or take the kept result) and log it; returns the score and the run id."""
-    result = finetune_budget(svc, sets, budget)
-    run_id = log_finetune(svc, sets, result)
+    result, system = finetune_budget(svc, sets, budget)
+    run_id = log_finetune(svc, sets, result, system)
     return float(result.score), run_id
 
 
@@ -182,6 +199,7 @@ def log_estimate(svc: Services, sets: LabeledSets, coslow: CosLowResult, assessm
         figure=figure,
         needs=assessment.needs,
         needs_from=assessment.source,
+        datasets=_datasets(svc, lowconf=("low-confidence", sets.lowconf)),
     )
     return run.created
 
@@ -248,28 +266,55 @@ def save_cursor(svc: Services, cursor: dict) -> None:
     svc.runs.log_cursor(cursor)
 
 
-def decision_key(pulled: PullResult, measured: dict, settings, cfg: ProjectConfig) -> str:
-    """Key of one decision: the labels, the measured budgets AND everything the decision depends on.
-
-    Changing the label cap, targets, policy or calibration makes a new decision run, so MLflow and
-    Label Studio never disagree about the current decision.
-    """
+def _settings_hash(settings: StepSettings, cfg: ProjectConfig) -> str:
     inputs = json.dumps(
         {"settings": asdict(settings), "calibration": cfg.calibration, "human_score": cfg.human_score},
         sort_keys=True,
         default=str,
     )
-    return "-".join(
-        [
-            label_set_hash(pulled.examples),
-            "-".join(map(str, sorted(measured))) or "none",
-            hashlib.sha256(inputs.encode()).hexdigest()[:10],
-        ]
-    )
+    return hashlib.sha256(inputs.encode()).hexdigest()[:10]
+
+
+def decision_key(pulled: PullResult, measured: dict, settings: StepSettings, cfg: ProjectConfig) -> str:
+    """Key of one decision: the labels, the measured budgets AND everything the decision depends on.
+
+    Changing the label cap, targets, policy or calibration makes a new decision run, so MLflow and
+    Label Studio never disagree about the current decision.
+    """
+    measured_part = "-".join(map(str, sorted(measured))) or "none"
+    return "-".join([label_set_hash(pulled.examples), measured_part, _settings_hash(settings, cfg)])
+
+
+def iteration_key(pulled: PullResult, settings: StepSettings, cfg: ProjectConfig) -> str:
+    """Key of an iteration's parent run in MLflow: its labels and the settings its decision depends on."""
+    return f"{label_set_hash(pulled.examples)}-{_settings_hash(settings, cfg)}"
+
+
+@task(name="end-iteration", persist_result=False, **LOG_RETRY)
+def end_iteration(svc: Services, summary: dict) -> str | None:
+    """Finish the iteration's parent run (when it wrote a child) with the summary's counts."""
+    return svc.runs.end_iteration(iteration_metrics(summary))
 
 
 def run_iteration(svc: Services) -> dict:
-    """One iteration for an opened project (no lock; :func:`loop_iteration` adds it). Returns a summary dict."""
+    """One iteration for an opened project (no lock; :func:`loop_iteration` adds it). Returns a summary dict.
+
+    The MLflow runs it writes (estimate, fine-tunes, decision) are nested under one ``iteration``
+    parent run, created with the first of them; a failed iteration leaves that parent FAILED.
+    """
+    try:
+        summary = _iterate(svc)
+    except BaseException:
+        try:
+            svc.runs.end_iteration(status="FAILED")
+        except Exception as exc:  # noqa: BLE001 - MLflow down too: the original error is the one to raise
+            _logger().warning("%s: could not mark the iteration's MLflow run FAILED: %s", svc.config.name, exc)
+        raise
+    end_iteration(svc, summary)
+    return summary
+
+
+def _iterate(svc: Services) -> dict:
     cfg = svc.config
     logger = _logger()
     roles = svc.runs.read_bootstrap()
@@ -286,6 +331,8 @@ def run_iteration(svc: Services) -> dict:
     sets = partition(list(pulled.examples), role_of)
     labeled_ids = {str(e.id) for e in pulled.examples}
     n_lowconf, n_eval = len(roles.get(ROLE_LOWCONF, [])), len(roles.get(ROLE_EVAL, []))
+    settings = settings_for(cfg, n_lowconf)
+    svc.runs.begin_iteration(iteration_key(pulled, settings, cfg), len(labeled_ids))
     logger.info(
         "%s: %d labeled (%d/%d low-confidence, %d/%d eval, %d train); %d changed, %d deleted",
         cfg.name,
@@ -316,7 +363,6 @@ def run_iteration(svc: Services) -> dict:
         if mismatch:
             warnings.append(mismatch)
             logger.warning("%s: %s", cfg.name, mismatch)
-    settings = settings_for(cfg, n_lowconf)
     inputs = StepInputs(
         labeled=len(sets.train),
         lowconf_total=n_lowconf,
@@ -371,6 +417,8 @@ def run_iteration(svc: Services) -> dict:
     if pulled.cursor.as_dict() != stored_cursor:
         save_cursor(svc, pulled.cursor.as_dict())
     summary["requested"] = len(requested)
+    # pre-annotations from the best model now (re-scored when it changed); never fails the iteration
+    summary["prelabels"] = refresh_prelabels(svc, roles, labeled_ids | {e.dataeff_id for e in pulled.errors})
     summary["new_runs"] = int(estimate_logged) + len(finetuned_now) + int(decision_run.created)
     logger.info("%s: %s — %s", cfg.name, decision.action, decision.reason)
     return summary

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from dataeff.models import LoadedModel, load_model
 from dataeff.project import ProjectConfig
@@ -113,3 +115,20 @@ def _run_logger():
         return get_run_logger()
     except Exception:  # noqa: BLE001 - outside a run context
         return log
+
+
+class RetryOptions(TypedDict):
+    """Retry keywords of Prefect's ``@task`` (typed, so that ``@task(**RETRY)`` matches Prefect's signature)."""
+
+    retries: int
+    retry_delay_seconds: list[float]
+    retry_condition_fn: Callable[..., bool]
+
+
+RETRY = RetryOptions(retries=3, retry_delay_seconds=[1, 2, 4], retry_condition_fn=retry_on_unavailable)
+"""Label Studio calls (and quick reads): service blips, seconds."""
+LOG_RETRY = RetryOptions(
+    retries=8, retry_delay_seconds=[5, 10, 20, 40, 60, 120, 120, 120], retry_condition_fn=retry_tracking
+)
+"""Logging a finished result to MLflow: rides out an outage of ~8 minutes, saying so at each try;
+the result is kept on disk meanwhile (:mod:`flows.pending`), so even a longer outage loses nothing."""

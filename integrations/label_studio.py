@@ -24,7 +24,8 @@ import logging
 import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from xml.sax.saxutils import quoteattr
@@ -717,6 +718,45 @@ class LabelStudioClient:
             lambda: self._sdk.projects.update(id=project_id, model_version=model_version),
         )
         return created
+
+    def _predictions_on(self, project_id: int, exclude: Collection[str]) -> list:
+        """The project's predictions on items other than ``exclude`` (dataeff ids)."""
+        excluded = set(map(str, exclude))
+        skip = {t.task_id for t in self.tasks(project_id) if t.dataeff_id in excluded}
+        found = self._call(
+            f"list the predictions of project {project_id}",
+            lambda: list(self._sdk.predictions.list(project=project_id)),
+        )
+        return [p for p in found if p.task not in skip]
+
+    def prediction_counts(self, project_id: int, exclude: Collection[str] = ()) -> dict[str, int]:
+        """Predictions per ``model_version`` on the project's items other than ``exclude`` (dataeff ids)."""
+        return dict(Counter(str(p.model_version or "") for p in self._predictions_on(project_id, exclude)))
+
+    def delete_predictions(self, project_id: int, model_version: str, exclude: Collection[str] = ()) -> int:
+        """Delete the predictions of ``model_version`` on the project's items other than ``exclude``.
+
+        For withdrawing pre-annotations known to be poor: Label Studio's task view pre-selects a
+        task's first prediction whatever its version when the task has no annotation, so switching
+        the project's ``model_version`` alone does not withdraw them. Annotations are never touched;
+        pass the labeled items as ``exclude`` to keep the predictions made for them. Returns the
+        number deleted (0 when none are left: idempotent).
+        """
+        doomed = [
+            p.id for p in self._predictions_on(project_id, exclude) if str(p.model_version or "") == model_version
+        ]
+        gone = LabelStudioError("already deleted")
+        for pred_id in doomed:
+            try:
+                self._call(
+                    f"delete prediction {pred_id} of project {project_id}",
+                    functools.partial(self._sdk.predictions.delete, id=pred_id),
+                    not_found=gone,
+                )
+            except LabelStudioError as exc:
+                if exc is not gone:
+                    raise
+        return len(doomed)
 
     def project_info(self, project_id: int) -> dict:
         """``{id, title, description, model_version, label_config, expert_instruction,

@@ -326,6 +326,11 @@ class LabelStudioServer:
             )
         else:
             env.pop("DJANGO_DB", None)
+        # This server listens on 127.0.0.1 only. Label Studio 1.23 refuses ML backends (ML_BLOCK_LOCAL_IP) and
+        # webhooks (SSRF_PROTECTION_ENABLED) on loopback/private addresses by default, which would make
+        # `dataeff ml-backend` on this machine impossible to connect; a value set in the environment wins.
+        env.setdefault("ML_BLOCK_LOCAL_IP", "false")
+        env.setdefault("SSRF_PROTECTION_ENABLED", "false")
         return env
 
     # -- lifecycle

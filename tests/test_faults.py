@@ -427,7 +427,9 @@ def test_mlflow_outage_keeps_the_finished_fine_tune_and_logs_it_when_back(flow_p
     # A result measured but never logged (the run died during the outage) is logged, not measured again.
     @flow
     def measure_only(budget: int) -> FinetuneResult:
-        return finetune_budget(svc, sets, budget)
+        result, system = finetune_budget(svc, sets, budget)
+        assert system and all(s.name.startswith("system/") for s in system)
+        return result
 
     kept = measure_only(0)
     assert len(list((home / "pending").rglob("*.json"))) == 1

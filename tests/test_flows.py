@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -95,6 +96,30 @@ def _check_what_an_ml_lead_sees(cfg, first: dict, second: dict) -> None:
     assert history("predicted_score") == pytest.approx({10: m10["predicted_score"]})
     assert history("predicted_score_lo") == pytest.approx({10: m10["predicted_score_lo"]})
     assert history("predicted_score_hi") == pytest.approx({10: m10["predicted_score_hi"]})
+
+    # one parent run per iteration: the estimate, fine-tunes and decision of each nested under it
+    parents = by_kind["iteration"]
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    assert [p.data.metrics["labeled"] for p in parents] == [first["labeled"], second["labeled"]]
+    nested = {
+        pid: sorted(r.data.tags["dataeff.kind"] for r in runs if r.data.tags.get("mlflow.parentRunId") == pid)
+        for pid in (p.info.run_id for p in parents)
+    }
+    assert list(nested.values()) == [["decision", "estimate", "finetune"], ["decision", "finetune"]]
+    # dataset inputs keyed by the label-set hash of exactly the rows used
+    inputs = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+        for i in finetunes[10].inputs.dataset_inputs
+    }
+    assert set(inputs) == {"training", "eval"}
+    assert json.loads(inputs["training"].profile) == {"num_rows": 10}
+    assert inputs["training"].name == f"{cfg.name}-train"
+    low = estimate.inputs.dataset_inputs
+    assert [(i.dataset.name, json.loads(i.dataset.profile)["num_rows"]) for i in low] == [(f"{cfg.name}-lowconf", 4)]
+    # system metrics sampled while the fine-tune ran (before its run was written)
+    cpu = client.get_metric_history(finetunes[10].info.run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 2
+    assert all(m.timestamp <= finetunes[10].info.end_time for m in cpu)
 
 
 def test_overlapping_runs_of_one_project_wait_for_each_other(prefect_harness):

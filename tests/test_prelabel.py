@@ -98,3 +98,75 @@ def test_plan_keeps_exact_answers_with_their_confidence():
 def test_settings_are_checked(kwargs):
     with pytest.raises(DataError):
         PrelabelSettings(**kwargs)
+
+
+# ----------------------------------------------------------------------------- switching the shown model (issue 12)
+def test_settings_from_a_project_override_names_unknown_keys():
+    from dataeff.prelabel import settings_from
+
+    assert settings_from(None) == PrelabelSettings()
+    assert settings_from({"min_accuracy": 0.7}).min_accuracy == 0.7
+    with pytest.raises(DataError, match=r"unknown keys \['min_acc'\]"):
+        settings_from({"min_acc": 0.7})
+    with pytest.raises(DataError):
+        settings_from({"min_accuracy": 2})
+
+
+BASE, B10 = "dataeff-m", "dataeff-m-lora-b10-0123abcd"
+
+
+@pytest.mark.parametrize(
+    "new, accuracy, shown, decided, decided_withheld, ours, action, withheld, says",
+    [
+        # a new model that passes the gate (or is not measured): re-score, whatever is shown
+        (B10, 0.8, BASE, None, True, True, "rescore", False, f"re-scoring the queue with {B10}"),
+        (B10, 0.8, "", None, True, True, "rescore", False, "re-scoring"),
+        (BASE, None, "", None, True, True, "rescore", False, "re-scoring"),
+        # the project already shows it: nothing to write
+        (B10, 0.8, B10, None, True, True, "keep", False, "already shows"),
+        (B10, 0.5, B10, "2 answers pre-annotated", False, True, "keep", False, "already shows"),
+        # a model measured poor is not run, shown or not
+        (B10, 0.3, BASE, None, True, True, "keep", True, "accuracy 30% is below 50%"),
+        (BASE, 0.1, BASE, None, True, True, "keep", True, "accuracy 10% is below 50%"),
+        # judged on the queue before: not run again
+        (B10, 0.8, BASE, "a degenerate guesser", True, True, "keep", True, "a degenerate guesser"),
+        (B10, 0.8, "", "pushed before", False, True, "keep", False, "pushed before"),
+        # a model version someone else chose in Label Studio is left alone
+        (B10, 0.8, "my-own-model", None, True, False, "keep", False, "not set by dataeff"),
+    ],
+)
+def test_plan_switch(new, accuracy, shown, decided, decided_withheld, ours, action, withheld, says):
+    from dataeff.prelabel import plan_switch
+
+    plan = plan_switch(
+        new, accuracy, shown, PrelabelSettings(), decided=decided, decided_withheld=decided_withheld, ours=ours
+    )
+    assert (plan.action, plan.withheld) == (action, withheld)
+    assert says in plan.reason
+
+
+def test_poor_versions_are_those_measured_below_the_threshold():
+    from dataeff.prelabel import poor_versions
+
+    found = poor_versions({BASE: 0.12, B10: 0.5, "dataeff-x": None}, PrelabelSettings())
+    assert list(found) == [BASE] and "measured accuracy 12% is below 50%" in found[BASE]
+    assert poor_versions({BASE: 0.12}, PrelabelSettings(min_accuracy=0.0)) == {}
+
+
+def test_model_versions_name_the_model_and_the_adapter():
+    from dataeff.adapters import AdapterInfo, adapter_model_version, base_model_version, budget_of_version
+
+    info = AdapterInfo(model="smollm2", budget=100, train_hash="0a1b2c3d4e5f", score=0.5)
+    assert base_model_version("smollm2") == "dataeff-smollm2"
+    assert adapter_model_version(info) == "dataeff-smollm2-lora-b100-0a1b2c3d"
+    assert budget_of_version(adapter_model_version(info), "smollm2") == 100
+    assert budget_of_version("dataeff-smollm2", "smollm2") == 0
+    for other in ("", "dataeff-withdrawn", "dataeff-other", "dataeff-smollm2-lora-bx-0a1b2c3d", "my-model"):
+        assert budget_of_version(other, "smollm2") is None
+
+
+def test_queue_order_is_priority_then_task_id():
+    from dataeff.queue import queue_order
+
+    items = {"a": (0, 5), "b": (1_000_003, 9), "c": (1_502, 2), "d": (1_503, 7), "e": (0, 1), "f": (None, 3)}
+    assert queue_order(items) == ["b", "d", "c", "e", "f", "a"]
