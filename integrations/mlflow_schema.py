@@ -354,7 +354,8 @@ ITERATION_METRICS = ITERATION.metrics
 def iteration_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The parent run's metrics from a loop iteration's summary (the counts it has; others left out)."""
     metrics = {k: summary[k] for k in ITERATION_METRICS if isinstance(summary.get(k), (int, float))}
-    n_labels = (summary.get("decision") or {}).get("n_labels") if isinstance(summary.get("decision"), Mapping) else None
+    decision = summary.get("decision")
+    n_labels = decision.get("n_labels") if isinstance(decision, Mapping) else None
     if isinstance(n_labels, (int, float)):
         metrics["n_labels"] = n_labels
     ITERATION.check_metrics(metrics)
