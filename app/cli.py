@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from dataeff.defaults import CALIBRATION, LABEL_CAP, PRIMARY_TARGET, TARGETS
+from dataeff.defaults import CALIBRATION, GRAM_STORAGES, LABEL_CAP, PRIMARY_TARGET, TARGETS
 from dataeff.errors import DataEffError
 
 EPILOG = """\
@@ -234,7 +234,13 @@ def cmd_confidence(args) -> int:
     )
     rows = [s.as_dict() if hasattr(s, "as_dict") else _json_default(s) for s in scores]
     write_jsonl(args.out, rows)
-    summary = {"scored": len(rows), "out": str(args.out), "skipped": skipped}
+    summary = {
+        "scored": len(rows),
+        "out": str(args.out),
+        "skipped": skipped,
+        "batch_size": scores.batch_size,
+        "decoder": scores.decoder,
+    }
     if args.select_low:
         ids = select_low_confidence(scores, k=args.select_low, fraction=args.fraction, seed=args.seed, by=args.by)
         summary["low_confidence_ids"] = ids
@@ -274,6 +280,7 @@ def cmd_coslow(args) -> int:
         chat_template=args.chat_template,
         batch_size=args.batch_size,
         projection_dim=args.projection_dim,
+        storage=args.storage,
     )
     out = res.as_dict() if hasattr(res, "as_dict") else _json_default(res)
     out["model"] = loaded.name
@@ -568,7 +575,13 @@ def _project_commands(add) -> None:
         "score the pool's confidence and queue the low-confidence batch (+ eval split) in Label Studio",
     )
     p.add_argument("project", help="project name (from `dataeff project create`)")
-    p.add_argument("--batch-size", type=int, default=16, help="generation batch size")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="prompts per generation batch (default: chosen for the device: 16 on CPU, from free memory on CUDA; "
+        "logged on the bootstrap run)",
+    )
 
     p = add(
         "loop",
@@ -910,7 +923,13 @@ def build_parser() -> argparse.ArgumentParser:
     _bound_args(p)
     p.add_argument("--data", required=True, help="pool JSONL/CSV with a 'prompt' column ('answer' optional)")
     p.add_argument("--out", required=True, help="scores JSONL: id, answer, confidence, perplexity, n_tokens")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="prompts per decoding batch (default: chosen for the device: 16 on CPU, from free memory and prompt "
+        "lengths on CUDA; printed in the summary)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=30, help="longest answer scored")
     p.add_argument("--select-low", type=int, default=0, metavar="K", help="also draw K ids from the bottom decile")
     p.add_argument("--fraction", type=float, default=0.1, help="low-confidence segment size")
@@ -939,7 +958,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of LoRA A's initialisation (draw d uses seed+d)")
     p.add_argument("--draws", type=int, default=1, help="LoRA initialisations to average over (reports the spread)")
-    p.add_argument("--batch-size", type=int, default=8, help="examples per forward/backward pass")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="examples per forward/backward pass (default: chosen for the device: 8 on CPU; on CUDA all examples "
+        "in one batch when they fit; printed as batch_size)",
+    )
+    p.add_argument(
+        "--storage",
+        choices=GRAM_STORAGES,
+        default="auto",
+        help="where per-example gradient rows go when the examples do not fit one batch (every choice is exact; "
+        "auto: device memory, then host memory, disk or several passes; printed as gram.storage)",
+    )
     p.add_argument(
         "--projection-dim",
         type=int,
@@ -985,6 +1017,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # argparse.REMAINDER drops leading options in a subparser (`dataeff bench --quick`),
+        # so the benchmarks' own parser gets everything after the sub-command.
+        from benchmarks.__main__ import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "data" and getattr(args, "task", None) and args.out is None:

@@ -20,33 +20,43 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("coslow", "projection", "confidence", "sweep")
+SECTIONS = ("coslow", "projection", "confidence", "sweep", "scale")
+DEFAULT_SECTIONS = ("coslow", "projection", "confidence", "sweep")
 
 
 @dataclass
 class BenchConfig:
-    """What to measure. Defaults are the full benchmark of issue 5; :meth:`quick` is a small version."""
+    """What to measure. Defaults are the full benchmark of issue 5; :meth:`quick` is a small version.
+
+    ``shape``: random weights of a real shape (:mod:`benchmarks.shapes`) instead of ``model``.
+    ``batch_size`` / ``conf_batch_size``: ``None`` = dataeff's default for the device (8 / 16 on CPU,
+    chosen from free memory on CUDA). ``scale_examples``: CoS-Low sizes of the ``scale`` section
+    (dataeff exact and projection only; the task is cycled past its size).
+    """
 
     model: str = "smollm2"
     task: str = "sports_understanding"
     device: str = "cpu"
+    shape: str | None = None
+    dtype: str | None = None
     reps: int = 3
     n_examples: int = 32
     rank: int = 64
-    batch_size: int = 8
+    batch_size: int | None = None
     seed: int = 0
     chat_template: bool = False
     projection_dim: int = 65536
     pool: int = 500
     naive_pool: int = 48
-    conf_batch_size: int = 16
+    conf_batch_size: int | None = None
     max_new_tokens: int = 30
     sweep_examples: tuple[int, ...] = (16, 32, 64, 128)
     sweep_ranks: tuple[int, ...] = (8, 64)
     sweep_baseline_max: int = 32
     sweep_reps: int = 1
+    scale_examples: tuple[int, ...] = (128, 512, 1024)
     threads: int | None = None
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
 
     @classmethod
     def quick(cls, **overrides) -> BenchConfig:
@@ -59,6 +69,7 @@ class BenchConfig:
             sweep_examples=(8, 16),
             sweep_ranks=(8,),
             sweep_baseline_max=8,
+            scale_examples=(16, 32),
             projection_dim=4096,
         )
         base.update(overrides)
@@ -104,12 +115,16 @@ def summarize(runs: list[dict]) -> dict:
         "median_peak_mb": statistics.median(r[peak_key] for r in runs),
         "peak_kind": "GPU max allocated" if peak_key == "gpu_peak_mb" else "RSS",
         "rss_after_load_mb": statistics.median(r["rss_after_load_mb"] for r in runs),
+        "gpu_after_load_mb": runs[0].get("gpu_after_load_mb"),
+        "device_name": runs[0].get("device_name"),
     }
 
 
 def _spec(cfg: BenchConfig, **kw) -> dict:
     spec = dict(
         model=cfg.model,
+        shape=cfg.shape,
+        dtype=cfg.dtype,
         task=cfg.task,
         device=cfg.device,
         seed=cfg.seed,
@@ -133,7 +148,11 @@ def bench_coslow(cfg: BenchConfig, log=print) -> dict:
         specs["projection"] = _spec(cfg, workload="coslow", variant="projection", projection_dim=cfg.projection_dim)
     log(f"CoS-Low: {cfg.model}, {cfg.n_examples} examples, r={cfg.rank}, {cfg.reps} reps")
     runs = alternate(specs, cfg.reps, log)
-    out = {name: summarize(r) | {"coslow": r[0]["coslow"]} for name, r in runs.items()}
+    out = {
+        name: summarize(r)
+        | {"coslow": r[0]["coslow"], "batch_size": r[0].get("batch_size_used"), "gram": r[0].get("gram")}
+        for name, r in runs.items()
+    }
     naive, fast = out["naive"], out["dataeff"]
     out["speedup"] = naive["median_s"] / fast["median_s"]
     out["memory_ratio"] = fast["median_peak_mb"] / naive["median_peak_mb"]
@@ -146,25 +165,41 @@ def bench_coslow(cfg: BenchConfig, log=print) -> dict:
 
 
 def bench_confidence(cfg: BenchConfig, log=print) -> dict:
-    """Batched confidence over the pool vs one-at-a-time generate + rescore over its first ``naive_pool``."""
+    """Confidence over the pool: dataeff (finished rows leave the batch, freed places refilled) and its
+    previous path (one ``generate`` per batch, ``generate``) vs one-at-a-time generate + rescore over the
+    first ``naive_pool``."""
     common = dict(workload="confidence", chat_template=True, max_new_tokens=cfg.max_new_tokens)
     specs = {
         "naive": _spec(cfg, variant="naive", n_examples=cfg.naive_pool, **common),
+        "generate": _spec(cfg, variant="generate", n_examples=cfg.pool, batch_size=cfg.conf_batch_size, **common),
         "dataeff": _spec(cfg, variant="dataeff", n_examples=cfg.pool, batch_size=cfg.conf_batch_size, **common),
     }
     log(f"confidence: pool {cfg.pool} (naive on the first {cfg.naive_pool}), {cfg.reps} reps")
     runs = alternate(specs, cfg.reps, log)
-    out = {name: summarize(r) for name, r in runs.items()}
-    out["naive"]["examples"], out["dataeff"]["examples"] = cfg.naive_pool, cfg.pool
-    for name in ("naive", "dataeff"):
+    out: dict[str, Any] = {name: summarize(r) for name, r in runs.items()}
+    out["naive"]["examples"] = cfg.naive_pool
+    out["generate"]["examples"] = out["dataeff"]["examples"] = cfg.pool
+    for name in specs:
         out[name]["examples_per_s"] = out[name]["examples"] / out[name]["median_s"]
+        out[name]["batch_size"] = runs[name][0].get("batch_size_used")
     naive_c = runs["naive"][0]["confidences"]
-    fast_c = runs["dataeff"][0]["confidences"][: len(naive_c)]
-    diffs = [abs(a - b) for a, b in zip(naive_c, fast_c)]
+    fast_c = runs["dataeff"][0]["confidences"]
+    diffs = [abs(a - b) for a, b in zip(naive_c, fast_c[: len(naive_c)])]
+    prev = [abs(a - b) for a, b in zip(runs["generate"][0]["confidences"], fast_c)]
     out["throughput_ratio"] = out["dataeff"]["examples_per_s"] / out["naive"]["examples_per_s"]
+    out["generate_throughput_ratio"] = out["generate"]["examples_per_s"] / out["naive"]["examples_per_s"]
+    out["speedup_over_generate"] = out["dataeff"]["examples_per_s"] / out["generate"]["examples_per_s"]
     out["max_abs_diff"] = max(diffs)
     out["n_diff_over_1e-4"] = sum(d > 1e-4 for d in diffs)
-    out["mean_confidence"] = sum(runs["dataeff"][0]["confidences"]) / cfg.pool
+    out["max_abs_diff_generate"] = max(prev)
+    out["same_answers_as_generate"] = runs["generate"][0].get("n_tokens") == runs["dataeff"][0].get("n_tokens")
+    out["mean_confidence"] = sum(fast_c) / cfg.pool
+    tokens = runs["dataeff"][0].get("n_tokens") or []
+    out["answer_tokens"] = {
+        "min": min(tokens, default=0),
+        "median": statistics.median(tokens or [0]),
+        "max": max(tokens, default=0),
+    }
     return out
 
 
@@ -187,6 +222,42 @@ def bench_sweep(cfg: BenchConfig, log=print) -> list[dict]:
                     r[0]["coslow"],
                 )
             rows.append(row)
+    return rows
+
+
+def bench_scale(cfg: BenchConfig, log=print) -> list[dict]:
+    """dataeff exact (its defaults: batch and row storage chosen for the device) and projection at
+    ``scale_examples`` examples; no naive run (it keeps every per-example gradient)."""
+    rows = []
+    for n in cfg.scale_examples:
+        specs = {
+            "exact": _spec(cfg, workload="coslow", variant="dataeff", n_examples=n),
+            "projection": _spec(
+                cfg, workload="coslow", variant="projection", n_examples=n, projection_dim=cfg.projection_dim
+            ),
+        }
+        log(f"scale: {n} examples, r={cfg.rank}")
+        row: dict[str, Any] = {"n_examples": n}
+        for name, spec in specs.items():
+            try:
+                res = run_worker(spec)
+            except RuntimeError as exc:  # e.g. out of memory: reported, not fatal
+                row[name] = {"error": str(exc).strip().splitlines()[-1][:300]}
+                log(f"  {name}: failed: {row[name]['error']}")
+                continue
+            peak = res.get("gpu_peak_mb") if res.get("gpu_peak_mb") is not None else res["peak_rss_mb"]
+            row[name] = {
+                "seconds": res["seconds"],
+                "peak_mb": peak,
+                "above_weights_mb": peak - (res.get("gpu_after_load_mb") or res["rss_after_load_mb"]),
+                "coslow": res["coslow"],
+                "batch_size": res.get("batch_size_used"),
+                "gram": res.get("gram"),
+            }
+            log(f"  {name}: {res['seconds']:.2f} s, peak {peak:.0f} MB, CoS-Low {res['coslow']:.6f}, {res.get('gram')}")
+        if "coslow" in row.get("exact", {}) and "coslow" in row.get("projection", {}):
+            row["projection_abs_diff"] = abs(row["exact"]["coslow"] - row["projection"]["coslow"])
+        rows.append(row)
     return rows
 
 
@@ -220,6 +291,8 @@ def run_benchmarks(cfg: BenchConfig, log=print) -> dict:
         results["confidence"] = bench_confidence(cfg, log)
     if "sweep" in cfg.sections:
         results["sweep"] = bench_sweep(cfg, log)
+    if "scale" in cfg.sections:
+        results["scale"] = bench_scale(cfg, log)
     try:
         results["machine"]["load_avg_end"] = os.getloadavg()
     except OSError:
@@ -227,12 +300,27 @@ def run_benchmarks(cfg: BenchConfig, log=print) -> dict:
     return results
 
 
+def _model_label(cfg: dict) -> str:
+    return f"random-weight {cfg['shape']} shape" if cfg.get("shape") else cfg["model"]
+
+
+def _device_name(results: dict) -> str:
+    for section in ("coslow", "confidence"):
+        for v in (results.get(section) or {}).values():
+            if isinstance(v, dict) and v.get("device_name"):
+                return str(v["device_name"])
+    return ""
+
+
 def to_markdown(results: dict, command: str = "") -> str:
     """Markdown tables of :func:`run_benchmarks` results."""
     m, cfg = results["machine"], results["config"]
+    dtype = cfg.get("dtype") or ("fp32" if cfg["device"] == "cpu" else "bf16")
+    gpu = _device_name(results)
     lines = [
         f"Measured {m['date']} on {m.get('cpu', 'cpu')} ({m['cpu_count']} cores), torch {m['torch']}, "
-        f"device `{cfg['device']}`; load average at start {m.get('load_avg_start')}, end {m.get('load_avg_end')}.",
+        f"device `{cfg['device']}`{f' ({gpu})' if gpu and gpu != 'cpu' else ''}; load average at start "
+        f"{m.get('load_avg_start')}, end {m.get('load_avg_end')}.",
         "",
     ]
     if command:
@@ -240,19 +328,22 @@ def to_markdown(results: dict, command: str = "") -> str:
     c = results.get("coslow")
     if c:
         lines += [
-            f"### CoS-Low: {cfg['model']}, {cfg['n_examples']} {cfg['task']} examples, LoRA r={cfg['rank']} "
-            f"on all seven projections, seed {cfg['seed']}, fp32, {cfg['reps']} reps",
+            f"### CoS-Low: {_model_label(cfg)}, {cfg['n_examples']} {cfg['task']} examples, LoRA r={cfg['rank']} "
+            f"on all seven projections, seed {cfg['seed']}, {dtype}, {cfg['reps']} reps",
             "",
-            "| variant | median wall s (all) | median peak MB | CoS-Low |",
-            "|---|---|---|---|",
+            "| variant | median wall s (all) | median peak MB | batch | rows kept | CoS-Low |",
+            "|---|---|---|---|---|---|",
         ]
         for name in ("naive", "dataeff", "projection"):
             if name in c:
                 v = c[name]
                 label = f"projection (k={cfg['projection_dim']})" if name == "projection" else name
+                gram = v.get("gram") or {}
+                storage = f"{gram.get('storage')}" + (f" x{gram['passes']}" if gram.get("passes", 1) > 1 else "")
                 lines.append(
                     f"| {label} | {v['median_s']:.2f} ({', '.join(f'{s:.1f}' for s in v['all_s'])}) | "
-                    f"{v['median_peak_mb']:.0f} | {v['coslow']:.6f} |"
+                    f"{v['median_peak_mb']:.0f} | {v.get('batch_size') or 1 if name != 'naive' else 1} | "
+                    f"{storage if gram else '-'} | {v['coslow']:.6f} |"
                 )
         lines += [
             "",
@@ -268,21 +359,34 @@ def to_markdown(results: dict, command: str = "") -> str:
     f = results.get("confidence")
     if f:
         lines += [
-            f"### Confidence scoring ({cfg['max_new_tokens']} new tokens max, chat template)",
+            f"### Confidence scoring: {_model_label(cfg)}, {cfg['max_new_tokens']} new tokens max, chat template",
             "",
-            "| variant | examples | median wall s | examples/s | median peak MB |",
-            "|---|---|---|---|---|",
+            "| variant | examples | batch | median wall s | examples/s | vs naive | median peak MB |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for name in ("naive", "dataeff"):
+        labels = {
+            "naive": "naive (generate + rescore, one at a time)",
+            "generate": "dataeff before (one `generate` per batch)",
+            "dataeff": "dataeff (finished rows leave, batch refilled)",
+        }
+        for name in ("naive", "generate", "dataeff"):
+            if name not in f:
+                continue
             v = f[name]
+            ratio = v["examples_per_s"] / f["naive"]["examples_per_s"]
             lines.append(
-                f"| {name} | {v['examples']} | {v['median_s']:.2f} | {v['examples_per_s']:.2f} | {v['median_peak_mb']:.0f} |"
+                f"| {labels[name]} | {v['examples']} | {v.get('batch_size') or 1} | {v['median_s']:.2f} | "
+                f"{v['examples_per_s']:.2f} | {ratio:.2f}x | {v['median_peak_mb']:.0f} |"
             )
         lines += [
             "",
-            f"- throughput dataeff/naive: **{f['throughput_ratio']:.1f}x**; on the {f['naive']['examples']} "
-            f"examples both scored: max |confidence difference| = {f['max_abs_diff']:.2e} "
-            f"({f['n_diff_over_1e-4']} above 1e-4)",
+            f"- throughput dataeff/naive: **{f['throughput_ratio']:.1f}x** (before: {f['generate_throughput_ratio']:.1f}x; "
+            f"dataeff/before {f['speedup_over_generate']:.2f}x); on the {f['naive']['examples']} examples both scored: "
+            f"max |confidence difference| = {f['max_abs_diff']:.2e} ({f['n_diff_over_1e-4']} above 1e-4); vs before "
+            f"on all {f['dataeff']['examples']}: {f['max_abs_diff_generate']:.2e}, same answer lengths: "
+            f"{f['same_answers_as_generate']}",
+            f"- answer tokens (dataeff): min {f['answer_tokens']['min']}, median {f['answer_tokens']['median']}, "
+            f"max {f['answer_tokens']['max']}",
             "",
         ]
     s = results.get("sweep")
@@ -303,5 +407,30 @@ def to_markdown(results: dict, command: str = "") -> str:
                 else f"| {r['n_examples']} | {r['rank']} | {r['dataeff_s']:.2f} | {r['dataeff_peak_mb']:.0f} | - | - | - | "
                 f"{r['dataeff_coslow']:.4f} |"
             )
+        lines.append("")
+    sc = results.get("scale")
+    if sc:
+        lines += [
+            f"### CoS-Low at scale: {_model_label(cfg)}, r={cfg['rank']}, {dtype}, dataeff defaults (one run per cell)",
+            "",
+            "| examples | variant | wall s | peak MB | above load MB | batch | rows kept | CoS-Low |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sc:
+            for name in ("exact", "projection"):
+                v = r.get(name) or {}
+                if "error" in v:
+                    lines.append(f"| {r['n_examples']} | {name} | failed: {v['error']} | | | | | |")
+                    continue
+                gram = v.get("gram") or {}
+                storage = f"{gram.get('storage')}" + (f" x{gram['passes']}" if gram.get("passes", 1) > 1 else "")
+                lines.append(
+                    f"| {r['n_examples']} | {name} | {v['seconds']:.2f} | {v['peak_mb']:.0f} | "
+                    f"{v['above_weights_mb']:.0f} | {v.get('batch_size')} | {storage} | {v['coslow']:.6f} |"
+                )
+            if "projection_abs_diff" in r:
+                lines.append(
+                    f"| {r['n_examples']} | abs(projection - exact) | | | | | | {r['projection_abs_diff']:.4f} |"
+                )
         lines.append("")
     return "\n".join(lines)

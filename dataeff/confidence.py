@@ -17,7 +17,7 @@ import numpy as np
 
 from dataeff.data import Example
 from dataeff.errors import DataError
-from dataeff.generation import generate_answers
+from dataeff.generation import Generations, generate_answers
 from dataeff.models import LoadedModel
 
 
@@ -53,6 +53,19 @@ class ConfidenceScore:
         }
 
 
+class ConfidenceScores(list[ConfidenceScore]):
+    """What :func:`score_confidence` returns: a plain ``list`` of :class:`ConfidenceScore` in input
+    order, with how it was computed (for callers that log it).
+
+    Attributes:
+        batch_size: prompts per batch actually used (chosen for the device when ``batch_size=None``).
+        decoder: ``"evict"`` (dataeff's decoding loop) or ``"generate"`` (``model.generate``).
+    """
+
+    batch_size: int = 0
+    decoder: str = ""
+
+
 def confidence_from_probs(token_probs: Sequence[float]) -> tuple[float, float]:
     """``(confidence, perplexity)`` of an answer from its chosen-token probabilities; ``(0, inf)`` when empty."""
     if len(token_probs) == 0:
@@ -67,12 +80,13 @@ def score_confidence(
     tokenizer=None,
     examples: Sequence[Example | str] = (),
     *,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     max_new_tokens: int = 30,
     chat_template: bool = True,
     progress: bool = True,
     stop_strings: Sequence[str] | None = None,
-) -> list[ConfidenceScore]:
+    evict: bool = True,
+) -> ConfidenceScores:
     """Answer every example greedily (batched) and score the answer's confidence.
 
     Args:
@@ -80,11 +94,16 @@ def score_confidence(
             ``tokenizer`` is None) or a plain causal LM.
         tokenizer: the tokenizer; required with a plain model.
         examples: :class:`Example` items (their ``prompt`` is used; ``answer`` is ignored) or prompt strings.
-        batch_size, max_new_tokens, chat_template, progress, stop_strings: see
+        batch_size: prompts per batch; ``None`` (default): chosen for the device
+            (:func:`dataeff.device_memory.confidence_batch_size`: 16 on CPU, from free memory and
+            prompt lengths on CUDA). The value used is :attr:`ConfidenceScores.batch_size`.
+        max_new_tokens, chat_template, progress, stop_strings, evict: see
             :func:`dataeff.generation.generate_answers`.
 
     Returns:
-        One :class:`ConfidenceScore` per example, in input order.
+        One :class:`ConfidenceScore` per example, in input order: a :class:`ConfidenceScores` (a
+        ``list`` that also records the batch size and decoder used; typed as a plain list so
+        callers may rebind it).
     """
     if isinstance(loaded_or_model, LoadedModel):
         model = loaded_or_model.model
@@ -115,8 +134,11 @@ def score_confidence(
         chat_template=chat_template,
         progress=progress,
         stop_strings=stop_strings,
+        evict=evict,
     )
-    out = []
+    out = ConfidenceScores()
+    if isinstance(gens, Generations):
+        out.batch_size, out.decoder = gens.batch_size, gens.decoder
     for ex_id, g in zip(ids, gens):
         conf, ppl = confidence_from_probs(g.token_probs)
         out.append(ConfidenceScore(id=ex_id, answer=g.text, confidence=conf, perplexity=ppl, n_tokens=g.n_tokens))

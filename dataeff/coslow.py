@@ -17,7 +17,7 @@ import numpy as np
 from dataeff.bounds import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_PROMPT_TOKENS, split_by_token_bounds
 from dataeff.data import Example, require_labeled
 from dataeff.errors import DataError
-from dataeff.gradients import lora_gradient_gram
+from dataeff.gradients import lora_gradient_gram_with_plan
 from dataeff.models import DEFAULT_DTYPE, LoadedModel, LoraSettings, attach_lora, dtype_name
 
 
@@ -68,6 +68,10 @@ class CosLowResult:
         dtype, device: the model's dtype (``"fp32"``, ``"bf16"``, ``"fp16"``) and device (``"cpu"``,
             ``"cuda"``) the gradients were computed in; CoS-Low depends on the dtype
             (:data:`dataeff.models.DEFAULT_DTYPE`).
+        batch_size: examples per forward/backward pass actually used (chosen for the device when
+            ``compute_coslow`` got ``batch_size=None``; smaller after an out-of-memory retry).
+        gram: how the per-example gradient rows were kept (:meth:`dataeff.gradients.GramPlan.summary`
+            of the first draw: ``storage``, ``batch_size``, ``passes``, ``rows_mb``, ...).
     """
 
     coslow: float
@@ -83,6 +87,8 @@ class CosLowResult:
     skipped: list[dict] = field(default_factory=list)
     dtype: str = "fp32"
     device: str = "cpu"
+    batch_size: int | None = None
+    gram: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,17 +118,25 @@ def compute_coslow(
     seed: int = 0,
     draws: int = 1,
     chat_template: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     projection_dim: int | None = None,
     progress: bool = True,
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
     max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS,
+    memory_budget: int | None = None,
+    storage: str = "auto",
 ) -> CosLowResult:
     """CoS-Low of labeled ``examples`` under fresh LoRA adapters, over ``draws`` seeded initialisations.
 
     For draw ``d`` the adapter is created by ``attach_lora(model, lora, seed + d)`` (``torch.manual_seed``
     right before peft), the model is in eval mode (LoRA dropout off), the Gram matrix comes from
     :func:`dataeff.gradients.lora_gradient_gram` and the adapter is unloaded afterwards.
+
+    ``batch_size=None`` (default) lets the device choose (8 on CPU; on CUDA from free memory and
+    sequence lengths, all examples in one batch when they fit: :func:`dataeff.device_memory.coslow_batch_size`).
+    ``memory_budget`` / ``storage``: where the per-example gradient rows go when they do not fit one
+    batch (:func:`dataeff.gradients.plan_gram`; every choice is exact). The batch size and storage
+    used are recorded in :attr:`CosLowResult.batch_size` and :attr:`CosLowResult.gram`.
 
     An example whose prompt is beyond ``max_prompt_tokens`` or whose answer is beyond
     ``max_answer_tokens`` (see :func:`dataeff.bounds.split_by_token_bounds`) is left out, with a
@@ -164,11 +178,12 @@ def compute_coslow(
     model = loaded.model
     was_training = model.training
     values = []
+    plans = []
     for d in range(draws):
         peft_model = attach_lora(model, lora, seed + d)
         try:
             peft_model.eval()
-            gram = lora_gradient_gram(
+            gram, plan = lora_gradient_gram_with_plan(
                 peft_model,
                 loaded.tokenizer,
                 examples,
@@ -177,7 +192,10 @@ def compute_coslow(
                 projection_dim=projection_dim,
                 seed=seed + d,
                 progress=progress,
+                memory_budget=memory_budget,
+                storage=storage,
             )
+            plans.append(plan)
         finally:
             peft_model.unload()  # takes the adapters out of ``model`` in place (peft returns ``model`` itself)
             if hasattr(model, "peft_config"):
@@ -198,4 +216,6 @@ def compute_coslow(
         skipped=[r.as_dict() for r in rejected],
         dtype=dtype_name(loaded.dtype),
         device=loaded.device.type,
+        batch_size=plans[0].batch_size,
+        gram=plans[0].summary(),
     )

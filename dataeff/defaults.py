@@ -19,6 +19,8 @@ CALIBRATION: str = "llama-3.1-8b-instruct"
 """Calibration used when a project names none and its model has no fitted one (the paper's, read off its figure)."""
 MODEL_CALIBRATIONS: dict[str, str] = {"smollm2-135m": "smollm2-135m-instruct-lora"}
 """Fitted calibration of a model family (``dataeff study``), by a lower-case part of the model's name or path."""
+GRAM_STORAGES: tuple[str, ...] = ("auto", "one-batch", "memory", "host", "disk", "passes")
+"""Where CoS-Low keeps per-example gradient rows (:func:`dataeff.gradients.plan_gram`); all are exact."""
 
 
 def calibration_for(model: str) -> str:

@@ -21,12 +21,26 @@ The zero ``A`` gradients add nothing to inner products or norms, so the Gram mat
 gradients equals the reference's Gram matrix over all LoRA matrices.
 
 Exact mode needs one fp32 row of ``sum_l out_l * r`` numbers per example (SmolLM2-135M, r=64:
-9.95 M numbers, 40 MB per example) when examples are split into several batches, since pairs in
-different batches need both rows. On CPU the rows are appended to one temporary file per LoRA
-module (they sit in the page cache, not in the process's memory) and the Gram matrix
-``G = F F^T`` is accumulated in fp64 reading back one module at a time; on CUDA they stay in
-device memory. When all examples fit in one batch (``batch_size >= n``), ``G`` is accumulated
-inside the hooks and no rows are kept at all.
+9.95 M numbers, 40 MB per example; Llama-3.1-8B, r=64: 88 M numbers, 352 MB per example) when
+examples are split into several batches, since pairs in different batches need both rows. Where the
+rows go is planned from memory budgets (:func:`plan_gram`, recorded as a :class:`GramPlan`); every
+plan gives the same Gram matrix to fp32 rounding:
+
+- ``one-batch``: all examples in one batch (``batch_size >= n``): ``G`` is accumulated inside the
+  hooks, module by module, and no rows are kept at all;
+- ``memory``: rows in the device's memory, when they fit its budget (CUDA: the free memory left
+  after the batch's activations);
+- ``host``: (CUDA) rows copied to pinned host memory as they are made, read back in chunks;
+- ``disk``: rows in one temporary file per LoRA module, written at their row offsets and read back
+  in row chunks (pairs of chunks when a module's rows do not fit the read budget). The default on
+  CPU, where the files sit in the page cache rather than the process's memory;
+- ``passes``: when nothing holds all rows (1,024 examples of an 8B model: 360 GB), the output
+  rows of the modules are split into column groups whose rows fit the device budget, and the data
+  is run once per group, each pass keeping only its group's rows: exact, at the cost of one
+  forward/backward over all examples per pass (``ceil(n * row_bytes / budget)`` passes).
+
+A batch that runs out of CUDA memory is retried with half the batch size (the plan is made again);
+the rows it had written are simply overwritten.
 
 Projection mode (``projection_dim=k``) keeps, per example, only a seeded CountSketch of size
 ``k`` of its gradient (see :class:`CountSketch`: the output dimension of every module is hashed with
@@ -42,11 +56,14 @@ entries), i.e. no per-example full gradients.
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -54,9 +71,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dataeff.data import Example
+from dataeff.defaults import GRAM_STORAGES
+from dataeff.device_memory import available_host_memory, free_device_memory
 from dataeff.errors import DataError
 from dataeff.generation import length_batches
 from dataeff.models import encode_prompt_answer, model_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -198,85 +219,389 @@ def _answer_loss(
     return (nll * torch.tensor(weights, device=dev)).sum()
 
 
-class _GramAccumulator:
-    """Receives per-module blocks of per-example gradients and turns them into a Gram matrix.
+STORAGES = GRAM_STORAGES  # where the per-example rows go (one home: dataeff.defaults)
+DEFAULT_READ_CHUNK = 256 * 2**20  # least bytes of stored rows read back at once when no budget is given
+MIN_PASS_BUDGET = 256 * 2**20  # least device bytes planned for rows on CUDA
+MAX_DISK_PASSES = 4  # on CUDA, more recomputation passes than this cost more than spilling rows to disk
 
-    Rows are filled in processing order (``start:stop`` slices); :meth:`gram` undoes the order.
+
+@dataclass(frozen=True)
+class ColumnSlice:
+    """Output rows ``lo:hi`` of module ``module``'s ``out x rank`` gradient: ``(hi - lo) * rank`` columns of a row."""
+
+    module: int
+    lo: int
+    hi: int
+    rank: int
+
+    @property
+    def size(self) -> int:
+        return (self.hi - self.lo) * self.rank
+
+
+@dataclass
+class GramPlan:
+    """How :func:`lora_gradient_gram` keeps the per-example gradient rows (see :func:`plan_gram`).
+
+    Attributes:
+        storage: ``"one-batch"`` (all examples in one batch: the Gram matrix is accumulated inside the
+            hooks, no rows kept), ``"memory"`` (rows in the compute device's memory), ``"host"``
+            (rows in host memory, pinned when the device is CUDA), ``"disk"`` (rows in temporary
+            files), ``"passes"`` (the data is run once per group of columns, each group's rows kept
+            in device memory: exact, costs one forward/backward over all examples per pass) or
+            ``"sketch"`` (projection mode).
+        batch_size: examples per forward/backward pass.
+        passes: the column groups, one per pass over the data (one group unless ``"passes"``).
+        row_bytes: fp32 bytes of one example's full gradient row.
+        n: number of examples.
+        memory_budget: bytes the rows may take in the device's memory (``None``: no limit given).
+        oom_retries: how often the batch size was halved after the device ran out of memory.
     """
 
-    def __init__(self, n: int, sizes: Sequence[int], device: torch.device, one_batch: bool, sketch: CountSketch | None):
-        self.n, self.sizes, self.one_batch, self.sketch = n, list(sizes), one_batch, sketch
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.gram = torch.zeros((n, n), dtype=torch.float64, device=device)
-        self.store: torch.Tensor | None = None
+    storage: str
+    batch_size: int
+    passes: list[list[ColumnSlice]]
+    row_bytes: int
+    n: int
+    memory_budget: int | None = None
+    oom_retries: int = 0
+
+    def summary(self) -> dict:
+        """Flat JSON-ready description (what :class:`dataeff.coslow.CosLowResult` records)."""
+        return {
+            "storage": self.storage,
+            "batch_size": self.batch_size,
+            "passes": len(self.passes),
+            "rows_mb": round(self.n * self.row_bytes / 2**20, 3),
+            "memory_budget_mb": None if self.memory_budget is None else round(self.memory_budget / 2**20, 3),
+            "oom_retries": self.oom_retries,
+        }
+
+
+def _full_slices(modules: Sequence[tuple[int, int]]) -> list[ColumnSlice]:
+    return [ColumnSlice(m, 0, out, r) for m, (out, r) in enumerate(modules)]
+
+
+def _column_passes(n: int, modules: Sequence[tuple[int, int]], budget: int) -> list[list[ColumnSlice]]:
+    """Modules' output rows split into consecutive groups whose ``n`` fp32 rows fit ``budget`` bytes each
+    (at least one output row per group, so a budget below one output row still makes progress)."""
+    capacity = max(1, int(budget) // (4 * max(n, 1)))  # fp32 numbers per example per pass
+    passes: list[list[ColumnSlice]] = []
+    current: list[ColumnSlice] = []
+    used = 0
+    for m, (out, r) in enumerate(modules):
+        lo = 0
+        while lo < out:
+            rows = (capacity - used) // r
+            if rows < 1:
+                if current:
+                    passes.append(current)
+                    current, used = [], 0
+                    continue
+                rows = 1
+            hi = min(out, lo + rows)
+            current.append(ColumnSlice(m, lo, hi, r))
+            used += (hi - lo) * r
+            lo = hi
+    if current:
+        passes.append(current)
+    return passes
+
+
+def plan_gram(
+    n: int,
+    modules: Sequence[tuple[int, int]],
+    batch_size: int,
+    *,
+    device_type: str = "cpu",
+    storage: str = "auto",
+    memory_budget: int | None = None,
+    host_budget: int = 0,
+    disk_budget: int = 0,
+    sketch: bool = False,
+) -> GramPlan:
+    """Where the per-example gradient rows go (pure but for the CPU fall-back budget, read from the host).
+
+    Args:
+        n: number of examples.
+        modules: ``(out_features, rank)`` of every LoRA ``B``, in module order.
+        batch_size: examples per forward/backward pass.
+        device_type: ``"cpu"`` or ``"cuda"``.
+        storage: ``"auto"`` or one of :data:`STORAGES` to force it (tests, power users).
+        memory_budget: bytes the rows may take in the compute device's memory. ``None`` on CPU: the
+            rows go to disk as before this option existed (page cache, not the process's memory),
+            with a quarter of the available host memory as the fall-back budget.
+        host_budget: bytes of host memory (pinned) rows may take when the device is CUDA.
+        disk_budget: bytes of free temporary disk space rows may take.
+        sketch: projection mode (the rows are ``k`` numbers, always kept in memory).
+
+    ``"auto"``: one batch when ``batch_size >= n`` (no rows); else, all rows being ``n * row_bytes``:
+    CPU, no budget given: disk, else memory, else passes; otherwise: memory if they fit
+    ``memory_budget``, else host (CUDA), else (CUDA) passes when at most :data:`MAX_DISK_PASSES`, else
+    disk, else passes with ``memory_budget`` per pass.
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    full = _full_slices(modules)
+    row_bytes = 4 * sum(s.size for s in full)
+    total = n * row_bytes
+    if sketch:
+        return GramPlan("sketch", batch_size, [full], row_bytes, n, memory_budget)
+    if storage == "auto":
+        if batch_size >= n:
+            storage = "one-batch"
+        elif device_type == "cpu" and memory_budget is None:
+            fallback = max(available_host_memory() // 4, 1)
+            storage = "disk" if total <= disk_budget else "memory" if total <= fallback else "passes"
+            memory_budget = fallback if storage == "passes" else None
+        elif total <= (memory_budget if memory_budget is not None else total):
+            storage = "memory"
+        elif device_type == "cuda" and total <= host_budget:
+            storage = "host"
+        else:
+            assert memory_budget is not None
+            n_passes = len(_column_passes(n, modules, memory_budget))
+            disk_first = device_type != "cuda" or n_passes > MAX_DISK_PASSES
+            storage = "disk" if disk_first and total <= disk_budget else "passes"
+    if storage == "one-batch" and batch_size < n:
+        raise ValueError(f"storage 'one-batch' needs batch_size >= n ({batch_size} < {n})")
+    if storage == "passes":
+        budget = memory_budget if memory_budget is not None else max(available_host_memory() // 4, 1)
+        return GramPlan("passes", batch_size, _column_passes(n, modules, budget), row_bytes, n, budget)
+    return GramPlan(storage, batch_size, [full], row_bytes, n, memory_budget)
+
+
+class _RowStore:
+    """The rows of one pass: one ``(n, slice.size)`` fp32 buffer per column slice, written at row positions
+    (so a batch redone after an out-of-memory error overwrites its own rows), read back in row chunks."""
+
+    def __init__(self, n: int, slices: Sequence[ColumnSlice], kind: str, device: torch.device):
+        self.n, self.slices, self.kind, self.device = n, list(slices), kind, device
+        self.buffers: list[torch.Tensor] = []
         self.spill: tempfile.TemporaryDirectory | None = None
-        if sketch is not None:
-            self.store = torch.zeros((n, sketch.k), dtype=torch.float64, device=device)
-        elif not one_batch and device.type == "cpu":
-            # Rows go to a temporary file per module (page cache, not the process's memory);
-            # result() reads back one module at a time.
+        self.files: list[str] = []
+        if kind == "memory":
+            self.buffers = [torch.empty((n, s.size), dtype=torch.float32, device=device) for s in self.slices]
+        elif kind == "host":
+            pin = device.type == "cuda"
+            self.buffers = [self._host_buffer(n, s.size, pin) for s in self.slices]
+        elif kind == "disk":
             self.spill = tempfile.TemporaryDirectory(prefix="dataeff-grads-")
-        elif not one_batch:
-            self.store = torch.empty((n, int(self.offsets[-1])), dtype=torch.float32, device=device)
-        self.start = self.stop = 0
+            for index, s in enumerate(self.slices):
+                path = os.path.join(self.spill.name, f"slice-{index:05d}.f32")
+                with open(path, "wb") as fh:
+                    fh.truncate(n * s.size * 4)
+                self.files.append(path)
+        else:
+            raise ValueError(f"unknown row store {kind!r}")
 
     @staticmethod
-    def _module_file(spill: tempfile.TemporaryDirectory, module: int) -> str:
-        return os.path.join(spill.name, f"module-{module:04d}.f32")
+    def _host_buffer(n: int, size: int, pin: bool) -> torch.Tensor:
+        if pin:
+            try:
+                return torch.empty((n, size), dtype=torch.float32, pin_memory=True)
+            except RuntimeError:  # pinning can fail for very large buffers; pageable memory still works
+                pass
+        return torch.empty((n, size), dtype=torch.float32)
+
+    def write(self, index: int, start: int, block: torch.Tensor) -> None:
+        """Rows ``start : start + len(block)`` of slice ``index``."""
+        stop = start + block.shape[0]
+        if self.kind == "memory":
+            self.buffers[index][start:stop] = block
+        elif self.kind == "host":
+            self.buffers[index][start:stop].copy_(block, non_blocking=block.device.type == "cuda")
+        else:
+            data = block.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+            fd = os.open(self.files[index], os.O_WRONLY)
+            try:
+                os.pwrite(fd, data, start * self.slices[index].size * 4)
+            finally:
+                os.close(fd)
+
+    def read(self, index: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """Rows ``start:stop`` of slice ``index`` as an fp32 tensor on ``device``."""
+        if self.kind in ("memory", "host"):
+            return self.buffers[index][start:stop].to(device)
+        size = self.slices[index].size
+        rows = np.fromfile(self.files[index], dtype=np.float32, count=(stop - start) * size, offset=start * size * 4)
+        return torch.from_numpy(rows.reshape(stop - start, size)).to(device)
+
+    def add_gram(self, gram: torch.Tensor, chunk_bytes: int) -> None:
+        """``gram += X X^T`` for every slice's rows ``X``, in fp32 products summed in fp64, reading at most
+        about ``chunk_bytes`` of rows at a time (pairs of row chunks when a slice does not fit)."""
+        if self.kind == "host" and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # non-blocking copies into pinned memory are done
+        n = self.n
+        for index, s in enumerate(self.slices):
+            rows = max(1, int(chunk_bytes) // (2 * 4 * max(s.size, 1)))
+            if rows >= n:
+                x = self.read(index, 0, n, gram.device)
+                gram += (x @ x.T).double()
+                continue
+            bounds = [(a, min(n, a + rows)) for a in range(0, n, rows)]
+            for bi, (a0, a1) in enumerate(bounds):
+                xa = self.read(index, a0, a1, gram.device)
+                gram[a0:a1, a0:a1] += (xa @ xa.T).double()
+                for b0, b1 in bounds[bi + 1 :]:
+                    xb = self.read(index, b0, b1, gram.device)
+                    cross = (xa @ xb.T).double()
+                    gram[a0:a1, b0:b1] += cross
+                    gram[b0:b1, a0:a1] += cross.T
+
+    def close(self) -> None:
+        self.buffers = []
+        if self.spill is not None:
+            self.spill.cleanup()
+            self.spill = None
+
+
+class _GramAccumulator:
+    """Receives per-module blocks of per-example gradients of one pass and turns them into a Gram matrix.
+
+    Rows are filled in processing order (``start:stop`` slices); :func:`lora_gradient_gram` undoes the
+    order. Contributions of a batch that is inside the hooks (one-batch and sketch) are kept aside
+    until :meth:`commit`, so a batch abandoned after an out-of-memory error adds nothing.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        plan: GramPlan,
+        slices: Sequence[ColumnSlice],
+        device: torch.device,
+        gram: torch.Tensor,
+        sketch: CountSketch | None,
+    ):
+        self.n, self.plan, self.sketch, self.gram = n, plan, sketch, gram
+        self.by_module: dict[int, list[tuple[int, ColumnSlice]]] = {}
+        for index, s in enumerate(slices):
+            self.by_module.setdefault(s.module, []).append((index, s))
+        self.store: _RowStore | None = None
+        self.sketch_rows: torch.Tensor | None = None
+        self.pending: torch.Tensor | None = None
+        if sketch is not None:
+            self.sketch_rows = torch.zeros((n, sketch.k), dtype=torch.float64, device=device)
+        elif plan.storage != "one-batch":
+            kind = "memory" if plan.storage == "passes" else plan.storage
+            self.store = _RowStore(n, slices, kind, device)
+        self.start = self.stop = 0
+
+    @property
+    def modules(self) -> list[int]:
+        return sorted(self.by_module)
+
+    def begin(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+        self.pending = None
 
     def add(self, module: int, g: torch.Tensor, u: torch.Tensor, scale: float) -> None:
         """Add module ``module``'s gradients ``scale * sum_t g_t u_t^T`` of the current batch.
 
-        ``g``: fp32 ``(batch, T, out)`` output gradients; ``u``: fp32 ``(batch, T, r)`` inputs of lora_B.
+        ``g``: ``(batch, T, out)`` output gradients; ``u``: fp32 ``(batch, T, r)`` inputs of lora_B.
         """
-        if self.sketch is not None and self.store is not None:  # a sketch always has its store
-            self.store[self.start : self.stop] += self.sketch.sketch(module, g, u).mul_(scale).double()
+        if self.sketch is not None:
+            part = self.sketch.sketch(module, g.float(), u).mul_(scale).double()
+            self.pending = part if self.pending is None else self.pending.add_(part)
             return
-        block = torch.bmm(g.transpose(1, 2), u).mul_(scale).reshape(g.shape[0], -1)
-        if self.spill is not None:
-            with open(self._module_file(self.spill, module), "ab") as fh:
-                fh.write(block.contiguous().numpy().tobytes())
-        elif self.store is None:
-            self.gram.add_((block @ block.T).double())
-        else:
-            self.store[self.start : self.stop, int(self.offsets[module]) : int(self.offsets[module + 1])] = block
+        for index, s in self.by_module.get(module, ()):
+            gs = g[:, :, s.lo : s.hi].float()
+            block = torch.bmm(gs.transpose(1, 2), u).mul_(scale).reshape(g.shape[0], -1)
+            if self.store is not None:
+                self.store.write(index, self.start, block)
+            else:
+                part = (block @ block.T).double()
+                self.pending = part if self.pending is None else self.pending.add_(part)
 
-    def result(self, order: Sequence[int]) -> np.ndarray:
-        """The ``(n, n)`` float64 Gram matrix in input order; ``order[p]`` = input index of processed row ``p``."""
-        if self.sketch is not None and self.store is not None:  # a sketch always has its store
-            gram = self.store @ self.store.T
-        elif self.spill is not None:
-            gram = self.gram
-            try:
-                for module, size in enumerate(self.sizes):
-                    rows = np.fromfile(self._module_file(self.spill, module), dtype=np.float32).reshape(self.n, size)
-                    block = torch.from_numpy(rows)
-                    gram += (block @ block.T).double()
-            finally:
-                self.spill.cleanup()
-        elif self.store is not None:
-            gram = self.gram
-            for a, b in zip(self.offsets[:-1], self.offsets[1:]):
-                block = self.store[:, int(a) : int(b)]
-                gram += (block @ block.T).double()
-        else:
-            gram = self.gram
-        inverse = np.argsort(np.asarray(order))
-        return gram.cpu().numpy()[np.ix_(inverse, inverse)]
+    def commit(self) -> None:
+        """The current batch finished its backward pass: keep what it added."""
+        if self.pending is not None:
+            if self.sketch_rows is not None:
+                self.sketch_rows[self.start : self.stop] = self.pending
+            else:
+                self.gram[self.start : self.stop, self.start : self.stop] += self.pending
+        self.pending = None
+
+    def finish(self, chunk_bytes: int) -> None:
+        """Add this pass's rows to the Gram matrix and free them."""
+        try:
+            if self.sketch_rows is not None:
+                self.gram += self.sketch_rows @ self.sketch_rows.T
+            elif self.store is not None:
+                self.store.add_gram(self.gram, chunk_bytes)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.sketch_rows = None
+        self.pending = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
 
-def lora_gradient_gram(
+class _OutOfMemory(Exception):
+    """A batch did not fit the device (internal: :func:`lora_gradient_gram` retries with half the batch)."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return bool(oom is not None and isinstance(exc, oom))
+
+
+def lora_gradient_gram(peft_model, tokenizer, examples: Sequence[Example], **options: Any) -> np.ndarray:
+    """Gram matrix of the examples' LoRA gradients at the un-trained initialisation.
+
+    :func:`lora_gradient_gram_with_plan` without the plan; ``options`` are its keyword arguments.
+
+    Returns:
+        ``G``, float64 array of shape ``(n, n)``: ``G[i, j] = <grad_i, grad_j>`` over all LoRA matrices
+        (``<sketch_i, sketch_j>`` in projection mode).
+    """
+    return lora_gradient_gram_with_plan(peft_model, tokenizer, examples, **options)[0]
+
+
+def _default_budgets(peft_model, device: torch.device, batch_size: int, max_len: int, modules) -> dict:
+    """Budgets of :func:`plan_gram` for this device when the caller gave none."""
+    import shutil
+
+    from dataeff.device_memory import SAFETY, ModelShape, available_host_memory, coslow_bytes_per_example
+
+    try:
+        disk = int(shutil.disk_usage(tempfile.gettempdir()).free * 0.8)
+    except OSError:
+        disk = 0
+    budgets: dict = {"disk_budget": disk, "host_budget": 0, "memory_budget": None}
+    free = free_device_memory(device)
+    if free is not None:
+        base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+        shape = ModelShape.of(base)
+        dtype_bytes = next(base.parameters()).element_size()
+        rank = max(r for _, r in modules)
+        activations = batch_size * coslow_bytes_per_example(shape, max_len, dtype_bytes, rank, len(modules)) * SAFETY
+        biggest_block = 2 * batch_size * max(out * r for out, r in modules) * 4
+        # at least MIN_PASS_BUDGET: a nearly full device would otherwise plan thousands of passes
+        budgets["memory_budget"] = max(int(0.9 * free - activations - biggest_block - 2**30), MIN_PASS_BUDGET)
+        budgets["host_budget"] = available_host_memory() // 2
+    return budgets
+
+
+def lora_gradient_gram_with_plan(
     peft_model,
     tokenizer,
     examples: Sequence[Example],
     *,
     chat_template: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = 8,
     projection_dim: int | None = None,
     seed: int = 0,
     progress: bool = True,
     adapter: str = "default",
-) -> np.ndarray:
+    memory_budget: int | None = None,
+    storage: str = "auto",
+) -> tuple[np.ndarray, GramPlan]:
     """Gram matrix of the examples' LoRA gradients at the un-trained initialisation.
 
     Args:
@@ -285,84 +610,149 @@ def lora_gradient_gram(
         tokenizer: its tokenizer.
         examples: ``n`` labeled examples.
         chat_template: encode prompts as a user turn (see :func:`dataeff.models.encode_prompt_answer`).
-        batch_size: examples per forward/backward pass (default 8); ``>= n`` keeps no per-example rows.
+        batch_size: examples per forward/backward pass (default 8); ``>= n`` keeps no per-example rows;
+            ``None``: chosen for the device (:func:`dataeff.device_memory.coslow_batch_size`, 8 on CPU).
         projection_dim: ``None`` for the exact Gram matrix; ``k`` for a CountSketch of size ``k``.
         seed: seed of the sketch (projection mode only).
-        progress: tqdm bar over examples.
+        progress: tqdm bar over examples (times passes).
         adapter: peft adapter name.
+        memory_budget: bytes the per-example rows may take in the device's memory (``None``: CUDA's
+            free memory after the batch's activations; CPU: rows go to disk as before). Rows beyond
+            it go to host memory, disk, or several passes over the data (:func:`plan_gram`).
+        storage: force a storage of :data:`STORAGES` (default ``"auto"``).
 
     Returns:
-        ``G``, float64 array of shape ``(n, n)``: ``G[i, j] = <grad_i, grad_j>`` over all LoRA matrices
-        (``<sketch_i, sketch_j>`` in projection mode).
+        ``(G, plan)``: ``G``, float64 array of shape ``(n, n)``, ``G[i, j] = <grad_i, grad_j>`` over all
+        LoRA matrices (``<sketch_i, sketch_j>`` in projection mode); ``plan``, the :class:`GramPlan`
+        followed (storage, batch size, passes).
     """
     encoded = encode_examples(tokenizer, examples, chat_template)
     n = len(encoded)
     if n == 0:
-        return np.zeros((0, 0))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    base_model = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+        return np.zeros((0, 0)), GramPlan("one-batch", 1, [], 0, 0)
     device = model_device(peft_model)
     layers = lora_layers(peft_model, adapter)
-    sizes = [m.lora_B[adapter].out_features * m.lora_B[adapter].in_features for _, m in layers]
+    modules = [(m.lora_B[adapter].out_features, m.lora_B[adapter].in_features) for _, m in layers]
+    lengths = [len(e.ids) for e in encoded]
+    if batch_size is None:
+        from dataeff.device_memory import coslow_batch_size
+
+        batch_size = coslow_batch_size(
+            peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model,
+            lengths,
+            max(r for _, r in modules),
+            len(modules),
+        )
+        log.info("CoS-Low: batch size %d chosen for %s", batch_size, device)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sketch = None
     if projection_dim:
-        ranks = {m.lora_B[adapter].in_features for _, m in layers}
+        ranks = {r for _, r in modules}
         if len(ranks) != 1:
             raise ValueError(f"projection mode needs one LoRA rank for every layer, got {sorted(ranks)}")
-        sketch = CountSketch(
-            [m.lora_B[adapter].out_features for _, m in layers], ranks.pop(), projection_dim, seed, device
+        sketch = CountSketch([out for out, _ in modules], ranks.pop(), projection_dim, seed, device)
+    retries = 0
+    while True:
+        budgets = _default_budgets(peft_model, device, batch_size, max(lengths), modules)
+        if memory_budget is not None:
+            budgets["memory_budget"] = memory_budget
+        plan = plan_gram(
+            n, modules, batch_size, device_type=device.type, storage=storage, sketch=sketch is not None, **budgets
         )
-    acc = _GramAccumulator(n, sizes, device, one_batch=batch_size >= n, sketch=sketch)
-    mask: dict = {}
+        plan.oom_retries = retries
+        if plan.storage not in ("one-batch", "sketch"):
+            log.info("CoS-Low gradient rows: %s", plan.summary())
+        try:
+            gram = _run_plan(peft_model, tokenizer, encoded, layers, plan, sketch, device, adapter, progress)
+            return gram, plan
+        except _OutOfMemory:
+            if batch_size <= 1:
+                raise
+        # outside the except block: the failed batch's tensors are no longer referenced by the traceback
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        retries += 1
+        warnings.warn(
+            f"CoS-Low: batch size {batch_size} ran out of device memory; retrying with {batch_size // 2}",
+            stacklevel=2,
+        )
+        batch_size //= 2
 
-    def make_hook(index: int, layer):
+
+def _run_plan(peft_model, tokenizer, encoded, layers, plan: GramPlan, sketch, device, adapter, progress) -> np.ndarray:
+    """Every pass of ``plan`` over the batches; the ``(n, n)`` Gram matrix in input order."""
+    n = len(encoded)
+    base_model = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    gram = torch.zeros((n, n), dtype=torch.float64, device=device)
+    # bytes of stored rows read back at once: the device budget, else an eighth of the host's free memory
+    chunk = plan.memory_budget if plan.memory_budget else max(DEFAULT_READ_CHUNK, available_host_memory() // 8)
+    mask: dict = {}
+    batches = length_batches([len(e.ids) for e in encoded], plan.batch_size)
+    order = [i for b in batches for i in b]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    saved_flags = [(p, p.requires_grad) for p in peft_model.parameters()]
+    bar = tqdm(total=n * len(plan.passes), desc="lora gradients", unit="ex", disable=not progress)
+
+    def make_hook(index: int, layer, acc: _GramAccumulator):
         lora_a = layer.lora_A[adapter]
         scale = float(layer.scaling[adapter])
 
         def forward_hook(module, inputs, output):
             # u_t = A x_t (no grad needed: A's gradient is zero at B = 0), padding rows zeroed
             with torch.no_grad():
-                u = lora_a(inputs[0].to(lora_a.weight.dtype)) * mask["rows"].to(lora_a.weight.dtype)
+                u = (lora_a(inputs[0].to(lora_a.weight.dtype)) * mask["rows"].to(lora_a.weight.dtype)).float()
 
             def on_grad(g):  # g = dL/dy (batch, T, out); the gradient of lora_B's output is scale * g
-                acc.add(index, g.float(), u.float(), scale)
+                acc.add(index, g, u, scale)
 
             if output.requires_grad:
                 output.register_hook(on_grad)
 
         return forward_hook
 
-    saved_flags = [(p, p.requires_grad) for p in peft_model.parameters()]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    order: list[int] = []
-    handles = []
-    bar = tqdm(total=n, desc="lora gradients", unit="ex", disable=not progress)
     try:
         for p, _ in saved_flags:
             p.requires_grad_(False)
-        for index, (_, layer) in enumerate(layers):
-            handles.append(layer.base_layer.register_forward_hook(make_hook(index, layer)))
         with peft_model.disable_adapter() if hasattr(peft_model, "disable_adapter") else contextlib.nullcontext():
-            for batch_idx in length_batches([len(e.ids) for e in encoded], batch_size):
-                batch = [encoded[i] for i in batch_idx]
-                width = max(len(e.ids) for e in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, ex in enumerate(batch):  # right padding: pads come after every real token
-                    input_ids[row, : len(ex.ids)] = torch.tensor(ex.ids)
-                    attention[row, : len(ex.ids)] = 1
-                input_ids, attention = input_ids.to(device), attention.to(device)
-                mask["rows"] = attention.unsqueeze(-1)
-                acc.start, acc.stop = len(order), len(order) + len(batch)
-                with torch.enable_grad():
-                    _answer_loss(base_model, input_ids, attention, batch).backward()
-                order.extend(batch_idx)
-                bar.update(len(batch))
+            for slices in plan.passes:
+                acc = _GramAccumulator(n, plan, slices, device, gram, sketch)
+                handles = [
+                    layers[m][1].base_layer.register_forward_hook(make_hook(m, layers[m][1], acc)) for m in acc.modules
+                ]
+                try:
+                    done = 0
+                    for batch_idx in batches:
+                        batch = [encoded[i] for i in batch_idx]
+                        width = max(len(e.ids) for e in batch)
+                        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                        attention = torch.zeros((len(batch), width), dtype=torch.long)
+                        for row, ex in enumerate(batch):  # right padding: pads come after every real token
+                            input_ids[row, : len(ex.ids)] = torch.tensor(ex.ids)
+                            attention[row, : len(ex.ids)] = 1
+                        input_ids, attention = input_ids.to(device), attention.to(device)
+                        mask["rows"] = attention.unsqueeze(-1)
+                        acc.begin(done, done + len(batch))
+                        try:
+                            with torch.enable_grad():
+                                _answer_loss(base_model, input_ids, attention, batch).backward()
+                        except Exception as exc:
+                            if _is_oom(exc):
+                                raise _OutOfMemory() from exc
+                            raise
+                        acc.commit()
+                        done += len(batch)
+                        bar.update(len(batch))
+                    acc.finish(chunk)
+                finally:
+                    for h in handles:
+                        h.remove()
+                    acc.close()
     finally:
         bar.close()
-        for h in handles:
-            h.remove()
         for p, flag in saved_flags:
             p.requires_grad_(flag)
-    return acc.result(order)
+        mask.clear()
+    inverse = np.argsort(np.asarray(order))
+    return gram.cpu().numpy()[np.ix_(inverse, inverse)]

@@ -25,7 +25,7 @@ from prefect import flow, task
 
 from dataeff.adapters import base_model_version
 from dataeff.bounds import RejectedItem, split_by_token_bounds
-from dataeff.confidence import ConfidenceScore, score_confidence, select_low_confidence
+from dataeff.confidence import ConfidenceScore, ConfidenceScores, score_confidence, select_low_confidence
 from dataeff.data import Example
 from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, ROLE_TOO_LONG, choose_eval_split
 from dataeff.plots import plot_confidence
@@ -56,7 +56,7 @@ def check_bounds(svc: Services, pool: list[Example]) -> tuple[list[Example], lis
 
 
 @task(name="score-confidence", persist_result=False)
-def score_pool(svc: Services, pool: list[Example], batch_size: int) -> list[ConfidenceScore]:
+def score_pool(svc: Services, pool: list[Example], batch_size: int | None) -> ConfidenceScores:
     cfg = svc.config
     loaded = get_model(cfg.model)
     return score_confidence(
@@ -101,7 +101,7 @@ def _pre_annotations(cfg: ProjectConfig, scores: list[ConfidenceScore]) -> Prela
     )
 
 
-def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
+def run_bootstrap(svc: Services, batch_size: int | None = None) -> dict:
     cfg = svc.config
     logger = _logger()
     roles = svc.runs.read_bootstrap()
@@ -141,6 +141,8 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
             "empty_answers": sum(1 for s in scores if s.n_tokens == 0),
             "skipped_too_long": len(skipped),
         }
+        if scores.batch_size:  # the batch size chosen for the device
+            stats["confidence_batch_size"] = scores.batch_size
         figure = plot_confidence(
             [s.confidence for s in scores],
             highlight=[s.confidence for s in scores if s.id in set(lowconf)],
@@ -179,7 +181,7 @@ def run_bootstrap(svc: Services, batch_size: int = 16) -> dict:
 
 
 @flow(name="dataeff-bootstrap", log_prints=True)
-def bootstrap(project: str, home: str | None = None, batch_size: int = 16) -> dict:
+def bootstrap(project: str, home: str | None = None, batch_size: int | None = None) -> dict:
     """Score the pool and queue the low-confidence batch and the eval split (idempotent)."""
     config = ProjectConfig.load(project, Path(home) if home else None)
     return run_bootstrap(open_services(config), batch_size=batch_size)

@@ -74,8 +74,6 @@ from integrations.ls_reconcile import ID_FIELD, PROMPT_FIELD
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 16
-"""Prompts per generation batch when scoring (as the bootstrap)."""
 _RECORD = "prelabels.json"
 
 
@@ -162,7 +160,8 @@ def predict_examples(
         svc: the project's services (config; MLflow only to find the base model's accuracy).
         examples: items to answer (``id`` and ``prompt``; an empty prompt gets no answer).
         predictor: default :func:`current_predictor`.
-        batch_size: prompts per generation batch (default :data:`DEFAULT_BATCH_SIZE`).
+        batch_size: prompts per generation batch (default ``None``: chosen for the device, as the
+            bootstrap: 16 on CPU, from free memory on CUDA).
 
     Returns:
         ``(predictor, plan)``; ``plan.answers`` maps item id to ``(label, confidence)`` and is empty
@@ -187,7 +186,7 @@ def predict_examples(
             model,
             loaded.tokenizer,
             items,
-            batch_size=batch_size or DEFAULT_BATCH_SIZE,
+            batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             chat_template=chat_template,
             stop_strings=stops,
@@ -374,7 +373,6 @@ def _refresh(svc: Services, roles: Mapping[str, Sequence[str]], labeled_ids: Col
 
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE",
     "Predictor",
     "current_predictor",
     "predict_examples",

@@ -300,7 +300,7 @@ class _Study:
         if cached is None or cached.get("pool") != pool_hash:
             bar.set_postfix_str("confidence")
             t0 = time.perf_counter()
-            scores = score_confidence(
+            fresh = score_confidence(
                 self.model.get(),
                 examples=task.pool,
                 batch_size=s.confidence_batch_size,
@@ -309,7 +309,7 @@ class _Study:
                 progress=False,
                 stop_strings=None if s.chat_template else ("\n",),
             )
-            cached = {"pool": pool_hash, "seconds": time.perf_counter() - t0, "scores": [x.as_dict() for x in scores]}
+            cached = {"pool": pool_hash, "seconds": time.perf_counter() - t0, "scores": [x.as_dict() for x in fresh]}
             tracker.log_run_json(parent, cached, CONFIDENCE_JSON)
         scores = [ConfidenceScore(**{**r, "perplexity": float(r["perplexity"])}) for r in cached["scores"]]
         seconds = float(cached.get("seconds") or 0.0)

@@ -179,6 +179,8 @@ ESTIMATE = RunKind(
         "projection_dim",
         "dtype",
         "device",
+        "batch_size",  # examples per forward/backward pass actually used (chosen for the device)
+        "gram_storage",  # where per-example gradient rows went (dataeff.gradients.plan_gram)
         "calibration_family",
         "calibration_coef",
         "calibration_intercept",
@@ -468,6 +470,8 @@ def estimate_run(
         "projection_dim": coslow.projection_dim,
         "dtype": coslow.dtype,
         "device": coslow.device,
+        "batch_size": coslow.batch_size,
+        "gram_storage": coslow.gram.get("storage"),
         "calibration_family": prediction.extra.get("calibration"),
         "calibration_coef": prediction.coef,
         "calibration_intercept": prediction.intercept,

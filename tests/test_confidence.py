@@ -10,6 +10,7 @@ from test_generation import PROMPTS, peaky  # noqa: F401  (fixture)
 from benchmarks.baseline import naive_confidence
 from dataeff.confidence import (
     ConfidenceScore,
+    ConfidenceScores,
     SmallPoolWarning,
     confidence_from_probs,
     score_confidence,
@@ -56,6 +57,9 @@ def test_score_confidence_accepts_loaded_model_and_strings(tiny_loaded):
     scores = score_confidence(tiny_loaded, None, ["Play some jazz", "Wake me up"], max_new_tokens=3, progress=False)
     assert [s.id for s in scores] == ["0", "1"]
     assert all(0 < s.confidence <= 1 and s.n_tokens == 3 for s in scores)
+    # the batch size chosen for the device (CPU: 16) and the decoder are recorded for callers to log
+    assert isinstance(scores, ConfidenceScores) and (scores.batch_size, scores.decoder) == (16, "evict")
+    assert score_confidence(tiny_loaded, None, ["Play"], batch_size=3, max_new_tokens=2, progress=False).batch_size == 3
     with pytest.raises(DataError, match="example 1"):
         score_confidence(tiny_loaded, None, ["ok", "  "], progress=False)
 

@@ -141,3 +141,104 @@ def test_a_dtype_other_than_the_calibrations_is_warned_about():
     assert dtype_warning(fitted, "fp32") is None
     assert "fitted on fp32" in dtype_warning(fitted, "bf16")
     assert dtype_warning(Calibration("paper", 0.5, 0.3), "bf16") is None  # a built-in records no dtype
+
+
+def _gram(loaded, **kw):
+    from dataeff.gradients import lora_gradient_gram_with_plan
+
+    peft_model = attach_lora(loaded.model, LORA, 4)
+    try:
+        peft_model.eval()
+        return lora_gradient_gram_with_plan(peft_model, loaded.tokenizer, EXAMPLES, progress=False, **kw)
+    finally:
+        peft_model.unload()
+        if hasattr(loaded.model, "peft_config"):
+            del loaded.model.peft_config
+
+
+def test_streamed_rows_equal_the_in_memory_gram(tiny_loaded):
+    """Every way of keeping the rows (forced on CPU by small budgets) gives the in-memory Gram matrix."""
+    reference, plan = _gram(tiny_loaded, batch_size=2, memory_budget=2**30)
+    assert plan.storage == "memory" and len(plan.passes) == 1
+    one, plan = _gram(tiny_loaded, batch_size=16)
+    assert plan.storage == "one-batch"
+    default, plan = _gram(tiny_loaded, batch_size=2)
+    assert plan.storage == "disk"  # the CPU default, as before
+    tiny_budget = 4096  # bytes: fewer than one example's row (16 KB)
+    disk, plan = _gram(tiny_loaded, batch_size=2, memory_budget=tiny_budget)
+    assert plan.storage == "disk" and plan.memory_budget == tiny_budget  # read back in pairs of 1-row chunks
+    host, plan = _gram(tiny_loaded, batch_size=4, storage="host", memory_budget=tiny_budget)
+    assert plan.storage == "host"
+    passes, plan = _gram(tiny_loaded, batch_size=4, storage="passes", memory_budget=tiny_budget)
+    assert plan.storage == "passes" and len(plan.passes) > 10
+    assert plan.summary()["passes"] == len(plan.passes) and plan.summary()["rows_mb"] > 0
+    scale = np.abs(reference).max()
+    for other in (one, default, disk, host, passes):
+        assert np.allclose(other, reference, rtol=1e-5, atol=1e-6 * scale)
+    assert abs(coslow_from_gram(passes) - coslow_from_gram(reference)) < 1e-6
+
+
+def test_compute_coslow_records_batch_and_storage(tiny_loaded):
+    exact = compute_coslow(tiny_loaded, EXAMPLES, lora=LORA, seed=5, batch_size=16, progress=False)
+    streamed = compute_coslow(
+        tiny_loaded, EXAMPLES, lora=LORA, seed=5, batch_size=2, memory_budget=4096, storage="passes", progress=False
+    )
+    assert abs(streamed.coslow - exact.coslow) < 1e-6
+    assert exact.batch_size == 16 and exact.gram["storage"] == "one-batch"
+    assert streamed.batch_size == 2 and streamed.gram["storage"] == "passes" and streamed.gram["passes"] > 1
+    default = compute_coslow(tiny_loaded, EXAMPLES[:4], lora=LORA, seed=5, progress=False)
+    assert default.batch_size == 8 and default.gram["storage"] == "one-batch"  # CPU default batch size
+    from dataeff.coslow import CosLowResult
+
+    assert CosLowResult.from_dict(default.as_dict()) == default
+
+
+def test_out_of_memory_halves_the_batch_and_stays_exact(tiny_loaded, monkeypatch):
+    import dataeff.gradients as gradients
+
+    reference, _ = _gram(tiny_loaded, batch_size=16)
+    real = gradients._answer_loss
+
+    def small_batches_only(base_model, input_ids, attention, batch):
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(base_model, input_ids, attention, batch)
+
+    monkeypatch.setattr(gradients, "_answer_loss", small_batches_only)
+    with pytest.warns(UserWarning, match="ran out of device memory"):
+        gram, plan = _gram(tiny_loaded, batch_size=16)
+    assert plan.batch_size == 2 and plan.oom_retries == 3 and plan.storage == "disk"
+    assert np.allclose(gram, reference, rtol=1e-5, atol=1e-6 * np.abs(reference).max())
+
+
+LLAMA_8B_MODULES = [(4096, 64), (1024, 64), (1024, 64), (4096, 64), (14336, 64), (14336, 64), (4096, 64)] * 32
+
+
+def test_plan_gram_chooses_storage_from_budgets():
+    from dataeff.gradients import plan_gram
+
+    mods = [(32, 8), (64, 8), (16, 4)]
+    row = 4 * (32 * 8 + 64 * 8 + 16 * 4)
+    assert plan_gram(10, mods, 10).storage == "one-batch"
+    assert plan_gram(10, mods, 4, disk_budget=10 * row).storage == "disk"  # CPU, no budget: as before
+    assert plan_gram(10, mods, 4, memory_budget=10 * row).storage == "memory"
+    cuda = dict(device_type="cuda", memory_budget=10 * row - 1)
+    assert plan_gram(10, mods, 4, host_budget=10 * row, **cuda).storage == "host"
+    assert plan_gram(10, mods, 4, disk_budget=10 * row, **cuda).storage == "passes"  # 2 passes beat the disk
+    tight = dict(device_type="cuda", memory_budget=row, disk_budget=10 * row)
+    assert plan_gram(10, mods, 4, **tight).storage == "disk"  # 10 passes: the disk is cheaper
+    plan = plan_gram(10, mods, 4, device_type="cuda", memory_budget=row // 3)
+    assert plan.storage == "passes"
+    covered: dict[int, list[tuple[int, int]]] = {}
+    for group in plan.passes:
+        assert 4 * 10 * sum(s.size for s in group) <= row // 3
+        for s in group:
+            covered.setdefault(s.module, []).append((s.lo, s.hi))
+    for m, (out, _) in enumerate(mods):  # every output row of every module exactly once
+        spans = sorted(covered[m])
+        assert spans[0][0] == 0 and spans[-1][1] == out and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    with pytest.raises(ValueError, match="storage must be"):
+        plan_gram(10, mods, 4, storage="tape")
+    # 1,024 examples of a Llama-3.1-8B-shaped model, r=64: 360 GB of rows; ~60 GB left on an 80 GB GPU
+    big = plan_gram(1024, LLAMA_8B_MODULES, 32, device_type="cuda", memory_budget=60 * 10**9, host_budget=64 * 10**9)
+    assert big.storage == "passes" and len(big.passes) == 7 and big.row_bytes == 4 * 64 * 43008 * 32
