@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -1026,6 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    # MLflow's per-download bars (every read-back of a small JSON artifact) would drown dataeff's own.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command == "data" and getattr(args, "task", None) and args.out is None:
         args.out = f"data/{args.task}"
     try:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from dataeff.efficiency import AUC_CLIP, BUDGET_GRID
+from dataeff.efficiency import AUC_CLIP, BUDGET_GRID, MAX_BUDGET
 from dataeff.policy import PolicySettings
 from dataeff.replay import (
     PAPER_PRIOR_SD,
@@ -98,6 +100,8 @@ def run_curve(job: dict) -> dict:
         observed = observe_curve(curve, [b for b in grid if b > 0], noise, rng)
         coslow_prior = float(np.clip(rng.normal(curve.auc, PAPER_PRIOR_SD), *AUC_CLIP))
         priors = {"coslow": (coslow_prior, PAPER_PRIOR_SD)}
+        if job.get("fixed_prior"):  # a calibration's actual prediction for the task, the same every draw
+            priors = {"coslow": (float(job["fixed_prior"][0]), float(job["fixed_prior"][1]))}
         if job.get("trivial"):
             priors["trivial"] = tuple(job["trivial"])
         for kind, (mu, sd) in priors.items():
@@ -279,48 +283,83 @@ def to_markdown(summary: dict, trivial: dict | None, demo: dict, command: str, s
             "",
             "## The demo task's measured curve (SmolLM2 + LoRA, intent_recognition, 60 eval items)",
             "",
-            f"Truth (mean of 2 seeds): {demo['truth']}; target 0.8 of the gain; cap 633; grid {list(DEMO_GRID)}; "
-            f"seed noise {DEMO_SEED_NOISE}; {demo['draws']} noise draws.",
+            f"Truth (mean of 2 seeds): {demo['truth']}; cap 633; grid {list(DEMO_GRID)}; "
+            f"seed noise {DEMO_SEED_NOISE}; {demo['draws']} noise draws. Priors (AUC', sd) on the 5000-label axis: "
+            + "; ".join(f"{k}: {v if v else 'drawn per replay'}" for k, v in demo.get("priors", {}).items())
+            + f" (shipped calibration at the demo's CoS-Low {DEMO_COSLOW}).",
             "",
-            "| method | stopped too early | reached (declared) | labels spent (median) | oracle |",
-            "|---|---|---|---|---|",
+            "| prior | target | method | stopped too early | declared reached but not | reached (declared) "
+            "| labels spent (median) | oracle |",
+            "|---|---|---|---|---|---|---|---|",
         ]
     )
     for k, p in demo["policy"].items():
+        prior, target, method = (k.split(" | ") + ["", ""])[:3] if " | " in k else ("paper error", "0.8", k)
         lines.append(
-            f"| {k} | {p['stopped_too_early']:.0%} | {1 - (p['missed'] or 0):.0%} | "
-            f"{p['labels_median']} | {p['oracle']} |"
+            f"| {prior} | {target} | {method} | {p['stopped_too_early']:.0%} | "
+            f"{(p['false_reached'] or 0):.0%} | {1 - (p['missed'] or 0):.0%} | {p['labels_median']} | {p['oracle']} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def demo_replay(draws: int, workers: int, cache: Path | None) -> dict:
-    curve = demo_curve()
-    job = {
-        "curve": curve,
-        "index": 999,
-        "n_eval": 60,
-        "seed_noise": DEMO_SEED_NOISE,
-        "draws": draws,
-        "grid": DEMO_GRID,
-        "caps": [633],
-        "policy_targets": [0.8],
-        "estimation": False,
+#: The demo's measured CoS-Low (32 low-confidence intent_recognition items, fp32, 2 draws; `make demo`).
+DEMO_COSLOW = 0.3273
+DEMO_CALIBRATION = "smollm2-135m-instruct-lora"
+
+
+def demo_priors() -> dict[str, tuple[float, float] | None]:
+    """Priors replayed on the demo curve: ``None`` = the paper's error around the true AUC; else the
+    shipped SmolLM2 calibration's ``(AUC', sd)`` for :data:`DEMO_COSLOW` on the project's 5000-label axis,
+    as dataeff carries it now and with the "flat after N" carry-over it used before."""
+    from dataeff.calibration import get_calibration
+
+    cal = get_calibration(DEMO_CALIBRATION)
+    auc, sd = cal.predict_auc(DEMO_COSLOW)[0], cal.predict_sd(DEMO_COSLOW)
+    r = math.log2(MAX_BUDGET) / math.log2(cal.cutoff)
+    now = cal.at_cutoff(MAX_BUDGET)
+    return {
+        "paper error around the truth": None,
+        "shipped calibration, flat carry-over (before)": (1 - (1 - auc) / r, sd / r),
+        "shipped calibration (now)": (now.predict_auc(DEMO_COSLOW)[0], now.predict_sd(DEMO_COSLOW)),
     }
-    res = run_jobs([job], cache, workers, "demo curve")[0]
-    pol = summarize_policy([res])
-    out = {}
-    for k, p in pol.items():
-        ps = [q for q in res["policy"] if f"{q['method']}@{q['cap']}" == k]
-        out[k] = {
-            **p,
-            "labels_median": _median(q["spent"] for q in ps),
-            "oracle": ps[0]["oracle"],
-            "rules": {r: sum(q["rule"] == r for q in ps) for r in sorted({q["rule"] for q in ps})},
+
+
+def demo_replay(draws: int, workers: int, cache: Path | None, targets: Sequence[float] = (0.5, 0.8)) -> dict:
+    """Replays of the demo task's measured curve under each of :func:`demo_priors`, per target."""
+    curve = demo_curve()
+    priors = demo_priors()
+    jobs = [
+        {
+            "curve": curve,
+            "index": 999,
+            "n_eval": 60,
+            "seed_noise": DEMO_SEED_NOISE,
+            "draws": draws,
+            "grid": DEMO_GRID,
+            "caps": [633],
+            "policy_targets": list(targets),
+            "estimation": False,
+            **({"fixed_prior": list(prior)} if prior else {}),
         }
+        for prior in priors.values()
+    ]
+    results = run_jobs(jobs, cache, workers, "demo curve")
+    out: dict[str, dict] = {}
+    for label, res in zip(priors, results):
+        for t in targets:
+            sub = {**res, "policy": [q for q in res["policy"] if abs(q["target"] - t) < 1e-9]}
+            for k, p in summarize_policy([sub]).items():
+                ps = [q for q in sub["policy"] if f"{q['method']}@{q['cap']}" == k]
+                out[f"{label} | {t:g} | {k}"] = {
+                    **p,
+                    "labels_median": _median(q["spent"] for q in ps),
+                    "oracle": ps[0]["oracle"],
+                    "rules": {r: sum(q["rule"] == r for q in ps) for r in sorted({q["rule"] for q in ps})},
+                }
     return {
         "truth": {int(b): round(float(s), 3) for b, s in zip(curve.budgets, curve.scores)},
         "draws": draws,
+        "priors": {k: None if v is None else [round(v[0], 3), round(v[1], 3)] for k, v in priors.items()},
         "policy": out,
     }
 

@@ -38,6 +38,16 @@ from dataeff.errors import DataError
 PAPER_AUC_MAE = 0.086
 #: SD of AUC' used for built-in calibrations: the paper's MAE converted for normal errors.
 BUILTIN_AUC_SD = PAPER_AUC_MAE * math.sqrt(math.pi / 2)
+EXTRAPOLATION_SHORTFALL: float = 0.59
+"""How far short of the "flat after N" guess a curve's AUC on a longer axis N' falls, per unit of the
+axis that was not measured (``w = 1 - log N / log N'``): ``AUC' = 1 - (1 - AUC) / r - 0.59 w``. On the
+paper's published curves (95-99 curves per pair) the measured shortfall / w is 0.55-0.61 for every
+pair of N in {100, 200, 500, 1000} and N' in {633, 1000, 5000}: the flat guess is never too low and on
+average 0.10 (200 -> 633) to 0.27 (100 -> 5000) too high. tests/test_calibration.py re-measures it."""
+EXTRAPOLATION_SD: float = 0.23
+"""sd of a curve's AUC on the longer axis around that corrected guess, per ``sqrt(w)``: ``0.23 sqrt(w)``
+(measured 0.21-0.27 on the same pairs: 0.09 for 200 -> 633, 0.15 for 200 -> 5000). Added in quadrature to
+the calibration's own sd by :meth:`Calibration.predict_sd`."""
 FORMAT = "dataeff.calibration/1"
 FIT_KINDS = ("full", "lora")
 
@@ -75,6 +85,8 @@ class Calibration:
         max_budget: N of the size axis the fitted AUCs were measured on (``None``: the paper's
             :data:`dataeff.efficiency.MAX_BUDGET` = 5000). A study on a CPU grid up to 200 labels
             has N = 200; :meth:`at_cutoff` carries it to another N.
+        extrapolation_sd: sd of AUC' that comes from the part of the axis the fitted curves did not
+            measure (set by :meth:`at_cutoff`: :data:`EXTRAPOLATION_SD` ``* sqrt(w)``); ``None``: none.
     """
 
     family: str
@@ -98,6 +110,7 @@ class Calibration:
     dtype: str | None = None
     provenance: dict = field(default_factory=dict)
     max_budget: int | None = None
+    extrapolation_sd: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("coef_interval", "intercept_interval"):  # JSON gives lists back
@@ -118,13 +131,18 @@ class Calibration:
     def at_cutoff(self, max_budget: int) -> Calibration:
         """This calibration on another AUC axis: predicts the AUC a curve has up to ``max_budget`` labels.
 
-        A calibration measured up to N (its :attr:`cutoff`) knows nothing of the curve beyond N, so the
-        curve is taken to stay at its best score within N. On the larger axis N' the normalised log
-        size of the old axis is stretched by ``r = log N' / log N`` and the curve is 1 from ``x = 1/r``
-        on, which gives exactly ``AUC' = 1 - (1 - AUC) / r``: linear in AUC, so the map from CoS-Low
-        stays linear (``coef / r``, ``intercept / r + 1 - 1/r``) and every sd and error scales by
-        ``1 / r``. The curve posterior's ceiling prior and the measured fine-tunes correct the
-        saturation assumption as points arrive.
+        A calibration measured up to N (its :attr:`cutoff`) did not see the curve beyond N. On the
+        larger axis N' the old axis is stretched by ``r = log N' / log N``; a curve that stayed at its
+        best score after N would have ``AUC' = 1 - (1 - AUC) / r``, but real curves keep rising: on the
+        paper's published curves that guess is never too low and on average
+        :data:`EXTRAPOLATION_SHORTFALL` ``* w`` too high (``w = 1 - 1/r``, the unmeasured share of the
+        axis). So ``AUC' = 1 - (1 - AUC) / r - 0.59 w``: still linear in AUC, so the map from CoS-Low
+        stays linear (``coef / r``, ``intercept / r + 0.41 w``); the fit's sd and errors scale by
+        ``1 / r`` and :attr:`extrapolation_sd` (:data:`EXTRAPOLATION_SD` ``* sqrt(w)``) adds what the
+        unmeasured part leaves open. (Before 2026-11-25 dataeff used the flat guess with the sd
+        shrunk by ``1 / r``: on the demo it put the AUC at 0.62 +- 0.06 for a task whose curve is
+        0.12, 0.12, 0.22, 0.50, 0.68, 0.78 at 0-633 labels, and stopped the loop at 100 labels.)
+        The curve posterior's measured fine-tunes correct the rest as points arrive.
 
         Args:
             max_budget: N' (>= this calibration's N; the same N returns ``self``).
@@ -145,8 +163,10 @@ class Calibration:
         def scale(v: float | None) -> float | None:
             return None if v is None else v / r
 
-        shift = 1.0 - 1.0 / r
+        w = 1.0 - 1.0 / r
+        shift = (1.0 - EXTRAPOLATION_SHORTFALL) * w
         ci, ii = self.coef_interval, self.intercept_interval
+        extra = math.hypot(scale(self.extrapolation_sd) or 0.0, EXTRAPOLATION_SD * math.sqrt(w))
         return replace(
             self,
             coef=self.coef / r,
@@ -160,6 +180,7 @@ class Calibration:
             intercept_interval=None if ii is None else (ii[0] / r + shift, ii[1] / r + shift),
             provenance={**self.provenance, "rescaled_from_max_budget": n_own},
             max_budget=n_new,
+            extrapolation_sd=extra,
         )
 
     def describe(self) -> str:
@@ -192,13 +213,16 @@ class Calibration:
         """Standard error of a new task's AUC at ``coslow`` (AUC units).
 
         Fitted: ``s * sqrt(1 + 1/n + (coslow - mean)^2 / Sxx)``. Built-in: ``default_sd``
-        (or :data:`BUILTIN_AUC_SD`).
+        (or :data:`BUILTIN_AUC_SD`). Carried to a longer axis (:meth:`at_cutoff`): combined in
+        quadrature with :attr:`extrapolation_sd`.
         """
         fit = self._fit_stats()
         if fit is not None:
             n, s, mean, sxx = fit
-            return float(s * math.sqrt(1 + 1 / n + (coslow - mean) ** 2 / sxx))
-        return float(self.default_sd if self.default_sd is not None else BUILTIN_AUC_SD)
+            own = s * math.sqrt(1 + 1 / n + (coslow - mean) ** 2 / sxx)
+        else:
+            own = self.default_sd if self.default_sd is not None else BUILTIN_AUC_SD
+        return float(math.hypot(own, self.extrapolation_sd or 0.0))
 
     def predict_auc(self, coslow: float, level: float = 0.8) -> tuple[float, float, float]:
         """Predicted AUC of a task with this CoS-Low and its prediction interval.

@@ -11,6 +11,8 @@ import pytest
 from dataeff.calibration import (
     BUILTIN_AUC_SD,
     BUILTIN_CALIBRATIONS,
+    EXTRAPOLATION_SD,
+    EXTRAPOLATION_SHORTFALL,
     Calibration,
     baseline_loo_mae,
     fit_calibration,
@@ -163,16 +165,64 @@ def test_at_cutoff_carries_a_short_axis_calibration_to_the_projects_axis(tmp_pat
     f = np.minimum(normalized_log_size(n, 200), 1.0) ** p
     x = normalized_log_size(n, 5000)
     numeric = float(np.sum(np.diff(x) * (f[1:] + f[:-1]) / 2))
-    assert long.predict_auc(0.2)[0] == pytest.approx(numeric, abs=1e-4)
-    assert long.max_budget == 5000 and long.cutoff == 5000 and short.at_cutoff(200) is short
     r = np.log2(5000) / np.log2(200)
-    assert long.predict_sd(0.2) == pytest.approx(short.predict_sd(0.2) / r)
+    w = 1 - 1 / r  # the share of the long axis the short calibration never saw
+    # the flat-after-200 curve's AUC, less what real curves fall short of it (EXTRAPOLATION_SHORTFALL)
+    assert long.predict_auc(0.2)[0] == pytest.approx(numeric - EXTRAPOLATION_SHORTFALL * w, abs=1e-4)
+    assert long.max_budget == 5000 and long.cutoff == 5000 and short.at_cutoff(200) is short
+    # the fit's own sd shrinks with the axis, the unmeasured part adds its own
+    expected_sd = np.hypot(short.predict_sd(0.2) / r, EXTRAPOLATION_SD * np.sqrt(w))
+    assert long.predict_sd(0.2) == pytest.approx(expected_sd) and long.predict_sd(0.2) > short.predict_sd(0.2)
     # predict() on another axis is the rescaled calibration's prediction
     assert short.predict(0.2, max_budget=5000).auc == pytest.approx(long.predict(0.2, max_budget=5000).auc)
     with pytest.raises(DataError, match="up to 200 labels.*up to 100"):
         short.at_cutoff(100)
     back = Calibration.load(short.save(tmp_path / "smol.json"))
     assert back.max_budget == 200 and Calibration("paper", 1.0, 0.0).cutoff == 5000
+
+
+@pytest.mark.skipif(not PAPER.is_dir(), reason="the paper's reference results are not next to the checkout")
+def test_the_carry_over_constants_are_what_the_published_curves_show():
+    """Re-measure EXTRAPOLATION_SHORTFALL / EXTRAPOLATION_SD: cut each published curve at N, take
+    the AUC on that short axis, and compare the flat-after-N guess with its real AUC up to N'."""
+    from dataeff.efficiency import data_efficiency_auc
+    from dataeff.replay import load_paper_curves
+
+    curves = load_paper_curves(PAPER)
+    for n_short, n_long in [(200, 5000), (100, 1000), (500, 5000), (200, 633)]:
+        r = np.log2(n_long) / np.log2(n_short)
+        w = 1 - 1 / r
+        gaps = []
+        for c in curves:
+            res = dict(zip(c.budgets, c.scores))
+            short = {b: s for b, s in res.items() if b <= n_short}
+            if max(c.budgets) < n_long or len(short) < 2 or max(short.values()) <= short[0]:
+                continue
+            flat = 1 - (1 - data_efficiency_auc(short, None, max_budget=n_short)) / r
+            long = {b: s for b, s in res.items() if b <= n_long}
+            gaps.append(flat - data_efficiency_auc(long, c.human if n_long == 5000 else None, max_budget=n_long))
+        gaps_arr = np.array(gaps)
+        assert len(gaps_arr) >= 90 and gaps_arr.min() > -0.01  # the flat guess is (almost) never too low
+        assert gaps_arr.mean() / w == pytest.approx(EXTRAPOLATION_SHORTFALL, abs=0.05), (n_short, n_long)
+        assert gaps_arr.std() / np.sqrt(w) == pytest.approx(EXTRAPOLATION_SD, abs=0.05), (n_short, n_long)
+
+
+def test_the_demo_is_not_stopped_on_a_rising_curve():
+    """The demo's real situation (issue 12's closing run): SmolLM2's calibration measured up to 200
+    labels, the project's axis 5000, CoS-Low 0.327, and the measured 0.117, 0.117, 0.217 at 0/50/100
+    labels of a curve that goes on to 0.5 at 200 and 0.78 at 633. With the flat carry-over the loop
+    declared half the gain reached at 100 labels (true share 0.15); it must ask for more."""
+    from dataeff.policy import PolicySettings
+    from dataeff.step import StepInputs, StepSettings, step
+
+    cal = get_calibration("smollm2-135m-instruct-lora")
+    settings = StepSettings(
+        policy=PolicySettings(primary_target=0.5, label_cap=633, budget_grid=(0, 50, 100, 200, 400, 633))
+    )
+    measured = {0: 0.117, 50: 0.117, 100: 0.217}
+    out = step(StepInputs(132, 32, 32, 0.3273, measured, 60, None), cal, settings)
+    assert out.decision.action == "request_labels", out.decision
+    assert out.state.ceiling is not None and out.state.ceiling > 0.5
 
 
 def test_projects_default_to_their_models_fitted_calibration():
