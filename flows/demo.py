@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from flows.loop import loop_iteration
 from flows.project import create_project
 from integrations.label_studio import PRIORITY_FIELD, LabelStudioClient
 from integrations.ls_server import LabelStudioServer
+from integrations.mlflow_ui import MlflowUI
 
 console = Console(stderr=True)
 
@@ -120,25 +119,6 @@ class SimulatedAnnotator:
         return len(answers)
 
 
-def start_mlflow_ui(tracking_dir: Path, port: int) -> subprocess.Popen:
-    """``mlflow ui`` on the demo's SQLite store (background; log in ``tracking_dir/mlflow-ui.log``)."""
-    log = open(tracking_dir / "mlflow-ui.log", "ab")
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        f"sqlite:///{tracking_dir / 'mlflow.db'}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # ~10x faster requests on 2 cores
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-
-
 def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
     last = history[-1]
     table = Table(title=f"dataeff demo — {cfg.name} ({cfg.model}, task {cfg.task.name})", show_lines=False)
@@ -182,15 +162,18 @@ def _summary_table(cfg: ProjectConfig, history: list[dict]) -> Table:
     return table
 
 
-def wait_for_ctrl_c(console: Console) -> None:
-    """Keep the demo's servers up (the printed links work) until the user presses Ctrl-C."""
+def wait_for_ctrl_c(console: Console, ui: MlflowUI | None = None) -> None:
+    """Keep the demo's servers up (the printed links work) until the user presses Ctrl-C; an MLflow
+    UI that went away is started again (checked every 30 s)."""
     console.print(
         "Label Studio and the MLflow UI stay up so the links above work. "
         "[bold]Press Ctrl-C to stop them[/bold] (or run the demo with --no-keep-running)."
     )
     try:
         while True:
-            time.sleep(3600)
+            time.sleep(30)
+            if ui is not None:
+                ui.ensure(timeout=60)
     except KeyboardInterrupt:
         console.print("stopping Label Studio and the MLflow UI")
 
@@ -218,7 +201,7 @@ def run_demo(
     console.print(f"starting Label Studio on {server.url} (first boot ~1 minute of migrations)…")
     server.start()
     os.environ["LABEL_STUDIO_API_KEY"] = server.api_token  # this process and its children only; never printed
-    ui = start_mlflow_ui(workdir, mlflow_port)
+    ui = MlflowUI(workdir, mlflow_port).start()
     try:
         spec, examples = load_bigbench_task(settings.task, max_examples=settings.max_examples, seed=0)
         gold = {str(e.id): e.answer for e in examples if e.answer is not None}  # BIG-bench items all have one
@@ -291,7 +274,12 @@ def run_demo(
             f"{server.url}/projects/{cfg.label_studio_project_id}/data "
             f"(login {server.username}, password in {server.credentials_file})",
         )
-        urls.add_row("MLflow experiment", f"http://127.0.0.1:{mlflow_port}/#/experiments (experiment {cfg.name})")
+        ui_up = ui.ensure()
+        urls.add_row(
+            "MLflow experiment",
+            f"{ui.url}/#/experiments (experiment {cfg.name})"
+            + ("" if ui_up else f" - the MLflow UI did not start: see {ui.log_path}"),
+        )
         urls.add_row("wall time", f"{wall / 60:.1f} minutes")
         console.print(urls)
         finished = True
@@ -303,6 +291,6 @@ def run_demo(
         }
     finally:
         if keep_running and finished:
-            wait_for_ctrl_c(console)
-        ui.terminate()
+            wait_for_ctrl_c(console, ui)
+        ui.stop()
         server.stop()
