@@ -159,7 +159,39 @@ def shard_pool(examples: Sequence[Example], shards: int, batch_size: int, length
     return [g for g in groups if g]
 
 
-def score_pool_sharded(
+class ShardedScores:
+    """Confidence of a pool being scored in shards: :meth:`result` merges them in input order."""
+
+    def __init__(self, groups: list[list[int]], jobs: list[Pending], n: int) -> None:
+        self.groups, self.jobs, self.n = groups, jobs, n
+
+    @property
+    def seconds(self) -> float:
+        """Compute time of the shards (summed; waiting in a queue not counted), once :meth:`result` returned."""
+        return sum(max(0.0, j.info.ended - j.info.started) for j in self.jobs)
+
+    def result(self) -> ConfidenceScores:
+        slots: list[ConfidenceScore | None] = [None] * self.n
+        merged = ConfidenceScores()
+        for group, job in zip(self.groups, self.jobs):
+            part = job.result()
+            merged.batch_size = merged.batch_size or part.batch_size
+            merged.decoder = merged.decoder or part.decoder
+            for i, score in zip(group, part):
+                slots[i] = score
+        merged.extend(s for s in slots if s is not None)
+        if len(merged) != self.n:
+            raise RuntimeError(f"sharded scoring returned {len(merged)} scores for {self.n} examples")
+        return merged
+
+    def cancel(self) -> None:
+        for job in self.jobs:
+            cancel = getattr(job, "cancel", None)
+            if cancel is not None:
+                cancel()
+
+
+def submit_pool_scoring(
     runner: Runner,
     spec: ModelSpec,
     examples: Sequence[Example],
@@ -167,9 +199,9 @@ def score_pool_sharded(
     lengths: Sequence[int] | None = None,
     shards: int | None = None,
     **options: Any,
-) -> ConfidenceScores:
-    """Confidence over ``examples``, in input order: one unit on a local runner, else the pool cut into
-    ``shards`` (default: the runner's workers) groups of whole batches scored in parallel and merged.
+) -> ShardedScores:
+    """Submit the confidence over ``examples``: one unit on a local runner, else the pool cut into ``shards``
+    (default: the runner's workers) groups of whole batches (:func:`shard_pool`) scored in parallel.
 
     Args:
         runner: where the units run.
@@ -183,19 +215,14 @@ def score_pool_sharded(
     examples = list(examples)
     n_shards = shards if shards is not None else runner.workers
     if not runner.parallel or n_shards <= 1 or len(examples) <= 1:
-        return runner.submit(confidence_unit, spec, examples, options).result()
-    sizes = list(lengths) if lengths is not None else [len(e.prompt) for e in examples]
-    groups = shard_pool(examples, n_shards, int(options.get("batch_size") or 16), sizes)
-    pending = [runner.submit(confidence_unit, spec, [examples[i] for i in g], options) for g in groups]
-    slots: list[ConfidenceScore | None] = [None] * len(examples)
-    merged = ConfidenceScores()
-    for group, job in zip(groups, pending):
-        part = job.result()
-        merged.batch_size = merged.batch_size or part.batch_size
-        merged.decoder = merged.decoder or part.decoder
-        for i, score in zip(group, part):
-            slots[i] = score
-    merged.extend(s for s in slots if s is not None)
-    if len(merged) != len(examples):
-        raise RuntimeError(f"sharded scoring returned {len(merged)} scores for {len(examples)} examples")
-    return merged
+        groups = [list(range(len(examples)))]
+    else:
+        sizes = list(lengths) if lengths is not None else [len(e.prompt) for e in examples]
+        groups = shard_pool(examples, n_shards, int(options.get("batch_size") or 16), sizes)
+    jobs = [runner.submit(confidence_unit, spec, [examples[i] for i in g], options) for g in groups]
+    return ShardedScores(groups, jobs, len(examples))
+
+
+def score_pool_sharded(runner: Runner, spec: ModelSpec, examples: Sequence[Example], **kwargs: Any) -> ConfidenceScores:
+    """:func:`submit_pool_scoring` and wait: the scores in input order, equal to unsharded scoring."""
+    return submit_pool_scoring(runner, spec, examples, **kwargs).result()

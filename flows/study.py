@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +43,7 @@ from dataeff.study import (
     restrict_result,
 )
 from dataeff.study_report import StudyFit, fit_study, render_markdown
-from flows.runners import ModelSpec, Pending, Runner, UnitInfo, make_runner, score_pool_sharded
+from flows.runners import ModelSpec, Pending, Runner, ShardedScores, UnitInfo, make_runner, submit_pool_scoring
 from integrations.mlflow_tracking import Tracker, run_key
 
 CONFIDENCE_JSON = "confidence.json"
@@ -128,6 +127,7 @@ class _Study:
         self.runner: Runner = runner if runner is not None else make_runner("local", load=lambda _spec: model.get())
         self.spec = ModelSpec(settings.model, settings.device, settings.dtype)
         self.pending: dict[str, Pending] = {}  # run key -> submitted unit (parallel runners)
+        self.scoring: dict[str, ShardedScores] = {}  # task name -> its pool's confidence, submitted
         self.last_unit: UnitInfo | None = None
         self.name = settings.study_name
         self.dtype = _dtype_label(settings)
@@ -248,10 +248,11 @@ class _Study:
         return [(b, seed) for b in task.budgets for seed in (self.s.seeds[:1] if b == 0 else self.s.seeds)]
 
     def prefetch(self, task: PreparedTask, done: dict) -> int:
-        """Submit every fine-tune and the random CoS-Low of ``task`` not yet in MLflow or kept (parallel runners).
+        """Submit the pool's confidence, then every fine-tune and the random CoS-Low of ``task`` not yet in
+        MLflow or kept (parallel runners); returns how many units.
 
-        They do not depend on the pool's confidence, so all tasks' units run at once on the workers
-        while the driver goes through the tasks in order and logs each result as it takes it.
+        The fine-tunes do not depend on the pool's confidence, so all tasks' units run at once on the
+        workers while the driver goes through the tasks in order and logs each result as it takes it.
         """
         if not self.runner.parallel:
             return 0
@@ -266,19 +267,34 @@ class _Study:
             data = _read_json(kept) if kept is not None else None
             return not (data is not None and data.get("key") == key)
 
-        count = 0
         randoms = random_sample(task.pool, self.s.k, self.s.split_seed)
+        units: list[tuple[str, Callable, tuple]] = []
         key = self._coslow_key(task, "random", randoms)
         if needed(key):
-            self.pending[key] = self.runner.submit(coslow_unit, self.spec, randoms, "random", self.s)
-            count += 1
+            units.append((key, coslow_unit, (randoms, "random", self.s)))
         for budget, _seed, fs, key, _ in self._finetune_plan(task, self.units(task), label_set_hash(task.eval)):
             if needed(key):
-                self.pending[key] = self.runner.submit(
-                    finetune_unit, self.spec, task.pool, task.eval, task.spec, budget, fs
-                )
-                count += 1
-        return count
+                units.append((key, finetune_unit, (task.pool, task.eval, task.spec, budget, fs)))
+        if not units:  # every child measured: at most CoS-Low of the low-confidence draw is left
+            return 0
+        # first the pool's confidence (the driver needs it first, for the low-confidence draw); if it turns out
+        # to be cached on the task's run already (a resumed task), it is cancelled there
+        self.scoring[task.name] = self._submit_scoring(task)
+        for key, fn, args in units:
+            self.pending[key] = self.runner.submit(fn, self.spec, *args)
+        return len(units) + len(self.scoring[task.name].jobs)
+
+    def _submit_scoring(self, task: PreparedTask) -> ShardedScores:
+        s = self.s
+        return submit_pool_scoring(
+            self.runner,
+            self.spec,
+            task.pool,
+            batch_size=s.confidence_batch_size,
+            max_new_tokens=s.max_new_tokens,
+            chat_template=s.chat_template,
+            stop_strings=None if s.chat_template else ("\n",),
+        )
 
     def discard(self) -> None:
         """Cancel units submitted and never taken (an interrupted study)."""
@@ -286,7 +302,10 @@ class _Study:
             cancel = getattr(job, "cancel", None)
             if cancel is not None:
                 cancel()
+        for scoring in self.scoring.values():
+            scoring.cancel()
         self.pending.clear()
+        self.scoring.clear()
 
     # ------------------------------------------------------------------ one task
 
@@ -439,18 +458,14 @@ class _Study:
         pool_hash = label_set_hash(task.pool)
         if cached is None or cached.get("pool") != pool_hash:
             bar.set_postfix_str("confidence")
-            t0 = time.perf_counter()
-            fresh = score_pool_sharded(
-                self.runner,
-                self.spec,
-                task.pool,
-                batch_size=s.confidence_batch_size,
-                max_new_tokens=s.max_new_tokens,
-                chat_template=s.chat_template,
-                stop_strings=None if s.chat_template else ("\n",),
-            )
-            cached = {"pool": pool_hash, "seconds": time.perf_counter() - t0, "scores": [x.as_dict() for x in fresh]}
+            job = self.scoring.pop(task.name, None) or self._submit_scoring(task)
+            fresh = job.result()
+            cached = {"pool": pool_hash, "seconds": job.seconds, "scores": [x.as_dict() for x in fresh]}
             tracker.log_run_json(parent, cached, CONFIDENCE_JSON)
+        else:
+            stale = self.scoring.pop(task.name, None)  # submitted before the cache was seen (a resumed task)
+            if stale is not None:
+                stale.cancel()
         scores = [ConfidenceScore(**{**r, "perplexity": float(r["perplexity"])}) for r in cached["scores"]]
         seconds = float(cached.get("seconds") or 0.0)
         bar.update(1)

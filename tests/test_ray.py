@@ -68,7 +68,14 @@ def two_tasks(tmp_path_factory):
 
 
 def _study(tiny_model_dir, paths, name):
-    return _settings(tiny_model_dir, paths, name=name, budgets=(0, 8), seeds=(0,))
+    """2 tasks x budgets 0 and 8, one seed; 20 optimizer steps so that a fine-tune lasts long enough to overlap."""
+    from dataeff.finetune import FinetuneSettings
+    from dataeff.models import LoraSettings
+
+    finetune = FinetuneSettings(
+        lora=LoraSettings(r=4, alpha=8), max_steps=20, batch_size=8, eval_batch_size=16, max_new_tokens=3
+    )
+    return _settings(tiny_model_dir, paths, name=name, budgets=(0, 8), seeds=(0,), finetune=finetune)
 
 
 def _runs_once(tracker, study: str) -> list[dict]:
@@ -155,10 +162,12 @@ def test_study_on_ray_runs_units_in_parallel_and_equals_local(
     assert len(units) == 8 and {u["runner"] for u in units} == {"ray"}  # 4 fine-tunes + 4 CoS-Low
     assert os.getpid() not in {u["pid"] for u in units}
     finetunes = [e["unit"] for e in events if e["kind"] == "study-finetune"]
-    assert len({u["pid"] for u in finetunes}) == 2, units
+    assert len({u["pid"] for u in finetunes}) == 2, finetunes
     assert any(
-        a["pid"] != b["pid"] and a["started"] < b["ended"] and b["started"] < a["ended"] for a in units for b in units
-    ), units
+        a["pid"] != b["pid"] and a["started"] < b["ended"] and b["started"] < a["ended"]
+        for a in finetunes
+        for b in finetunes
+    ), finetunes
 
     # the local runner's numbers and runs
     assert _numbers(out) == _numbers(reference)  # fine-tune scores, AUC: exactly
