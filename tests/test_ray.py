@@ -258,6 +258,23 @@ def test_unknown_runner_names_the_choices():
     assert make_runner("local").parallel is False
 
 
+def test_bootstrap_on_ray_scores_the_pool_in_shards_like_local(ray_runner, make_project):
+    """``dataeff bootstrap --runner ray`` (the flow with runner="ray") on a real Label Studio project: the same
+    summary and roles as the local bootstrap of an identical project."""
+    from fixtures_projects import pool_of, services
+
+    from flows.bootstrap import bootstrap
+
+    pool, _ = pool_of(60)
+    local_cfg, home = make_project(pool, "boot-local")
+    ray_cfg, _ = make_project(pool, "boot-ray")
+    local = bootstrap(local_cfg.name, home=str(home))
+    on_ray = bootstrap(ray_cfg.name, home=str(home), runner="ray")
+    assert on_ray == {**local, "project": ray_cfg.name} and on_ray["scored"] == 60
+    roles = [services(c).tracker.read_bootstrap(c.name, c.model) for c in (local_cfg, ray_cfg)]
+    assert roles[0] == roles[1]
+
+
 # --------------------------------------------------------------------------- the team profile
 
 
