@@ -324,6 +324,23 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
         raise DataError(f"--{what} {text!r}: give comma-separated integers, e.g. 0,50,100") from None
 
 
+def _runner_args(p) -> None:
+    p.add_argument(
+        "--runner",
+        choices=("local", "ray"),
+        default="local",
+        help="where fine-tunes and confidence scoring run: this process (default) or Ray, one task per unit "
+        "(needs the extra: pip install 'dataeff[ray]'); MLflow runs and results are the same",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="with --runner ray: 'auto' (the cluster of `ray start --head` here), 'ray://host:10001' (a remote "
+        "cluster); default: start a Ray on this machine for the command",
+    )
+
+
 def cmd_study(args) -> int:
     import shlex
 
@@ -385,15 +402,28 @@ def cmd_study(args) -> int:
         from dataeff.project import dataeff_home
 
         tracker = Tracker.local(dataeff_home())
-    summary = run_study(
-        settings,
-        tracker,
-        out=args.out,
-        calibration_out=args.calibration_out,
-        progress=not args.no_progress,
-        command="dataeff " + shlex.join(sys.argv[1:]),
-        results_dir=args.results,
-    )
+    runner = None
+    if args.runner != "local":
+        from flows.runners import make_runner
+
+        try:
+            runner = make_runner(args.runner, address=args.ray_address)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+    try:
+        summary = run_study(
+            settings,
+            tracker,
+            out=args.out,
+            calibration_out=args.calibration_out,
+            progress=not args.no_progress,
+            command="dataeff " + shlex.join(sys.argv[1:]),
+            results_dir=args.results,
+            runner=runner,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     _print_json(summary)
     return 0
 
@@ -583,6 +613,7 @@ def _project_commands(add) -> None:
         help="prompts per generation batch (default: chosen for the device: 16 on CPU, from free memory on CUDA; "
         "logged on the bootstrap run)",
     )
+    _runner_args(p)
 
     p = add(
         "loop",
@@ -917,6 +948,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep each finished task's result here as <task>.json (commit it with the report): a study "
         "resumed on another machine or MLflow store takes those tasks from there",
     )
+    _runner_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
     p = add("confidence", cmd_confidence, "greedy answers and per-answer confidence for an unlabeled pool (batched)")

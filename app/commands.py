@@ -100,7 +100,14 @@ def bootstrap(args) -> int:
     _quiet_prefect()
     from flows.bootstrap import bootstrap as flow
 
-    _print(flow(args.project, batch_size=args.batch_size))
+    _print(
+        flow(
+            args.project,
+            batch_size=args.batch_size,
+            runner=getattr(args, "runner", "local"),
+            ray_address=getattr(args, "ray_address", None),
+        )
+    )
     return 0
 
 

@@ -34,6 +34,7 @@ from dataeff.project import ProjectConfig
 from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities
 from flows.loop import _logger
 from flows.predictions import write_record
+from flows.runners import ModelSpec, Runner, make_runner, score_pool_sharded
 from flows.services import RETRY, Services, get_model, open_services
 
 
@@ -101,7 +102,22 @@ def _pre_annotations(cfg: ProjectConfig, scores: list[ConfidenceScore]) -> Prela
     )
 
 
-def run_bootstrap(svc: Services, batch_size: int | None = None) -> dict:
+def score_pool_on(runner: Runner, svc: Services, pool: list[Example], batch_size: int | None) -> ConfidenceScores:
+    """:func:`score_pool` with the pool sharded across the runner's workers (merged in input order)."""
+    cfg = svc.config
+    return score_pool_sharded(
+        runner,
+        ModelSpec(cfg.model),
+        pool,
+        batch_size=batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        chat_template=cfg.chat_template,
+        stop_strings=None if cfg.chat_template else ("\n",),
+    )
+
+
+def run_bootstrap(svc: Services, batch_size: int | None = None, runner: Runner | None = None) -> dict:
+    """Bootstrap the project of ``svc``; ``runner``: a parallel runner (Ray) shards the pool's scoring."""
     cfg = svc.config
     logger = _logger()
     roles = svc.runs.read_bootstrap()
@@ -123,7 +139,10 @@ def run_bootstrap(svc: Services, batch_size: int | None = None) -> dict:
         )
         fixed = set(cfg.fixed_eval_ids)
         pool = [e for e in pool if e.id not in fixed]  # a labeled eval split is never a low-confidence candidate
-        scores = score_pool(svc, pool, batch_size)
+        if runner is not None and runner.parallel:
+            scores = score_pool_on(runner, svc, pool, batch_size)
+        else:
+            scores = score_pool(svc, pool, batch_size)
         lowconf = select_low_confidence(scores, k=cfg.low_confidence_k, fraction=0.1, seed=cfg.seed)
         too_long = {item.id for item in skipped}
         if cfg.fixed_eval_ids:  # a given eval item the model cannot be run on is left out of the split
@@ -181,7 +200,23 @@ def run_bootstrap(svc: Services, batch_size: int | None = None) -> dict:
 
 
 @flow(name="dataeff-bootstrap", log_prints=True)
-def bootstrap(project: str, home: str | None = None, batch_size: int | None = None) -> dict:
-    """Score the pool and queue the low-confidence batch and the eval split (idempotent)."""
+def bootstrap(
+    project: str,
+    home: str | None = None,
+    batch_size: int | None = None,
+    runner: str = "local",
+    ray_address: str | None = None,
+) -> dict:
+    """Score the pool and queue the low-confidence batch and the eval split (idempotent).
+
+    ``runner="ray"`` scores the pool in shards on a Ray cluster (``ray_address``: see
+    :func:`flows.runners.make_runner`); the scores are the local ones, in input order.
+    """
     config = ProjectConfig.load(project, Path(home) if home else None)
-    return run_bootstrap(open_services(config), batch_size=batch_size)
+    if runner == "local":
+        return run_bootstrap(open_services(config), batch_size=batch_size)
+    pool_runner = make_runner(runner, address=ray_address)
+    try:
+        return run_bootstrap(open_services(config), batch_size=batch_size, runner=pool_runner)
+    finally:
+        pool_runner.close()

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +25,10 @@ from tqdm.auto import tqdm
 
 from dataeff import __version__
 from dataeff.calibration import Calibration
-from dataeff.confidence import ConfidenceScore, score_confidence, select_low_confidence
+from dataeff.confidence import ConfidenceScore, select_low_confidence
 from dataeff.coslow import compute_coslow
 from dataeff.errors import DataError
-from dataeff.finetune import nested_subset, run_finetune
+from dataeff.finetune import FinetuneSettings, nested_subset, run_finetune
 from dataeff.iteration import label_set_hash
 from dataeff.models import LoadedModel, dtype_name, load_model, resolve_device, resolve_dtype
 from dataeff.study import (
@@ -44,6 +43,7 @@ from dataeff.study import (
     restrict_result,
 )
 from dataeff.study_report import StudyFit, fit_study, render_markdown
+from flows.runners import ModelSpec, Pending, Runner, ShardedScores, UnitInfo, make_runner, submit_pool_scoring
 from integrations.mlflow_tracking import Tracker, run_key
 
 CONFIDENCE_JSON = "confidence.json"
@@ -72,6 +72,45 @@ class _Model:
         return self.loaded
 
 
+def finetune_unit(loaded: LoadedModel, pool, eval_examples, spec, budget: int, fs) -> tuple[dict, dict]:
+    """A unit of the study (any runner): one LoRA fine-tune at ``budget`` -> ``(data, metrics)`` of its run."""
+    res = run_finetune(loaded, pool, eval_examples, spec, budget, fs, progress=False)
+    data = {**res.as_dict(), "predictions": res.predictions, "seconds": res.seconds_train + res.seconds_eval}
+    metrics = {
+        "score": res.score,
+        "seconds": data["seconds"],
+        "seconds_train": res.seconds_train,
+        "seconds_eval": res.seconds_eval,
+        "train_loss": res.final_loss,
+        "steps": res.steps,
+    }
+    return data, metrics
+
+
+def coslow_unit(loaded: LoadedModel, examples, which: str, s: StudySettings) -> tuple[dict, dict]:
+    """A unit of the study (any runner): CoS-Low of ``examples`` over the study's draws -> ``(data, metrics)``."""
+    res, warn = catch_warnings_as_messages(
+        compute_coslow,
+        loaded,
+        examples,
+        lora=s.lora,
+        seed=s.coslow_seed,
+        draws=s.draws,
+        chat_template=s.chat_template,
+        batch_size=s.coslow_batch_size,
+        progress=False,
+    )
+    data = {**res.as_dict(), "which": which, "ids": [e.id for e in examples], "warnings": warn}
+    metrics = {
+        "coslow": res.coslow,
+        "coslow_mean": res.mean,
+        "coslow_std": res.std,
+        "seconds": res.seconds,
+        **{f"coslow_draw_{d}": v for d, v in enumerate(res.draws)},
+    }
+    return data, metrics
+
+
 class _Study:
     def __init__(
         self,
@@ -81,9 +120,15 @@ class _Study:
         progress: bool,
         on_run: OnRun | None,
         results_dir: Path | None = None,
+        runner: Runner | None = None,
     ):
         self.s, self.tracker, self.model, self.progress, self.on_run = settings, tracker, model, progress, on_run
         self.results_dir = results_dir
+        self.runner: Runner = runner if runner is not None else make_runner("local", load=lambda _spec: model.get())
+        self.spec = ModelSpec(settings.model, settings.device, settings.dtype)
+        self.pending: dict[str, Pending] = {}  # run key -> submitted unit (parallel runners)
+        self.scoring: dict[str, ShardedScores] = {}  # task name -> its pool's confidence, submitted
+        self.last_unit: UnitInfo | None = None
         self.name = settings.study_name
         self.dtype = _dtype_label(settings)
         self.device = str(resolve_device(settings.device))
@@ -119,6 +164,7 @@ class _Study:
         if kept is not None and carried:
             data, metrics = kept["data"], kept["metrics"]
         else:
+            self.last_unit = None
             data, metrics = compute()
             if kept_path is not None:
                 _write_json(kept_path, {"key": key, "data": data, "metrics": metrics})
@@ -136,6 +182,10 @@ class _Study:
         )
         self.written += int(logged.created)
         if self.on_run is not None:
+            unit = {}
+            if not carried and self.last_unit is not None:  # where it was computed (tests: parallel workers)
+                info = self.last_unit
+                unit = {"unit": {"runner": info.runner, "pid": info.pid, "started": info.started, "ended": info.ended}}
             self.on_run(
                 {
                     "task": task.name,
@@ -143,10 +193,119 @@ class _Study:
                     "created": logged.created,
                     "carried": carried,
                     "run_id": logged.run_id,
+                    **unit,
                     **(event or {}),
                 }
             )
         return data
+
+    def _unit(self, key: str, fn, *args) -> tuple[dict, dict]:
+        """``(data, metrics)`` of the unit of ``key``: submitted earlier (:meth:`prefetch`) or now."""
+        job = self.pending.pop(key, None)
+        if job is None:
+            job = self.runner.submit(fn, self.spec, *args)
+        try:
+            return job.result()
+        finally:
+            self.last_unit = job.info
+
+    def _coslow_key(self, task: PreparedTask, which: str, examples) -> str:
+        s = self.s
+        return run_key(
+            kind="study-coslow",
+            which=which,
+            **self.base(task),
+            labels=label_set_hash(examples),
+            lora=s.lora.as_dict(),
+            draws=s.draws,
+            seed=s.coslow_seed,
+            chat_template=s.chat_template,
+        )
+
+    def _finetune_plan(
+        self, task: PreparedTask, units, eval_hash: str
+    ) -> list[tuple[int, int, FinetuneSettings, str, str]]:
+        """``(budget, seed, settings, run key, train hash)`` of each fine-tune of ``units``."""
+        plan = []
+        for budget, seed in units:
+            fs = self.s.finetune_for(seed)
+            fs_key = {k: v for k, v in fs.as_dict().items() if k != "device"}
+            train_hash = label_set_hash(nested_subset(task.pool, budget, seed))
+            key = run_key(
+                kind="study-finetune",
+                **self.base(task),
+                budget=budget,
+                seed=seed if budget else None,
+                train=train_hash,
+                eval=eval_hash,
+                settings=fs_key,
+                spec=[task.spec.labels, task.spec.metric],
+            )
+            plan.append((budget, seed, fs, key, train_hash))
+        return plan
+
+    def units(self, task: PreparedTask) -> list[tuple[int, int]]:
+        return [(b, seed) for b in task.budgets for seed in (self.s.seeds[:1] if b == 0 else self.s.seeds)]
+
+    def prefetch(self, task: PreparedTask, done: dict) -> int:
+        """Submit the pool's confidence, then every fine-tune and the random CoS-Low of ``task`` not yet in
+        MLflow or kept (parallel runners); returns how many units.
+
+        The fine-tunes do not depend on the pool's confidence, so all tasks' units run at once on the
+        workers while the driver goes through the tasks in order and logs each result as it takes it.
+        """
+        if not self.runner.parallel:
+            return 0
+        path = self._result_path(task)
+        if path is not None and path.is_file():  # a kept task result: maybe nothing to measure; no guessing
+            return 0
+
+        def needed(key: str) -> bool:
+            kept = self._child_path(task, key)
+            if key in done or key in self.pending:
+                return False
+            data = _read_json(kept) if kept is not None else None
+            return not (data is not None and data.get("key") == key)
+
+        randoms = random_sample(task.pool, self.s.k, self.s.split_seed)
+        units: list[tuple[str, Callable, tuple]] = []
+        key = self._coslow_key(task, "random", randoms)
+        if needed(key):
+            units.append((key, coslow_unit, (randoms, "random", self.s)))
+        for budget, _seed, fs, key, _ in self._finetune_plan(task, self.units(task), label_set_hash(task.eval)):
+            if needed(key):
+                units.append((key, finetune_unit, (task.pool, task.eval, task.spec, budget, fs)))
+        if not units:  # every child measured: at most CoS-Low of the low-confidence draw is left
+            return 0
+        # first the pool's confidence (the driver needs it first, for the low-confidence draw); if it turns out
+        # to be cached on the task's run already (a resumed task), it is cancelled there
+        self.scoring[task.name] = self._submit_scoring(task)
+        for key, fn, args in units:
+            self.pending[key] = self.runner.submit(fn, self.spec, *args)
+        return len(units) + len(self.scoring[task.name].jobs)
+
+    def _submit_scoring(self, task: PreparedTask) -> ShardedScores:
+        s = self.s
+        return submit_pool_scoring(
+            self.runner,
+            self.spec,
+            task.pool,
+            batch_size=s.confidence_batch_size,
+            max_new_tokens=s.max_new_tokens,
+            chat_template=s.chat_template,
+            stop_strings=None if s.chat_template else ("\n",),
+        )
+
+    def discard(self) -> None:
+        """Cancel units submitted and never taken (an interrupted study)."""
+        for job in self.pending.values():
+            cancel = getattr(job, "cancel", None)
+            if cancel is not None:
+                cancel()
+        for scoring in self.scoring.values():
+            scoring.cancel()
+        self.pending.clear()
+        self.scoring.clear()
 
     # ------------------------------------------------------------------ one task
 
@@ -227,7 +386,7 @@ class _Study:
             cutoff=s.cutoff,
             messages=list(task.messages),
         )
-        units = [(b, seed) for b in task.budgets for seed in (s.seeds[:1] if b == 0 else s.seeds)]
+        units = self.units(task)
         done = tracker.finished_study_runs(self.name)
         bar = tqdm(
             total=3 + len(units),
@@ -299,18 +458,14 @@ class _Study:
         pool_hash = label_set_hash(task.pool)
         if cached is None or cached.get("pool") != pool_hash:
             bar.set_postfix_str("confidence")
-            t0 = time.perf_counter()
-            fresh = score_confidence(
-                self.model.get(),
-                examples=task.pool,
-                batch_size=s.confidence_batch_size,
-                max_new_tokens=s.max_new_tokens,
-                chat_template=s.chat_template,
-                progress=False,
-                stop_strings=None if s.chat_template else ("\n",),
-            )
-            cached = {"pool": pool_hash, "seconds": time.perf_counter() - t0, "scores": [x.as_dict() for x in fresh]}
+            job = self.scoring.pop(task.name, None) or self._submit_scoring(task)
+            fresh = job.result()
+            cached = {"pool": pool_hash, "seconds": job.seconds, "scores": [x.as_dict() for x in fresh]}
             tracker.log_run_json(parent, cached, CONFIDENCE_JSON)
+        else:
+            stale = self.scoring.pop(task.name, None)  # submitted before the cache was seen (a resumed task)
+            if stale is not None:
+                stale.cancel()
         scores = [ConfidenceScore(**{**r, "perplexity": float(r["perplexity"])}) for r in cached["scores"]]
         seconds = float(cached.get("seconds") or 0.0)
         bar.update(1)
@@ -323,38 +478,10 @@ class _Study:
         # 2. CoS-Low of the low-confidence and the random draws
         for which, examples in samples.items():
             bar.set_postfix_str(f"CoS-Low {which}")
-            key = run_key(
-                kind="study-coslow",
-                which=which,
-                **self.base(task),
-                labels=label_set_hash(examples),
-                lora=s.lora.as_dict(),
-                draws=s.draws,
-                seed=s.coslow_seed,
-                chat_template=s.chat_template,
-            )
+            key = self._coslow_key(task, which, examples)
 
-            def compute(examples=examples, which=which):
-                res, warn = catch_warnings_as_messages(
-                    compute_coslow,
-                    self.model.get(),
-                    examples,
-                    lora=s.lora,
-                    seed=s.coslow_seed,
-                    draws=s.draws,
-                    chat_template=s.chat_template,
-                    batch_size=s.coslow_batch_size,
-                    progress=False,
-                )
-                data = {**res.as_dict(), "which": which, "ids": [e.id for e in examples], "warnings": warn}
-                metrics = {
-                    "coslow": res.coslow,
-                    "coslow_mean": res.mean,
-                    "coslow_std": res.std,
-                    "seconds": res.seconds,
-                    **{f"coslow_draw_{d}": v for d, v in enumerate(res.draws)},
-                }
-                return data, metrics
+            def compute(examples=examples, which=which, key=key):
+                return self._unit(key, coslow_unit, examples, which, s)
 
             data = self._child(
                 task,
@@ -382,38 +509,11 @@ class _Study:
             seconds += float(data.get("seconds") or 0.0)
             bar.update(1)
         # 3. fine-tunes on the grid
-        for budget, seed in units:
+        for budget, seed, fs, key, train_hash in self._finetune_plan(task, units, eval_hash):
             bar.set_postfix_str(f"budget {budget} seed {seed}")
-            fs = s.finetune_for(seed)
-            fs_key = {k: v for k, v in fs.as_dict().items() if k != "device"}
-            train_hash = label_set_hash(nested_subset(task.pool, budget, seed))
-            key = run_key(
-                kind="study-finetune",
-                **self.base(task),
-                budget=budget,
-                seed=seed if budget else None,
-                train=train_hash,
-                eval=eval_hash,
-                settings=fs_key,
-                spec=[task.spec.labels, task.spec.metric],
-            )
 
-            def compute(budget=budget, fs=fs):
-                res = run_finetune(self.model.get(), task.pool, task.eval, task.spec, budget, fs, progress=False)
-                data = {
-                    **res.as_dict(),
-                    "predictions": res.predictions,
-                    "seconds": res.seconds_train + res.seconds_eval,
-                }
-                metrics = {
-                    "score": res.score,
-                    "seconds": data["seconds"],
-                    "seconds_train": res.seconds_train,
-                    "seconds_eval": res.seconds_eval,
-                    "train_loss": res.final_loss,
-                    "steps": res.steps,
-                }
-                return data, metrics
+            def compute(budget=budget, fs=fs, key=key):
+                return self._unit(key, finetune_unit, task.pool, task.eval, task.spec, budget, fs)
 
             params = {
                 "budget": budget,
@@ -522,6 +622,7 @@ def run_study(
     on_run: OnRun | None = None,
     command: str | None = None,
     results_dir: str | Path | None = None,
+    runner: Runner | None = None,
 ) -> dict:
     """Run (or resume) a calibration study; write the report and the calibration file.
 
@@ -537,6 +638,10 @@ def run_study(
         results_dir: a folder (e.g. committed with the report) where each finished task's result is
             kept as ``<task>.json`` with its key; a study resumed against another MLflow store (a
             new machine) takes those tasks from there instead of measuring them again.
+        runner: where fine-tunes, CoS-Low and confidence shards run (:mod:`flows.runners`); ``None``:
+            this process, one after another. A parallel runner (Ray) gets every fine-tune of every task
+            at once; the driver still logs each run itself, in the same order and under the same keys,
+            so the runs and numbers are those of the local runner and a re-run writes nothing.
 
     Returns:
         ``{"study", "tasks", "fit", "markdown", "calibration_file", "report_file", "runs_written", ...}``.
@@ -560,9 +665,17 @@ def run_study(
         progress,
         on_run,
         Path(results_dir) if results_dir is not None else None,
+        runner,
     )
     tracker.study_experiment(study.name, model=settings.model)
-    results = [study.run_task(task, f"[{i + 1}/{len(prepared)}]") for i, task in enumerate(prepared)]
+    try:
+        if study.runner.parallel:
+            done = tracker.finished_study_runs(study.name)
+            submitted = sum(study.prefetch(task, done) for task in prepared)
+            tqdm.write(f"{submitted} unit(s) submitted to the {study.runner.name} runner", file=sys.stderr)
+        results = [study.run_task(task, f"[{i + 1}/{len(prepared)}]") for i, task in enumerate(prepared)]
+    finally:
+        study.discard()
 
     family = settings.family_name
     summary_key = run_key(

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker" / "compose.yml"
-REQUIRED = {"postgres", "label-studio", "mlflow", "prefect", "worker"}
+REQUIRED = {"postgres", "label-studio", "mlflow", "prefect", "worker", "ray-head", "ray-worker"}
 
 
 def _compose_cmd() -> list[str] | None:
@@ -35,6 +35,15 @@ def test_compose_structure():
     assert build_parser().parse_args(argv[1:]).command == "serve"  # the worker runs a command that exists
     assert services["prefect"]["environment"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].endswith(".filesystem")
     assert "healthcheck" in services["postgres"]
+    # the Ray cluster the --runner ray commands join: a head, and a GPU worker that joins it
+    assert (
+        "--head" in services["ray-head"]["command"]
+        and "--ray-client-server-port=10001" in services["ray-head"]["command"]
+    )
+    assert "ray-head:6379" in services["ray-worker"]["command"]
+    ray_gpu = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert ray_gpu["capabilities"] == ["gpu"]
+    assert services["worker"]["environment"]["RAY_ADDRESS"] == "ray://ray-head:10001"
     text = COMPOSE.read_text()
     # Secrets are only ever interpolated from the environment, never written in the file.
     for key in ("POSTGRES_PASSWORD:", "LABEL_STUDIO_PASSWORD:", "LABEL_STUDIO_USER_TOKEN:"):
