@@ -1,6 +1,15 @@
-"""Prefect fixture: one real temporary Prefect API (the test harness) per test session."""
+"""Prefect fixtures: one real temporary Prefect API (the test harness) per test session, and a real
+``prefect server start`` for tests that need a scheduler or another database."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +32,47 @@ def prefect_api_url(prefect_harness) -> str:
     from prefect.server.api.server import SubprocessASGIServer
 
     return SubprocessASGIServer._instances[None].api_url
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, **settings: str) -> Iterator[tuple[str, Path]]:
+    """A real ``prefect server start`` on a free local port, in its own process group; yields its API URL
+    and log file, and stops the whole group at the end.
+
+    Args:
+        home: ``PREFECT_HOME`` of the server (its SQLite database unless ``settings`` name another); the log
+            file is ``home / "prefect-server.log"``.
+        **settings: extra ``PREFECT_*`` environment variables (e.g. ``PREFECT_API_DATABASE_CONNECTION_URL``).
+    """
+    import requests
+    from fixtures_mlflow import _free_port, _stop
+
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false", **settings}
+    env.pop("PREFECT_API_URL", None)
+    log_path = home / "prefect-server.log"
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prefect server did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url, log_path
+    finally:
+        _stop(proc)

@@ -185,50 +185,10 @@ def test_a_waiting_run_says_whom_it_waits_for(prefect_harness, tmp_path, monkeyp
 @pytest.fixture
 def prefect_server(tmp_path):
     """A real ``prefect server start`` (scheduler every 5 s) with its own home and SQLite database."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log_path = tmp_path / "prefect-server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("prefect")),
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/api"
-    import requests
+    from fixtures_prefect import prefect_server as start
 
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"prefect server did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(1)
-    yield url, log_path
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with start(tmp_path / "prefect-home", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5") as server:
+        yield server
 
 
 def _deployment_runs(url: str, deployment: str) -> list:
