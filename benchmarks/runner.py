@@ -139,10 +139,13 @@ def _spec(cfg: BenchConfig, **kw) -> dict:
 
 
 def bench_coslow(cfg: BenchConfig, log=print) -> dict:
-    """Naive vs dataeff exact (and projection mode when ``projection`` is a section) CoS-Low."""
+    """Naive vs dataeff exact at its defaults, dataeff exact with every row kept in memory (``--storage
+    memory``: the speed/memory trade-off of the default's row storage) and projection mode when
+    ``projection`` is a section."""
     specs = {
         "naive": _spec(cfg, workload="coslow", variant="naive"),
         "dataeff": _spec(cfg, workload="coslow", variant="dataeff"),
+        "in-memory": _spec(cfg, workload="coslow", variant="dataeff", storage="memory"),
     }
     if "projection" in cfg.sections:
         specs["projection"] = _spec(cfg, workload="coslow", variant="projection", projection_dim=cfg.projection_dim)
@@ -157,6 +160,8 @@ def bench_coslow(cfg: BenchConfig, log=print) -> dict:
     out["speedup"] = naive["median_s"] / fast["median_s"]
     out["memory_ratio"] = fast["median_peak_mb"] / naive["median_peak_mb"]
     out["coslow_abs_diff"] = abs(naive["coslow"] - fast["coslow"])
+    out["in_memory_speedup"] = naive["median_s"] / out["in-memory"]["median_s"]
+    out["in_memory_memory_ratio"] = out["in-memory"]["median_peak_mb"] / naive["median_peak_mb"]
     if "projection" in out:
         out["projection_memory_ratio"] = out["projection"]["median_peak_mb"] / naive["median_peak_mb"]
         out["projection_abs_diff"] = abs(out["projection"]["coslow"] - fast["coslow"])
@@ -334,10 +339,11 @@ def to_markdown(results: dict, command: str = "") -> str:
             "| variant | median wall s (all) | median peak MB | batch | rows kept | CoS-Low |",
             "|---|---|---|---|---|---|",
         ]
-        for name in ("naive", "dataeff", "projection"):
+        labels = {"in-memory": "dataeff, `--storage memory`", "projection": f"projection (k={cfg['projection_dim']})"}
+        for name in ("naive", "dataeff", "in-memory", "projection"):
             if name in c:
                 v = c[name]
-                label = f"projection (k={cfg['projection_dim']})" if name == "projection" else name
+                label = labels.get(name, name)
                 gram = v.get("gram") or {}
                 storage = f"{gram.get('storage')}" + (f" x{gram['passes']}" if gram.get("passes", 1) > 1 else "")
                 lines.append(
@@ -350,6 +356,11 @@ def to_markdown(results: dict, command: str = "") -> str:
             f"- speed-up naive/dataeff: **{c['speedup']:.2f}x**; dataeff peak memory = "
             f"**{100 * c['memory_ratio']:.0f}%** of naive; |CoS-Low difference| = {c['coslow_abs_diff']:.2e}",
         ]
+        if "in_memory_speedup" in c:
+            lines.append(
+                f"- rows in memory instead: speed-up **{c['in_memory_speedup']:.2f}x**, peak memory "
+                f"**{100 * c['in_memory_memory_ratio']:.0f}%** of naive"
+            )
         if "projection" in c:
             lines.append(
                 f"- projection: peak memory **{100 * c['projection_memory_ratio']:.0f}%** of naive, "

@@ -58,7 +58,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
@@ -76,6 +75,7 @@ from dataeff.device_memory import available_host_memory, free_device_memory
 from dataeff.errors import DataError
 from dataeff.generation import length_batches
 from dataeff.models import encode_prompt_answer, model_device
+from dataeff.row_store import RowStore
 
 log = logging.getLogger(__name__)
 
@@ -373,91 +373,6 @@ def plan_gram(
     return GramPlan(storage, batch_size, [full], row_bytes, n, memory_budget)
 
 
-class _RowStore:
-    """The rows of one pass: one ``(n, slice.size)`` fp32 buffer per column slice, written at row positions
-    (so a batch redone after an out-of-memory error overwrites its own rows), read back in row chunks."""
-
-    def __init__(self, n: int, slices: Sequence[ColumnSlice], kind: str, device: torch.device):
-        self.n, self.slices, self.kind, self.device = n, list(slices), kind, device
-        self.buffers: list[torch.Tensor] = []
-        self.spill: tempfile.TemporaryDirectory | None = None
-        self.files: list[str] = []
-        if kind == "memory":
-            self.buffers = [torch.empty((n, s.size), dtype=torch.float32, device=device) for s in self.slices]
-        elif kind == "host":
-            pin = device.type == "cuda"
-            self.buffers = [self._host_buffer(n, s.size, pin) for s in self.slices]
-        elif kind == "disk":
-            self.spill = tempfile.TemporaryDirectory(prefix="dataeff-grads-")
-            for index, s in enumerate(self.slices):
-                path = os.path.join(self.spill.name, f"slice-{index:05d}.f32")
-                with open(path, "wb") as fh:
-                    fh.truncate(n * s.size * 4)
-                self.files.append(path)
-        else:
-            raise ValueError(f"unknown row store {kind!r}")
-
-    @staticmethod
-    def _host_buffer(n: int, size: int, pin: bool) -> torch.Tensor:
-        if pin:
-            try:
-                return torch.empty((n, size), dtype=torch.float32, pin_memory=True)
-            except RuntimeError:  # pinning can fail for very large buffers; pageable memory still works
-                pass
-        return torch.empty((n, size), dtype=torch.float32)
-
-    def write(self, index: int, start: int, block: torch.Tensor) -> None:
-        """Rows ``start : start + len(block)`` of slice ``index``."""
-        stop = start + block.shape[0]
-        if self.kind == "memory":
-            self.buffers[index][start:stop] = block
-        elif self.kind == "host":
-            self.buffers[index][start:stop].copy_(block, non_blocking=block.device.type == "cuda")
-        else:
-            data = block.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-            fd = os.open(self.files[index], os.O_WRONLY)
-            try:
-                os.pwrite(fd, data, start * self.slices[index].size * 4)
-            finally:
-                os.close(fd)
-
-    def read(self, index: int, start: int, stop: int, device: torch.device) -> torch.Tensor:
-        """Rows ``start:stop`` of slice ``index`` as an fp32 tensor on ``device``."""
-        if self.kind in ("memory", "host"):
-            return self.buffers[index][start:stop].to(device)
-        size = self.slices[index].size
-        rows = np.fromfile(self.files[index], dtype=np.float32, count=(stop - start) * size, offset=start * size * 4)
-        return torch.from_numpy(rows.reshape(stop - start, size)).to(device)
-
-    def add_gram(self, gram: torch.Tensor, chunk_bytes: int) -> None:
-        """``gram += X X^T`` for every slice's rows ``X``, in fp32 products summed in fp64, reading at most
-        about ``chunk_bytes`` of rows at a time (pairs of row chunks when a slice does not fit)."""
-        if self.kind == "host" and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # non-blocking copies into pinned memory are done
-        n = self.n
-        for index, s in enumerate(self.slices):
-            rows = max(1, int(chunk_bytes) // (2 * 4 * max(s.size, 1)))
-            if rows >= n:
-                x = self.read(index, 0, n, gram.device)
-                gram += (x @ x.T).double()
-                continue
-            bounds = [(a, min(n, a + rows)) for a in range(0, n, rows)]
-            for bi, (a0, a1) in enumerate(bounds):
-                xa = self.read(index, a0, a1, gram.device)
-                gram[a0:a1, a0:a1] += (xa @ xa.T).double()
-                for b0, b1 in bounds[bi + 1 :]:
-                    xb = self.read(index, b0, b1, gram.device)
-                    cross = (xa @ xb.T).double()
-                    gram[a0:a1, b0:b1] += cross
-                    gram[b0:b1, a0:a1] += cross.T
-
-    def close(self) -> None:
-        self.buffers = []
-        if self.spill is not None:
-            self.spill.cleanup()
-            self.spill = None
-
-
 class _GramAccumulator:
     """Receives per-module blocks of per-example gradients of one pass and turns them into a Gram matrix.
 
@@ -479,14 +394,14 @@ class _GramAccumulator:
         self.by_module: dict[int, list[tuple[int, ColumnSlice]]] = {}
         for index, s in enumerate(slices):
             self.by_module.setdefault(s.module, []).append((index, s))
-        self.store: _RowStore | None = None
+        self.store: RowStore | None = None
         self.sketch_rows: torch.Tensor | None = None
         self.pending: torch.Tensor | None = None
         if sketch is not None:
             self.sketch_rows = torch.zeros((n, sketch.k), dtype=torch.float64, device=device)
         elif plan.storage != "one-batch":
             kind = "memory" if plan.storage == "passes" else plan.storage
-            self.store = _RowStore(n, slices, kind, device)
+            self.store = RowStore(n, [s.size for s in slices], kind, device)
         self.start = self.stop = 0
 
     @property
