@@ -76,3 +76,18 @@ def prefect_server(home: Path, **settings: str) -> Iterator[tuple[str, Path]]:
         yield url, log_path
     finally:
         _stop(proc)
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A fresh database ``<prefix>_<random>`` on the local Postgres; yields its DSN, drops it at the end."""
+    import uuid
+
+    from fixtures_mlflow import PG_ADMIN_DSN, _admin
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

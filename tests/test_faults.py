@@ -6,6 +6,7 @@ Each test names the issue-9 point it covers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -182,13 +183,19 @@ def test_a_waiting_run_says_whom_it_waits_for(prefect_harness, tmp_path, monkeyp
 # ----------------------------------------------------------------------------- 1. scheduled runs
 
 
-@pytest.fixture
-def prefect_server(tmp_path):
-    """A real ``prefect server start`` (scheduler every 5 s) with its own home and SQLite database."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def prefect_server(request, tmp_path):
+    """A real ``prefect server start`` (scheduler every 5 s) with its own home, on its own SQLite database
+    (the single-user default) or on a fresh database of the local Postgres (the team profile, dropped after)."""
+    from fixtures_prefect import postgres_database
     from fixtures_prefect import prefect_server as start
 
-    with start(tmp_path / "prefect-home", PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5") as server:
-        yield server
+    settings = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":
+            dsn = stack.enter_context(postgres_database("dataeff_prefect"))
+            settings["PREFECT_API_DATABASE_CONNECTION_URL"] = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        yield stack.enter_context(start(tmp_path / "prefect-home", **settings))
 
 
 def _deployment_runs(url: str, deployment: str) -> list:

@@ -306,20 +306,12 @@ def test_bootstrap_on_ray_scores_the_pool_in_shards_like_local(ray_runner, make_
 @pytest.fixture()
 def prefect_postgres_server(tmp_path):
     """A real ``prefect server start`` on a fresh Postgres database (dropped at the end); yields its API URL and DSN."""
-    import uuid
+    from fixtures_prefect import postgres_database, prefect_server
 
-    from fixtures_mlflow import PG_ADMIN_DSN, _admin
-    from fixtures_prefect import prefect_server
-
-    name = f"dataeff_prefect_{uuid.uuid4().hex[:10]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
-    database = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-    try:
+    with postgres_database("dataeff_prefect") as dsn:
+        database = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
         with prefect_server(tmp_path / "prefect-home", PREFECT_API_DATABASE_CONNECTION_URL=database) as (url, _log):
             yield url, dsn
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_team_profile_on_postgres(ray_runner, prefect_postgres_server, mlflow_server_uri, tiny_model_dir, two_tasks):
