@@ -277,7 +277,7 @@ def run_demo(
         ui_up = ui.ensure()
         urls.add_row(
             "MLflow experiment",
-            f"{ui.url}/#/experiments (experiment {cfg.name})"
+            f"{ui.experiment_url(cfg.name)} (experiment {cfg.name})"
             + ("" if ui_up else f" - the MLflow UI did not start: see {ui.log_path}"),
         )
         urls.add_row("wall time", f"{wall / 60:.1f} minutes")

@@ -42,8 +42,8 @@ TAG_REASON = "dataeff.reason"
 TAG_PURPOSE = "dataeff.purpose"
 TAG_NOTE = "mlflow.note.content"  # shown as the run's description in the MLflow UI
 TAG_NEEDS_FROM = "dataeff.labels_needed_from"  # "posterior" or "prediction": what labels_needed_* come from
-# MLflow 3's experiment type: the UI opens a "custom_model_development" experiment on its runs
-# (model training), a "genai_development" one on traces; untagged, it guesses, and guessed GenAI.
+# MLflow 3's experiment type, for clients and UIs that read it (MLflow 3.17's own UI follows its workflow
+# switch instead: links name ``workflowType=machine_learning``, see integrations/mlflow_ui.py).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
 EXPERIMENT_TAGS = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}

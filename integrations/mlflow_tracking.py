@@ -214,8 +214,9 @@ class Tracker:
 
         The experiment is named ``project`` and tagged ``dataeff.project``; ``dataeff.model`` lists
         the models logged in it (comma-separated, sorted); ``mlflow.experimentKind`` =
-        ``custom_model_development`` makes the MLflow UI open it on its runs (model training), not
-        on the GenAI traces page (added to an existing experiment that has no kind yet).
+        ``custom_model_development`` records it as model training (added to an existing experiment
+        that has no kind yet; MLflow 3.17's UI shows the runs for links with
+        ``workflowType=machine_learning``, :func:`integrations.mlflow_ui.experiment_link`).
 
         Raises:
             DataError: empty project name. TrackingError: the experiment exists but is deleted.

@@ -5,6 +5,11 @@ same SQLite file at that moment (the demo's first tracking call), both migrate a
 dies with an ``AttributeError`` in an alembic step, while the demo goes on printing a link that
 does not work. So the schema is created here first, in this process, and the UI is only handed a
 store that is already current; :meth:`MlflowUI.ensure` restarts it if it is gone.
+
+Links open an experiment on its runs: MLflow 3's UI takes the experiment's type from its workflow
+switch (the ``workflowType`` URL parameter, else a per-browser setting whose default is GenAI), not
+from the experiment's ``mlflow.experimentKind`` tag, so a bare link lands on the empty GenAI
+"Overview / Traces" page; :func:`experiment_link` names the machine-learning workflow and the runs tab.
 """
 
 from __future__ import annotations
@@ -18,6 +23,18 @@ import urllib.request
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+
+#: The MLflow UI's workflow for model training (its other value, ``genai``, is the default).
+WORKFLOW_MACHINE_LEARNING = "machine_learning"
+
+
+def experiment_link(base_url: str, experiment_id: str | None) -> str:
+    """URL of an experiment's runs in the MLflow UI at ``base_url`` in the machine-learning workflow
+    (the experiment list when ``experiment_id`` is ``None``)."""
+    base = base_url.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType={WORKFLOW_MACHINE_LEARNING}"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType={WORKFLOW_MACHINE_LEARNING}"
 
 
 class MlflowUI:
@@ -44,6 +61,11 @@ class MlflowUI:
     @property
     def log_path(self) -> Path:
         return self.directory / "mlflow-ui.log"
+
+    def experiment_url(self, name: str) -> str:
+        """Link to experiment ``name``'s runs (:func:`experiment_link`; the experiment list if there is none)."""
+        exp = MlflowClient(self.store_uri).get_experiment_by_name(name)
+        return experiment_link(self.url, exp.experiment_id if exp is not None else None)
 
     def start(self) -> MlflowUI:
         """Create (or migrate) the store here, then start the UI in the background."""

@@ -6,7 +6,7 @@ import socket
 
 from mlflow.tracking import MlflowClient
 
-from integrations.mlflow_ui import MlflowUI
+from integrations.mlflow_ui import MlflowUI, experiment_link
 
 
 def _free_port() -> int:
@@ -33,6 +33,12 @@ def test_the_ui_serves_the_demo_store_and_comes_back_after_dying(tmp_path):
 
         with urllib.request.urlopen(f"{ui.url}/api/2.0/mlflow/experiments/get?experiment_id={exp}", timeout=30) as resp:
             assert json.load(resp)["experiment"]["name"] == "demo-x"
+        # the printed link names the experiment's runs in the machine-learning workflow, served by the UI
+        link = ui.experiment_url("demo-x")
+        assert link == f"{ui.url}/#/experiments/{exp}/runs?workflowType=machine_learning"
+        with urllib.request.urlopen(link.split("#")[0], timeout=30) as resp:
+            assert resp.status == 200 and b"<html" in resp.read(2000).lower()
+        assert ui.experiment_url("no-such") == experiment_link(ui.url, None)
     finally:
         ui.stop()
     assert not ui.healthy()
