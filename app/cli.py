@@ -732,7 +732,10 @@ endpoints (the protocol of label-studio-ml-backend):
   POST /predict     one prediction per task in the project's label config ("Retrieve Predictions" in the
                     Data Manager, or live when the project's model version is this backend's title);
                     an empty result where the pre-annotation rules withhold the answer (not a valid
-                    label, a one-label guesser, a model measured below the accuracy threshold)
+                    label, a one-label guesser, a model measured below the accuracy threshold);
+                    at most --predict-budget seconds per request (Label Studio waits 100 s,
+                    ML_TIMEOUT_PREDICT): items not reached get no prediction and the next
+                    "Retrieve Predictions" asks for exactly those, so a big selection fills in over a few clicks
   POST /webhook     ANNOTATION_CREATED / ANNOTATION_UPDATED / ANNOTATIONS_DELETED and START_TRAINING
                     ("Start Training" on the model page) only SCHEDULE an early loop run and answer at
                     once; bursts are coalesced (at most one pending run); other actions are ignored
@@ -774,6 +777,14 @@ def _ml_backend_command(add) -> None:
         help="once serving, connect the backend to the project through Label Studio's API (idempotent)",
     )
     p.add_argument("--title", default="dataeff", help="the backend's name on Label Studio's model page (--connect)")
+    p.add_argument(
+        "--predict-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time one /predict request spends answering (None: 60 s, below Label Studio's 100 s "
+        "ML_TIMEOUT_PREDICT; raise both together)",
+    )
     p.add_argument(
         "--early-runs",
         choices=["auto", "deployment", "local", "off"],

@@ -6,7 +6,7 @@ Endpoints (the protocol of ``label-studio-ml-backend``; shapes in :mod:`integrat
 |---|---|
 | ``GET /health``, ``GET /`` | ``{"status": "UP", "model_class": ..., "project": ..., "early_runs": {...}}``, at once |
 | ``POST /setup`` | ``{"model_version": <the current predictor's>}``: the latest adapter or the base model |
-| ``POST /predict`` | one prediction per task, in the project's label-config format; empty where the rules withhold |
+| ``POST /predict`` | one prediction per task, in the project's label-config format; empty where the rules withhold; within :data:`PREDICT_BUDGET_SECONDS` (items not reached get none now and are asked for again) |
 | ``POST /webhook`` | annotation created/updated/deleted and "Start training": schedules an early loop run, answers at once |
 | ``POST /train`` | the same as a ``START_TRAINING`` webhook (what Label Studio before 1.11 posts) |
 | ``GET /versions`` | ``{"versions": [<current model_version>]}`` for the model page |
@@ -37,6 +37,14 @@ MODEL_CLASS = "DataeffPredictor"
 PREDICTOR_TTL_SECONDS = 10.0
 """How long the current predictor is reused between requests (Label Studio calls /setup before every
 /predict and on every listing; a new adapter is picked up within this many seconds)."""
+PREDICT_BUDGET_SECONDS = 60.0
+"""Time a ``/predict`` request spends answering, below Label Studio's own limit (``ML_TIMEOUT_PREDICT``,
+100 s), after which it drops the whole answer. Items are answered in chunks of :data:`PREDICT_CHUNK`
+while the next chunk is expected to end within the budget; the tasks of items not reached get no
+prediction (an empty list, which Label Studio does not store), so the next "Retrieve predictions"
+asks for exactly those again: a big selection fills in over a few clicks instead of failing."""
+PREDICT_CHUNK = 64
+"""Items per scoring call of a ``/predict`` request (the pre-annotation rules judge each chunk)."""
 
 
 class BadRequest(DataEffError):
@@ -52,6 +60,8 @@ class Backend:
         current: ``svc -> Predictor`` (default :func:`flows.predictions.current_predictor`).
         predict: ``(svc, examples, predictor) -> (Predictor, PrelabelPlan)`` (default
             :func:`flows.predictions.predict_examples`).
+        budget_seconds: time a ``/predict`` request spends answering (:data:`PREDICT_BUDGET_SECONDS`).
+        chunk_size: items per scoring call of a ``/predict`` request (:data:`PREDICT_CHUNK`).
     """
 
     def __init__(
@@ -61,6 +71,8 @@ class Backend:
         *,
         current: Callable[[Services], Any] | None = None,
         predict: Callable[..., tuple[Any, Any]] | None = None,
+        budget_seconds: float = PREDICT_BUDGET_SECONDS,
+        chunk_size: int = PREDICT_CHUNK,
     ) -> None:
         if current is None or predict is None:
             from flows.predictions import current_predictor, predict_examples
@@ -73,6 +85,8 @@ class Backend:
         self._predict = predict
         self._lock = threading.Lock()
         self._cached: tuple[float, Any] | None = None
+        self.budget_seconds = budget_seconds
+        self.chunk_size = max(1, int(chunk_size))
 
     @property
     def project(self) -> str:
@@ -127,20 +141,39 @@ class Backend:
         examples = proto.task_examples(tasks)
         started = time.monotonic()
         answers: dict = {}
+        reached = 0
+        reasons: list[str] = []
+        last = 0.0
+        while reached < len(examples):
+            elapsed = time.monotonic() - started
+            if reached and elapsed + last > self.budget_seconds:  # the next chunk would end past the budget
+                break
+            chunk = examples[reached : reached + self.chunk_size]
+            t0 = time.monotonic()
+            predictor, plan = self._predict(self.svc, chunk, predictor)
+            last = time.monotonic() - t0
+            answers.update(plan.answers)
+            reasons.append(str(plan.reason))
+            reached += len(chunk)
+        later = [str(e.id) for e in examples[reached:]]
         if examples:
-            predictor, plan = self._predict(self.svc, examples, predictor)
-            answers = dict(plan.answers)
             log.info(
-                "%s: /predict %d task(s), %d dataeff item(s), %d answered with %s in %.1f s (%s)",
+                "%s: /predict %d task(s), %d dataeff item(s), %d answered with %s in %.1f s (%s)%s",
                 self.project,
                 len(tasks),
                 len(examples),
                 len(answers),
                 predictor.model_version,
                 time.monotonic() - started,
-                plan.reason,
+                "; ".join(dict.fromkeys(reasons)),
+                f"; {len(later)} item(s) not reached within the {self.budget_seconds:.0f} s budget get no "
+                "prediction now: 'Retrieve predictions' again asks for them"
+                if later
+                else "",
             )
-        results = proto.prediction_results(tasks, answers, label_config, predictor.model_version, self.project_id)
+        results = proto.prediction_results(
+            tasks, answers, label_config, predictor.model_version, self.project_id, later=later
+        )
         return {"results": results, "model_version": predictor.model_version}
 
     def webhook(self, payload: Any) -> tuple[int, dict]:
@@ -282,14 +315,18 @@ class BackendServer:
         self.stop()
 
 
-def open_backend(project: str, mode: str = "auto") -> Backend:
-    """The backend of a saved project, its services checked first (a user error is one ``error:`` line)."""
+def open_backend(project: str, mode: str = "auto", budget_seconds: float | None = None) -> Backend:
+    """The backend of a saved project, its services checked first (a user error is one ``error:`` line);
+    ``budget_seconds`` of a ``/predict`` request (``None``: :data:`PREDICT_BUDGET_SECONDS`)."""
     from dataeff.project import ProjectConfig
     from flows.services import preflight
 
+    if budget_seconds is not None and not budget_seconds > 0:
+        raise DataEffError(f"--predict-budget {budget_seconds}: give a positive number of seconds, e.g. 60")
     config = ProjectConfig.load(project)
     svc = preflight(config, bootstrapped=False)
-    return Backend(svc, EarlyRuns(config.name, mode=mode))
+    budget = PREDICT_BUDGET_SECONDS if budget_seconds is None else budget_seconds
+    return Backend(svc, EarlyRuns(config.name, mode=mode), budget_seconds=budget)
 
 
 def run(args: Any) -> int:
@@ -301,7 +338,7 @@ def run(args: Any) -> int:
 
     configure_runtime()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = open_backend(args.project, mode=args.early_runs)
+    backend = open_backend(args.project, mode=args.early_runs, budget_seconds=getattr(args, "predict_budget", None))
     predictor = backend.predictor(fresh=True)  # MLflow and the adapters folder read once before serving
     server = BackendServer(create_app(backend), host=args.host, port=args.port, log_level="info")
     url = (args.url or server.url).rstrip("/")

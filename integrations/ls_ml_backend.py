@@ -34,7 +34,7 @@ source of truth and a webhook only makes it run earlier.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +110,8 @@ def prediction_results(
     label_config: str,
     model_version: str,
     project_id: int = 0,
-) -> list[dict]:
+    later: Collection[str] = (),
+) -> list[dict | list]:
     """The ``results`` of a ``/predict`` answer: one prediction per task, in order.
 
     A task whose item has an answer gets it in the project's label-config format (a ``choices``
@@ -125,14 +126,20 @@ def prediction_results(
         label_config: the project's label config from the request.
         model_version: the predictor's Label Studio model version.
         project_id: for error messages.
+        later: items not answered in this request (its time budget ran out): their tasks get an empty
+            list, no prediction, which Label Studio does not store, so it asks for them again next time.
 
     Raises:
         LabelStudioError: ``label_config`` is not a dataeff project's config.
     """
     schema = _Schema.parse(label_config, project_id)
-    out: list[dict] = []
+    not_now = {str(i) for i in later}
+    out: list[dict | list] = []
     for task in tasks:
         ex = task_example(task)
+        if ex is not None and str(ex.id) in not_now:
+            out.append([])
+            continue
         found = answers.get(str(ex.id)) if ex is not None else None
         result: list[dict] = []
         score: float | None = None

@@ -53,6 +53,9 @@ def test_predictions_are_one_per_task_in_the_label_config_format():
     assert out[4]["result"] == [region]  # the same item in two tasks: both answered
     for i in (1, 2, 3):  # withheld by the rules, a hand-made task, a label not in the config
         assert out[i] == {"result": [], "score": None, "model_version": "dataeff-m-lora-b50-abc"}
+    # items the request's time budget did not reach: no prediction (an empty list), in their place
+    later = proto.prediction_results(tasks, answers, CHOICES, "v", project_id=3, later=["a"])
+    assert len(later) == len(tasks) and later[0] == later[4] == [] and later[1]["result"] == []
     text = proto.prediction_results([_task(9, "a")], {"a": ("free words", 0.4)}, FREE_TEXT, "v")
     assert text[0]["result"] == [
         {"from_name": "answer", "to_name": "prompt", "type": "textarea", "value": {"text": ["free words"]}}
@@ -176,7 +179,7 @@ def test_label_studio_connects_the_backend_retrieves_predictions_and_a_webhook_s
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-    from app.ml_backend import MODEL_CLASS, Backend, BackendServer, create_app
+    from app.ml_backend import MODEL_CLASS, PREDICT_BUDGET_SECONDS, PREDICT_CHUNK, Backend, BackendServer, create_app
     from dataeff.project import ProjectConfig
     from flows.bootstrap import bootstrap
     from flows.predictions import current_predictor
@@ -228,6 +231,20 @@ def test_label_studio_connects_the_backend_retrieves_predictions_and_a_webhook_s
         assert stored[hand_made]["result"] == [] and stored[hand_made]["score"] is None  # not a dataeff item
         proto.retrieve_predictions(svc.ls, pid, chosen)  # nothing new: every task has this model version
         assert len([p for p in ls_testing.predictions(svc.ls, pid) if p["model_version"] == version]) == len(chosen)
+
+        # A selection too big for one request's time budget fills in over several "Retrieve predictions":
+        # each answers what fits (here one chunk of 4: no budget), Label Studio stores nothing for the rest
+        # and asks for exactly those next time.
+        backend.budget_seconds, backend.chunk_size = 0.0, 4
+        more = [t.task_id for t in svc.ls.tasks(pid) if "dataeff_id" in t.data and t.task_id not in stored][:10]
+        counts = []
+        for _ in range(4):
+            proto.retrieve_predictions(svc.ls, pid, more)
+            mine = [p for p in ls_testing.predictions(svc.ls, pid) if p["model_version"] == version]
+            counts.append(len([p for p in mine if p["task_id"] in more]))
+        assert counts == [4, 8, 10, 10], counts
+        assert all(p["result"] for p in mine if p["task_id"] in more)  # real answers, no empty placeholders
+        backend.budget_seconds, backend.chunk_size = PREDICT_BUDGET_SECONDS, PREDICT_CHUNK
         svc.ls._sdk.tasks.delete(id=str(hand_made))  # the loop would skip it; the simulated annotator cannot label it
 
         # Label Studio's own webhook reaches the backend when annotations are made (early runs off for now).
@@ -336,6 +353,7 @@ def test_the_help_teaches_how_to_connect_and_what_each_endpoint_does(capsys):
     for needle in ("Settings -> Model", "--connect", "/health", "/setup", "/predict", "/webhook", "START_TRAINING"):
         assert needle in text, needle
     assert "source of truth" in text and "ML_BLOCK_LOCAL_IP=false" in text
+    assert "--predict-budget" in text and "ML_TIMEOUT_PREDICT" in text
 
 
 def test_an_unknown_project_is_one_error_line(capsys, tmp_path, monkeypatch):
@@ -345,6 +363,9 @@ def test_an_unknown_project_is_one_error_line(capsys, tmp_path, monkeypatch):
     code = main(["ml-backend", "--project", "no-such-project", "--port", "9"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and "no-such-project" in err and "Traceback" not in err
+    code = main(["ml-backend", "--project", "no-such-project", "--port", "9", "--predict-budget", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--predict-budget 0.0: give a positive number" in err and "Traceback" not in err
 
 
 def test_the_command_serves_and_connects_itself(make_project, tmp_path):
