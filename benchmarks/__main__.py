@@ -1,5 +1,6 @@
 """``python -m benchmarks replay ...`` (estimation quality, see benchmarks/replay.py),
-``python -m benchmarks dtype ...`` (CoS-Low by dtype, see benchmarks/dtype.py) or
+``python -m benchmarks dtype ...`` (CoS-Low by dtype, see benchmarks/dtype.py),
+``python -m benchmarks carry-over ...`` (the calibration carry-over against real curves, benchmarks/carry_over.py) or
 ``python -m benchmarks [--quick] [--device cpu|cuda] [--shape llama-3.1-8b] [--out FILE.md|FILE.json] [--sections ...]``:
 speed and memory of dataeff against the naive reference algorithms (docs/benchmarks.md).
 
@@ -28,6 +29,10 @@ def main(argv=None) -> int:
         from benchmarks.replay import main as replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["carry-over"]:
+        from benchmarks.carry_over import main as carry_over_main
+
+        return carry_over_main(argv[1:])
     if argv[:1] == ["dtype"]:
         from benchmarks.dtype import main as dtype_main
 
