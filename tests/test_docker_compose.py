@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker" / "compose.yml"
-REQUIRED = {"postgres", "label-studio", "mlflow", "prefect", "worker", "ray-head", "ray-worker"}
+REQUIRED = {"postgres", "label-studio", "mlflow", "prefect", "worker", "ray-head", "ray-worker", "ml-backend"}
 
 
 def _compose_cmd() -> list[str] | None:
@@ -44,6 +44,18 @@ def test_compose_structure():
     ray_gpu = services["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert ray_gpu["capabilities"] == ["gpu"]
     assert services["worker"]["environment"]["RAY_ADDRESS"] == "ray://ray-head:10001"
+    # a project's ML backend, on request: a command that exists, connected at the address Label Studio
+    # reaches on the compose network, which Label Studio is told to allow
+    backend = services["ml-backend"]
+    assert backend["profiles"] == ["ml-backend"]
+    argv = backend["command"].split()
+    assert argv[0] == "dataeff" and build_parser().parse_args(argv[1:]).command == "ml-backend"
+    assert "--connect" in argv and argv[argv.index("--url") + 1] == "http://ml-backend:9090"
+    ls_env = services["label-studio"]["environment"]
+    assert ls_env["ML_BLOCK_LOCAL_IP"] == "false" and ls_env["SSRF_PROTECTION_ENABLED"] == "false"
+    # the loop writes adapters next to the configs, and the backend reads them there: both mount it writable
+    for name in ("worker", "ml-backend"):
+        assert "../projects:/dataeff/projects" in services[name]["volumes"], name
     text = COMPOSE.read_text()
     # Secrets are only ever interpolated from the environment, never written in the file.
     for key in ("POSTGRES_PASSWORD:", "LABEL_STUDIO_PASSWORD:", "LABEL_STUDIO_USER_TOKEN:"):
