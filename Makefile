@@ -13,7 +13,7 @@ lint: setup
 	.venv/bin/mypy
 
 test: setup lint
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q --durations=15
 
 test-fast: setup lint
 	.venv/bin/python -m pytest -q -m "not slow"

@@ -266,22 +266,20 @@ def run_demo(
                 break
         wall = time.perf_counter() - t_start
         console.print(_summary_table(cfg, history))
-        urls = Table(title="open these")
-        urls.add_column("what")
-        urls.add_column("where")
-        urls.add_row(
-            "Label Studio project",
-            f"{server.url}/projects/{cfg.label_studio_project_id}/data "
-            f"(login {server.username}, password in {server.credentials_file})",
-        )
         ui_up = ui.ensure()
-        urls.add_row(
-            "MLflow experiment",
-            f"{ui.experiment_url(cfg.name)} (experiment {cfg.name})"
-            + ("" if ui_up else f" - the MLflow UI did not start: see {ui.log_path}"),
+        # links on lines of their own, never wrapped or cut by the terminal's width, so they stay clickable
+        console.print(f"[bold]open these[/] (wall time {wall / 60:.1f} minutes)")
+        console.print(
+            f"  Label Studio project: {server.url}/projects/{cfg.label_studio_project_id}/data",
+            soft_wrap=True,
+            markup=False,
         )
-        urls.add_row("wall time", f"{wall / 60:.1f} minutes")
-        console.print(urls)
+        console.print(
+            f"    login {server.username}, password in {server.credentials_file}", soft_wrap=True, markup=False
+        )
+        console.print(f"  MLflow experiment {cfg.name}: {ui.experiment_url(cfg.name)}", soft_wrap=True, markup=False)
+        if not ui_up:
+            console.print(f"    the MLflow UI did not start: see {ui.log_path}", soft_wrap=True, markup=False)
         finished = True
         return {
             "project": cfg.name,
