@@ -78,6 +78,44 @@ def test_base_model_stays_clean_and_draws_are_seeded(tiny_loaded):
     assert len(a.draws) == 3 and a.coslow == a.draws[0] == pytest.approx(b.coslow, abs=1e-12)
     assert len(set(np.round(a.draws, 10))) == 3 and a.std > 0
     assert a.mean == pytest.approx(np.mean(a.draws))
+    # draws after the first re-draw the adapter in place: each is the CoS-Low of a fresh attach with its seed
+    for d in (1, 2):
+        alone = compute_coslow(tiny_loaded, EXAMPLES, lora=LORA, seed=d, draws=1, progress=False)
+        assert a.draws[d] == alone.coslow
+
+
+@pytest.mark.parametrize(
+    "lora", [LORA, LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=("q_proj", "down_proj"))]
+)
+def test_reseeding_in_place_gives_a_fresh_attachs_weights_bit_for_bit(tiny_loaded, lora):
+    from dataeff.lora_reseed import can_reseed, reseed_lora
+
+    def weights(peft_model) -> dict:
+        return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+
+    def detach(peft_model) -> None:
+        peft_model.unload()
+        if hasattr(tiny_loaded.model, "peft_config"):
+            del tiny_loaded.model.peft_config
+
+    fresh = {}
+    for seed in (7, 8, 123):
+        peft_model = attach_lora(tiny_loaded.model, lora, seed)
+        fresh[seed] = weights(peft_model)
+        detach(peft_model)
+    peft_model = attach_lora(tiny_loaded.model, lora, 0)
+    try:
+        assert can_reseed(peft_model)
+        for seed in (7, 123, 8):
+            torch.manual_seed(999)  # whatever the RNG's state before, the seed decides
+            assert reseed_lora(peft_model, seed)
+            got = weights(peft_model)
+            assert got.keys() == fresh[seed].keys() and len(got) > 0
+            assert all(torch.equal(got[k], fresh[seed][k]) for k in got), seed
+        peft_model.peft_config["default"].init_lora_weights = "gaussian"  # another scheme: not reproduced
+        assert not can_reseed(peft_model) and not reseed_lora(peft_model, 7)
+    finally:
+        detach(peft_model)
 
 
 def test_projection_mode_is_close_and_seeded(tiny_loaded):
