@@ -2,13 +2,18 @@
 
 Every task carries a number (higher = labeled first). The low-confidence batch sits on top, the
 eval split under it, and each batch the loop requests above everything requested before it but
-below both, so "sort by priority" is always the order dataeff wants. Unrequested items stay at
-:data:`UNREQUESTED`.
+below both, so "sort by priority" is always the order dataeff wants. Items nobody requested yet
+wait below every request, at negative priorities in the order the loop would request them
+(:func:`waiting_priorities`): a team that labels past the requests, or on after the loop said stop,
+gives the loop's own next random batches, never the import order (which may be sorted by class).
+Items imported later sit at :data:`UNREQUESTED` until they are requested.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+
+from dataeff.iteration import next_batch
 
 UNREQUESTED = 0
 """Priority of an item nobody asked for yet (set on import)."""
@@ -28,6 +33,29 @@ def priorities(ids: Sequence[str], base: float) -> Mapping[str, float]:
     """``{id: base + n - k}`` for item ``k`` of ``n``: the first id is labeled first."""
     n = len(ids)
     return {str(item): base + n - k for k, item in enumerate(ids)}
+
+
+def waiting_priorities(
+    current: Mapping[str, float | None], seed: int = 0, *, reserved: Iterable[str] = (), last: Iterable[str] = ()
+) -> dict[str, float]:
+    """Priorities of the items nobody requested: ``-1, -2, ...`` in the order the loop requests pool
+    items (:func:`dataeff.iteration.next_batch` with the same ``seed``), the ``last`` ones (e.g. too long
+    for the model) at the bottom; all below :data:`UNREQUESTED`, so :func:`requested_order` ignores them.
+
+    Args:
+        current: ``{id: priority}`` of every item now (``None``: never set). An item above
+            :data:`UNREQUESTED` was requested and keeps its place (it is left out of the result).
+        seed: the loop's request seed (``ProjectConfig.seed``).
+        reserved: items with a place of their own (the low-confidence batch, the eval split): left out.
+        last: items to put below all others.
+    """
+    skip = set(map(str, reserved))
+    waiting = [str(i) for i, p in current.items() if str(i) not in skip and float(p or UNREQUESTED) <= UNREQUESTED]
+    bottom = set(map(str, last))
+    head = [i for i in waiting if i not in bottom]
+    tail = [i for i in waiting if i in bottom]
+    order = next_batch(head, len(head), seed=seed) + next_batch(tail, len(tail), seed=seed)
+    return {item: -float(k + 1) for k, item in enumerate(order)}
 
 
 def requested_order(priority_of: Mapping[str, float]) -> list[str]:

@@ -31,11 +31,12 @@ from dataeff.iteration import ROLE_EVAL, ROLE_LOWCONF, ROLE_TOO_LONG, choose_eva
 from dataeff.plots import plot_confidence
 from dataeff.prelabel import PrelabelPlan, plan_prelabels, settings_from
 from dataeff.project import ProjectConfig
-from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities
+from dataeff.queue import EVAL_PRIORITY, LOWCONF_PRIORITY, priorities, waiting_priorities
 from flows.loop import _logger
 from flows.predictions import write_record
 from flows.runners import ModelSpec, Runner, make_runner, score_pool_sharded
 from flows.services import RETRY, Services, get_model, open_services
+from integrations.label_studio import PRIORITY_FIELD
 
 
 @task(name="read-pool", persist_result=False, **RETRY)
@@ -74,10 +75,15 @@ def score_pool(svc: Services, pool: list[Example], batch_size: int | None) -> Co
 def queue(svc: Services, roles: dict, answers: dict[str, tuple[str, float]]) -> None:
     cfg = svc.config
     svc.ls.ensure_priority_view(svc.project_id)
-    svc.ls.push_priorities(
-        svc.project_id,
-        {**priorities(roles[ROLE_LOWCONF], LOWCONF_PRIORITY), **priorities(roles[ROLE_EVAL], EVAL_PRIORITY)},
+    records = svc.ls.tasks(svc.project_id)
+    reserved = {**priorities(roles[ROLE_LOWCONF], LOWCONF_PRIORITY), **priorities(roles[ROLE_EVAL], EVAL_PRIORITY)}
+    waiting = waiting_priorities(
+        {r.dataeff_id: r.data.get(PRIORITY_FIELD) for r in records},
+        seed=cfg.seed,
+        reserved=reserved,
+        last=roles.get(ROLE_TOO_LONG, []),
     )
+    svc.ls.push_priorities(svc.project_id, {**reserved, **waiting}, _records=records)
     if answers:
         svc.ls.push_predictions(svc.project_id, answers, model_version=base_model_version(cfg.model))
     svc.ls.set_status(svc.project_id, bootstrap_status(len(roles[ROLE_LOWCONF]), len(roles[ROLE_EVAL])))

@@ -24,6 +24,11 @@ def test_full_iteration_end_to_end_and_idempotent_rerun(flow_project):
     svc = _services(cfg)
     roles = svc.tracker.read_bootstrap(cfg.name, cfg.model)
     assert not set(roles["lowconf"]) & set(roles["eval"])
+    # every other item waits below the requests, in the order the loop will request pool items
+    waiting = {t.dataeff_id: t.data["dataeff_priority"] for t in svc.ls.tasks(cfg.label_studio_project_id)}
+    waiting = {i: p for i, p in waiting.items() if i not in set(roles["lowconf"]) | set(roles["eval"])}
+    assert len(waiting) == 60 - 12 and all(p < 0 for p in waiting.values())
+    waiting_order = sorted(waiting, key=lambda i: -waiting[i])
     annotator = _annotator(cfg, gold)
     assert annotator.label_requested() == 12  # the low-confidence batch, then the eval split
 
@@ -37,6 +42,9 @@ def test_full_iteration_end_to_end_and_idempotent_rerun(flow_project):
     kinds = {r["kind"] for r in svc.tracker.list_runs(cfg.name)}
     assert {"bootstrap", "estimate", "finetune", "decision"} <= kinds
 
+    # the loop asked for exactly the first items of that waiting order
+    asked = {t.dataeff_id for t in svc.ls.tasks(cfg.label_studio_project_id) if t.data["dataeff_priority"] > 0}
+    assert asked - set(roles["lowconf"]) - set(roles["eval"]) == set(waiting_order[: first["requested"]])
     assert annotator.label_requested() == first["requested"]
     second = loop_iteration(cfg.name, home=str(home))
     assert "10" in second["measured"] and second["assessment"]["source"] == "posterior"
