@@ -552,7 +552,7 @@ def test_bootstrap_queue_pushes_only_pre_annotations_that_help(ls_project):
 
     client, pid = ls_project.client, ls_project.project_id
     client.import_pool(pid, _pool(12))
-    cfg = SimpleNamespace(model="tiny-model", task=LS_TEST_TASK)
+    cfg = SimpleNamespace(model="tiny-model", task=LS_TEST_TASK, seed=0)
     svc = SimpleNamespace(ls=client, project_id=pid, config=cfg)
     roles = {ROLE_LOWCONF: ["item-3", "item-4"], ROLE_EVAL: ["item-5", "item-6", "item-7"]}
 
@@ -564,7 +564,12 @@ def test_bootstrap_queue_pushes_only_pre_annotations_that_help(ls_project):
     queue.fn(svc, roles, dict(degenerate.answers))
     assert ls_testing.predictions(client, pid) == []
     assert client.get_status(pid).startswith("label the 2 hard examples first, then the 3 examples")
-    assert client.tasks(pid, view=client.ensure_priority_view(pid))[0].dataeff_id == "item-3"
+    # the priority tab: the hard examples, the eval split, then the rest in the order the loop will request them
+    from dataeff.iteration import next_batch
+
+    shown = [t.dataeff_id for t in client.tasks(pid, view=client.ensure_priority_view(pid))]
+    rest = [f"item-{i}" for i in (0, 1, 2, 8, 9, 10, 11)]
+    assert shown == ["item-3", "item-4", "item-5", "item-6", "item-7", *next_batch(rest, len(rest), seed=0)]
 
     mixed = ["positive", "Negative.", "neutral, positive", "I think positive", "", "neutral"] * 2
     plan = _pre_annotations(cfg, scores(mixed))
