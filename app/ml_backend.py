@@ -338,7 +338,7 @@ def run(args: Any) -> int:
 
     configure_runtime()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = open_backend(args.project, mode=args.early_runs, budget_seconds=getattr(args, "predict_budget", None))
+    backend = open_backend(args.project, mode=args.early_runs, budget_seconds=args.predict_budget)
     predictor = backend.predictor(fresh=True)  # MLflow and the adapters folder read once before serving
     server = BackendServer(create_app(backend), host=args.host, port=args.port, log_level="info")
     url = (args.url or server.url).rstrip("/")

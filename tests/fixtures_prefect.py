@@ -35,19 +35,22 @@ def prefect_api_url(prefect_harness) -> str:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, **settings: str) -> Iterator[tuple[str, Path]]:
+def prefect_server(home: Path, database: str | None = None, **settings: str) -> Iterator[tuple[str, Path]]:
     """A real ``prefect server start`` on a free local port, in its own process group; yields its API URL
     and log file, and stops the whole group at the end.
 
     Args:
-        home: ``PREFECT_HOME`` of the server (its SQLite database unless ``settings`` name another); the log
+        home: ``PREFECT_HOME`` of the server (its SQLite database unless ``database`` is given); the log
             file is ``home / "prefect-server.log"``.
-        **settings: extra ``PREFECT_*`` environment variables (e.g. ``PREFECT_API_DATABASE_CONNECTION_URL``).
+        database: ``postgresql://`` DSN of a Postgres database for the server (Prefect's asyncpg driver).
+        **settings: extra ``PREFECT_*`` environment variables.
     """
     import requests
     from fixtures_mlflow import _free_port, _stop
 
     home.mkdir(parents=True, exist_ok=True)
+    if database is not None:
+        settings["PREFECT_API_DATABASE_CONNECTION_URL"] = database.replace("postgresql://", "postgresql+asyncpg://", 1)
     port = _free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false", **settings}
     env.pop("PREFECT_API_URL", None)

@@ -190,12 +190,11 @@ def prefect_server(request, tmp_path):
     from fixtures_prefect import postgres_database
     from fixtures_prefect import prefect_server as start
 
-    settings = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
     with contextlib.ExitStack() as stack:
-        if request.param == "postgres":
-            dsn = stack.enter_context(postgres_database("dataeff_prefect"))
-            settings["PREFECT_API_DATABASE_CONNECTION_URL"] = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-        yield stack.enter_context(start(tmp_path / "prefect-home", **settings))
+        dsn = stack.enter_context(postgres_database("dataeff_prefect")) if request.param == "postgres" else None
+        yield stack.enter_context(
+            start(tmp_path / "prefect-home", dsn, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5")
+        )
 
 
 def _deployment_runs(url: str, deployment: str) -> list:

@@ -178,11 +178,11 @@ def _overlap(a: dict, b: dict) -> bool:
     return a["pid"] != b["pid"] and a["started"] < b["ended"] and b["started"] < a["ended"]
 
 
-def test_two_fine_tunes_run_at_once_on_two_worker_processes(ray_runner, tiny_model_dir, two_tasks):
+def test_two_fine_tunes_run_at_once_on_two_worker_processes(ray_runner, tiny_model_dir, tiny_loaded, two_tasks):
     """Two fine-tunes submitted together to the 2 idle workers run at the same time in different processes,
     and each gives the score of the same fine-tune run in this process."""
     from dataeff.finetune import FinetuneSettings, run_finetune
-    from dataeff.models import LoraSettings, load_model
+    from dataeff.models import LoraSettings
     from dataeff.study import prepare_task
     from flows.runners import ModelSpec
     from flows.study import finetune_unit
@@ -199,8 +199,7 @@ def test_two_fine_tunes_run_at_once_on_two_worker_processes(ray_runner, tiny_mod
     a, b = (vars(job.info) for job in jobs)
     assert os.getpid() not in {a["pid"], b["pid"]} and _overlap(a, b), (a, b)
 
-    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
-    here = run_finetune(loaded, tasks[0].pool, tasks[0].eval, tasks[0].spec, 8, fs, progress=False)
+    here = run_finetune(tiny_loaded, tasks[0].pool, tasks[0].eval, tasks[0].spec, 8, fs, progress=False)
     assert results[0][1]["steps"] == here.steps == 60
     assert results[0][1]["score"] == pytest.approx(here.score, abs=1e-9)
 
@@ -308,10 +307,8 @@ def prefect_postgres_server(tmp_path):
     """A real ``prefect server start`` on a fresh Postgres database (dropped at the end); yields its API URL and DSN."""
     from fixtures_prefect import postgres_database, prefect_server
 
-    with postgres_database("dataeff_prefect") as dsn:
-        database = dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
-        with prefect_server(tmp_path / "prefect-home", PREFECT_API_DATABASE_CONNECTION_URL=database) as (url, _log):
-            yield url, dsn
+    with postgres_database("dataeff_prefect") as dsn, prefect_server(tmp_path / "prefect-home", dsn) as (url, _log):
+        yield url, dsn
 
 
 def test_team_profile_on_postgres(ray_runner, prefect_postgres_server, mlflow_server_uri, tiny_model_dir, two_tasks):
